@@ -1,0 +1,50 @@
+"""Standard (type-II) Anderson acceleration over the whole window: the baseline TAA improves on.
+
+One coefficient vector per sample, shared by every step of the window:
+    gamma = argmin ||F - dF gamma||^2 + lambda ||gamma||^2   over the stacked window,
+    x    <- x + F - (dX + dF) gamma.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..noise import NoiseBundle
+from ..schedules import Schedule
+from ._history import anderson_step, push_history, ridge_solve
+from ._window import UpdateInput, fixed_point_update, run_window_solver
+from .base import Callback, Denoiser, SolveResult, SolverConfig, SolverState
+
+
+def anderson_update(config: SolverConfig):
+    m = config.history
+
+    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+        if m == 1:
+            return fixed_point_update(inp)
+        dx, df, count = push_history(inp, m)
+        v = inp.valid[..., None, None]
+        gram = torch.einsum("nwid,nwjd->nij", df * v, df * v)
+        rhs = torch.einsum("nwid,nwd->ni", df * v, inp.resid * inp.valid[..., None])
+        gamma, ok = ridge_solve(gram, rhs, config.ridge)
+        wmax = inp.x.shape[1]
+        return anderson_step(
+            inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax)
+        )
+
+    return update
+
+
+def anderson(
+    model: Denoiser,
+    schedule: Schedule,
+    noise: NoiseBundle,
+    config: SolverConfig,
+    *,
+    init: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    resume: SolverState | None = None,
+) -> SolveResult:
+    return run_window_solver(
+        model, schedule, noise, config, anderson_update(config), init=init, callback=callback, resume=resume
+    )

@@ -1,0 +1,65 @@
+"""Triangular Anderson Acceleration (TAA), the paper's method (ALGORITHM.md section 3).
+
+Step t gets its own coefficients, fitted only on the sub-system that determines x_t (step t and the noisier
+steps above it in the window):
+
+    gamma_t = argmin_g  sum_{s=t}^{top} ||F_s - dF_s g||^2 + lambda ||g||^2
+    x_t    <- x_t + F_t - (dX_t + dF_t) gamma_t
+
+The normal equations of every t are suffix sums of small (m-1)x(m-1) Gram matrices: flip along t,
+cumulative-sum, flip back, one batched solve. No Python loop over t.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..noise import NoiseBundle
+from ..schedules import Schedule
+from ._history import anderson_step, push_history, ridge_solve
+from ._window import UpdateInput, fixed_point_update, run_window_solver
+from .base import Callback, Denoiser, SolveResult, SolverConfig, SolverState
+
+
+def suffix_sum(v: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """out[t] = sum_{s >= t} v[s] along `dim`."""
+    return torch.flip(torch.cumsum(torch.flip(v, (dim,)), dim=dim), (dim,))
+
+
+def taa_coefficients(
+    dx_df: tuple[torch.Tensor, torch.Tensor], resid: torch.Tensor, valid: torch.Tensor, ridge: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step gamma_t [N, Wmax, m-1] from suffix-summed normal equations, and the per-step ok flag."""
+    _, df = dx_df
+    df = df * valid[..., None, None]
+    gram = torch.einsum("nwid,nwjd->nwij", df, df)
+    rhs = torch.einsum("nwid,nwd->nwi", df, resid * valid[..., None])
+    return ridge_solve(suffix_sum(gram), suffix_sum(rhs), ridge)
+
+
+def taa_update(config: SolverConfig):
+    m = config.history
+
+    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+        if m == 1:
+            return fixed_point_update(inp)
+        dx, df, count = push_history(inp, m)
+        gamma, ok = taa_coefficients((dx, df), inp.resid, inp.valid, config.ridge)
+        return anderson_step(inp, dx, df, count, gamma, ok)
+
+    return update
+
+
+def taa(
+    model: Denoiser,
+    schedule: Schedule,
+    noise: NoiseBundle,
+    config: SolverConfig,
+    *,
+    init: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    resume: SolverState | None = None,
+) -> SolveResult:
+    return run_window_solver(
+        model, schedule, noise, config, taa_update(config), init=init, callback=callback, resume=resume
+    )

@@ -1,0 +1,87 @@
+"""The triangular system of ALGORITHM.md sections 1-2: residuals of order k over a padded window.
+
+No model, no I/O, no randomness: pure tensor algebra in float64.
+
+Layout. Each sample n has its own window of unknowns x_t for t in [lo_n, f_n): f_n is the lowest frozen
+state (x_T at the start), lo_n = max(f_n - W, 0), w_n = f_n - lo_n. Windows are stored padded to
+[N, Wmax, D]: position j holds step t = lo_n + j and is valid while j < w_n. Extended windows ([N, Wmax+1, D])
+also hold the frozen state x_f at position w_n.
+
+    g_t   = b_t eps(x_{t+1}, tau_t) + c_t xi_t                  (the non-linear and noise part of step t)
+    R_t   = a_t x_{t+1} + g_t - x_t                               (first-order residual; drives stopping)
+    F^k_t = P_{t,t+k'} x_{t+k'} + sum_{s=t}^{t+k'-1} P_{t,s} g_s - x_t,   k' = min(k, f - t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Window", "make_window", "step_rhs", "order_k_rhs", "rms"]
+
+
+@dataclass(frozen=True)
+class Window:
+    lo: torch.Tensor  # [N] first unknown step of each sample's window
+    width: torch.Tensor  # [N] number of unknowns (0 for finished samples)
+    t: torch.Tensor  # [N, Wmax] step index at each position (clamped for padding)
+    t_up: torch.Tensor  # [N, Wmax+1] state index lo + j, j = 0..Wmax (clamped)
+    valid: torch.Tensor  # [N, Wmax] bool
+    rows: torch.Tensor  # [N, 1] sample index, for advanced indexing
+
+    @property
+    def size(self) -> int:
+        return int(self.t.shape[1])
+
+
+def make_window(f: torch.Tensor, window: int, num_steps: int) -> Window:
+    """Padded window of every sample given the frozen boundaries f ([N], long)."""
+    lo = torch.clamp(f - window, min=0)
+    width = f - lo
+    wmax = max(int(width.max().item()), 1)
+    j = torch.arange(wmax + 1, device=f.device)
+    t_up = torch.clamp(lo[:, None] + j[None, :], max=num_steps)
+    t = torch.clamp(t_up[:, :wmax], max=num_steps - 1)
+    valid = j[None, :wmax] < width[:, None]
+    rows = torch.arange(f.shape[0], device=f.device)[:, None]
+    return Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows)
+
+
+def step_rhs(a: torch.Tensor, x_up: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """a_t x_{t+1} + g_t: one exact step. Sequential sampling and the FP update share this expression."""
+    return a * x_up + g
+
+
+def rms(v: torch.Tensor) -> torch.Tensor:
+    """Root mean square over the last (flattened state) dimension."""
+    return torch.sqrt(torch.mean(v * v, dim=-1))
+
+
+def order_k_rhs(
+    a: torch.Tensor, g: torch.Tensor, x_ext: torch.Tensor, width: torch.Tensor, order: int
+) -> torch.Tensor:
+    """Right-hand side of the order-k equations for every window position.
+
+    a: [N, Wmax] step coefficients (any value on padding), g: [N, Wmax, D] (zero on padding),
+    x_ext: [N, Wmax+1, D] states x_{lo+j} with x_f at position width, width: [N], order: k >= 1.
+    Uses L_j = prod_{r<j} a_{lo+r} so that P_{t,s} = L_s / L_t and the inner sums are prefix-sum differences.
+    """
+    n, wmax, _ = g.shape
+    if order == 1:
+        return step_rhs(a[..., None], x_ext[:, 1:], g)
+    j = torch.arange(wmax, device=g.device)
+    valid = j[None, :] < width[:, None]
+    log_a = torch.where(valid, torch.log(a), torch.zeros_like(a))
+    log_l = torch.cat([torch.zeros(n, 1, dtype=a.dtype, device=a.device), torch.cumsum(log_a, dim=1)], dim=1)
+    scale = torch.exp(log_l)  # [N, Wmax+1]
+    csum = torch.cat(
+        [torch.zeros(n, 1, g.shape[2], dtype=g.dtype, device=g.device), torch.cumsum(scale[:, :wmax, None] * g, 1)],
+        dim=1,
+    )
+    end = torch.minimum(j[None, :] + order, width[:, None]).clamp(min=0)  # [N, Wmax]
+    end = torch.where(valid, end, j[None, :] + 1).clamp(max=wmax)
+    rows = torch.arange(n, device=g.device)[:, None]
+    head = torch.exp(log_l[rows, end] - log_l[:, :wmax])[..., None] * x_ext[rows, end]
+    tail = (csum[rows, end] - csum[:, :wmax]) * torch.exp(-log_l[:, :wmax])[..., None]
+    return head + tail
