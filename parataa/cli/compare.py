@@ -1,0 +1,171 @@
+"""`parataa compare`: sequential and parallel solvers on the same noise, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from ..noise import draw_noise
+from ..schedules import Schedule, dit_schedule, from_diffusers_config
+from ..solvers import preset, solve
+
+SOLVER_NAMES = ("sequential", "fp", "fp+", "aa", "taa", "picard")
+
+
+def _int_list(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="run sequential and parallel solvers on the same noise and compare them",
+        description="Run the chosen solvers on one noise bundle and print iterations, NFE, distance to the "
+        "sequential sample and wall time per solver.",
+    )
+    p.add_argument("--model", default="gmm", help="gmm (analytic), or a registered model name (default: gmm)")
+    p.add_argument("--model-path", default=None, help="local path of real weights (real models only)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
+    p.add_argument("--solvers", default="sequential,fp,fp+,aa,taa,picard",
+                   help=f"comma-separated, from {','.join(SOLVER_NAMES)}")
+    p.add_argument("--window", type=int, default=None, help="window W (default: T)")
+    p.add_argument("--history", type=int, default=2, help="TAA/AA history m (default 2)")
+    p.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default: T; FP is always 1)")
+    p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--abs-tol", type=float, default=1e-3)
+    p.add_argument("--rel-tol", type=float, default=1e-3)
+    p.add_argument("--tol-scale", choices=("sigma", "one", "beta"), default="sigma")
+    p.add_argument("--picard-tol", type=float, default=0.1, help="ParaDiGMS tolerance (default 0.1)")
+    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--seeds", default="0-3", help="noise seeds, e.g. 0-7 or 1,5,9 (default 0-3)")
+    p.add_argument("--conditions", default=None,
+                   help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'")
+    p.add_argument("--init", choices=("gaussian", "copy"), default="gaussian",
+                   help="initial guess of the parallel solvers (Picard always starts from copies, as ParaDiGMS)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
+    p.add_argument("--classes", type=int, default=10, help="gmm: number of classes")
+    p.add_argument("--spread", type=float, default=0.15, help="gmm: per-class standard deviation")
+    p.add_argument("--gmm-seed", type=int, default=0, help="gmm: seed of the class means")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def _conditions(text: str | None, n: int, numeric: bool) -> list[Any]:
+    if text is None:
+        return list(range(n)) if numeric else ["a handwritten digit"] * n
+    parts = [s.strip() for s in text.split("|" if not numeric else ",")]
+    if numeric:
+        vals: list[Any] = [int(s) for s in parts]
+    else:
+        vals = parts
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n:
+        raise ValueError(f"--conditions must give one value or one per seed ({n}), got {len(vals)}")
+    return vals
+
+
+def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, ...]]:
+    """The denoiser, the schedule and the state shape for the chosen model."""
+    if args.model == "gmm":
+        from ..models.gmm import GaussianMixture, GaussianMixtureDenoiser
+
+        mix = GaussianMixture(args.dim, args.classes, args.spread, args.gmm_seed)
+        labels = [c % args.classes for c in _conditions(args.conditions, n, numeric=True)]
+        den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
+        sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
+        return den, sched, (args.dim,)
+    try:
+        from ..models import registry
+    except ImportError as e:  # pragma: no cover - registry ships with the models
+        raise ValueError(f"model {args.model!r} needs parataa.models.registry, which failed to import: {e}") from e
+    numeric = registry.is_class_conditional(args.model)
+    conds = _conditions(args.conditions, n, numeric=numeric)
+    den, info = registry.build_denoiser(
+        args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path
+    )
+    if info.get("schedule") == "dit":
+        sched = dit_schedule(args.steps, sampler=args.sampler)
+    else:
+        sched = from_diffusers_config(info["scheduler_config"], args.steps, sampler=args.sampler)
+    return den, sched, tuple(info["sample_shape"])
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    for s in names:
+        if s not in SOLVER_NAMES:
+            raise ValueError(f"--solvers: unknown solver {s!r}; choose from {','.join(SOLVER_NAMES)}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    seeds = _int_list(args.seeds)
+    den, sched, shape = build(args, len(seeds))
+    noise = draw_noise(seeds, args.steps, shape).to(args.device)
+    common = dict(
+        window=args.window, history=args.history, ridge=args.ridge, abs_tol=args.abs_tol,
+        rel_tol=args.rel_tol, tol_scale=args.tol_scale, picard_tol=args.picard_tol,
+    )
+    t0 = time.perf_counter()
+    ref = solve(den, sched, noise, preset("sequential"))
+    ref_wall = time.perf_counter() - t0
+    rows = []
+    for name in names:
+        if name == "sequential":
+            res, wall = ref, ref_wall
+        else:
+            over: dict[str, Any] = dict(common)
+            if name != "fp" and args.order is not None:
+                over["order"] = args.order
+            if name not in ("picard",):
+                over["init"] = args.init
+            cfg = preset(name, **over)
+            t0 = time.perf_counter()
+            res = solve(den, sched, noise, cfg)
+            wall = time.perf_counter() - t0
+        err = (res.x0 - ref.x0).abs().reshape(len(seeds), -1).max(dim=1).values
+        s = res.summary()
+        rows.append(
+            {
+                "solver": name,
+                "iterations_mean": s["iterations_mean"],
+                "iterations_max": s["iterations_max"],
+                "step_speedup": args.steps / s["iterations_mean"],
+                "nfe_mean": s["nfe_mean"],
+                "max_abs_err_vs_sequential": float(err.max()),
+                "finished": s["finished"],
+                "wall_s": wall,
+                "model_s": s["model_s"],
+                "solver_s": s["solver_s"],
+            }
+        )
+    meta = {
+        "model": args.model, "sampler": args.sampler, "steps": args.steps, "seeds": seeds,
+        "cfg_scale": args.cfg_scale, "device": str(args.device), "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps({"setting": meta, "results": rows}, indent=2))
+        return 0
+    print(f"model={args.model} sampler={args.sampler} T={args.steps} seeds={seeds} cfg={args.cfg_scale} "
+          f"abs_tol={args.abs_tol} rel_tol={args.rel_tol} device={args.device}")
+    head = f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['solver']:<11}{r['iterations_mean']:>11.2f}{r['iterations_max']:>6d}{r['step_speedup']:>8.2f}x"
+              f"{r['nfe_mean']:>9.1f}{r['max_abs_err_vs_sequential']:>13.2e}{r['wall_s']:>9.3f}"
+              + ("" if r["finished"] else "  (hit max_iters)"))
+    return 0

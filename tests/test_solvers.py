@@ -1,0 +1,385 @@
+"""Numerical properties of the solvers with known answers, on the exact Gaussian-mixture model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import gmm_problem
+
+from parataa.solvers import ModelOutputError, SolverConfig, preset, solve
+from parataa.solvers._history import ridge_solve
+from parataa.solvers.base import tolerance_scale
+from parataa.solvers.taa import suffix_sum, taa_coefficients
+from parataa.system import order_k_rhs, rms
+
+PARALLEL = ["fp", "fp+", "aa", "taa", "picard"]
+
+
+def residuals(model, sched, noise, traj: torch.Tensor) -> torch.Tensor:
+    """First-order residual RMS of every step of a final trajectory [N, T+1, D], recomputed from scratch."""
+    n, T1, d = traj.shape
+    T = T1 - 1
+    x_up = traj[:, 1:].reshape(n * T, d)
+    steps = torch.arange(T).repeat(n)
+    samples = torch.arange(n).repeat_interleave(T)
+    eps = model(x_up, sched.timesteps[steps], samples).reshape(n, T, d)
+    rhs = sched.a[None, :, None] * traj[:, 1:] + sched.b[None, :, None] * eps + sched.c[None, :, None] * noise.xi
+    return rms(rhs - traj[:, :-1])
+
+
+def step_jacobians(model, sched, noise, traj: torch.Tensor, sample: int) -> list[torch.Tensor]:
+    """J_t = d x_t / d x_{t+1} of the exact step along a trajectory (autograd on the analytic model)."""
+    out = []
+    for t in range(sched.num_steps):
+
+        def step(x, t=t):
+            e = model(x[None], sched.timesteps[t : t + 1], torch.tensor([sample]))[0]
+            return sched.a[t] * x + sched.b[t] * e + sched.c[t] * noise.xi[sample, t]
+
+        out.append(torch.autograd.functional.jacobian(step, traj[sample, t + 1]))
+    return out
+
+
+def tolerance_bound(model, sched, noise, ref: torch.Tensor, config: SolverConfig) -> torch.Tensor:
+    """Per-sample bound on ||x0 - x0_seq||_2 from the stopping rule.
+
+    A final trajectory whose step residuals satisfy ||R_t||_2 <= sqrt(d) thr_t differs from the sequential one by
+    e_0 = -sum_t J_{0<-t} R_t to first order, with J_{0<-t} = J_0 J_1 ... J_{t-1}. Twice the first-order bound
+    leaves room for the second-order terms at these tolerances.
+    """
+    d = ref.shape[-1]
+    thr = torch.clamp(config.rel_tol * tolerance_scale(sched, config.tol_scale), min=config.abs_tol)
+    bounds = []
+    for n in range(ref.shape[0]):
+        jac = step_jacobians(model, sched, noise, ref, n)
+        prod = torch.eye(d, dtype=torch.float64)
+        total = 0.0
+        for t in range(sched.num_steps):
+            total += float(torch.linalg.matrix_norm(prod, ord=2)) * d**0.5 * float(thr[t])
+            prod = prod @ jac[t]
+        bounds.append(2.0 * total)
+    return torch.tensor(bounds)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("solver", ["fp", "fp+", "aa", "taa"])
+@pytest.mark.parametrize("window", [1, 2, 10, 20])
+def test_parallel_matches_sequential_within_tolerance_bound(mixture, sampler, solver, window):
+    model, sched, noise = gmm_problem(mixture, steps=20, sampler=sampler)
+    ref = solve(model, sched, noise, preset("sequential"))
+    cfg = preset(solver, window=window)
+    res = solve(model, sched, noise, cfg)
+    assert bool(res.finished.all())
+    assert int(res.iterations.max()) <= sched.num_steps
+    # every final step residual satisfies the stopping rule (states are either verified or exact steps)
+    thr = torch.clamp(cfg.rel_tol * tolerance_scale(sched, cfg.tol_scale), min=cfg.abs_tol)
+    assert bool((residuals(model, sched, noise, res.trajectory) <= thr + 1e-12).all())
+    err = torch.linalg.vector_norm(res.x0 - ref.x0, dim=-1)
+    bound = tolerance_bound(model, sched, noise, ref.trajectory, cfg)
+    assert bool((err <= bound).all()), (err, bound)
+    if window == 1:
+        assert torch.equal(res.trajectory, ref.trajectory)  # W = 1 is sequential sampling, bit for bit
+
+
+def test_tighter_tolerance_gives_closer_samples(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    ref = solve(model, sched, noise, preset("sequential"))
+    errs = []
+    for tol in (1e-2, 1e-4, 1e-6):
+        res = solve(model, sched, noise, preset("taa", abs_tol=tol, rel_tol=tol))
+        errs.append(float((res.x0 - ref.x0).abs().max()))
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 1e-4
+
+
+@pytest.mark.parametrize("history", [3, 4])
+@pytest.mark.parametrize("window", [5, 13])
+def test_taa_large_history_small_window_ends_within_T(mixture, history, window):
+    model, sched, noise = gmm_problem(mixture, steps=30, sampler="ddpm")
+    res = solve(model, sched, noise, preset("taa", history=history, window=window))
+    assert bool(res.finished.all())
+    assert int(res.iterations.max()) <= 30
+    # a window of W states evaluates at most W states per iteration
+    assert int(res.log.groupby(["sample", "iteration"]).size().max()) <= window
+
+
+def test_max_iters_cuts_short_and_reports_unfinished(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    res = solve(model, sched, noise, preset("fp", max_iters=3))
+    assert int(res.iterations.max()) == 3
+    assert not bool(res.finished.any())
+
+
+def test_taa_with_history_one_is_plain_fixed_point(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+
+    def record(store):
+        return lambda info: store.append(info.trajectory.clone())
+
+    fp_iters, taa_iters = [], []
+    fp = solve(model, sched, noise, preset("fp+"), callback=record(fp_iters))
+    tm = solve(model, sched, noise, preset("taa", history=1), callback=record(taa_iters))
+    assert len(fp_iters) == len(taa_iters)
+    for a, b in zip(fp_iters, taa_iters):
+        assert torch.equal(a, b)
+    assert torch.equal(fp.trajectory, tm.trajectory)
+
+
+def test_taa_gamma_equals_direct_suffix_ridge_least_squares():
+    g = torch.Generator().manual_seed(3)
+    n, w, k, d, lam = 2, 7, 3, 11, 1e-3
+    df = torch.randn(n, w, k, d, generator=g, dtype=torch.float64)
+    dx = torch.randn(n, w, k, d, generator=g, dtype=torch.float64)
+    f = torch.randn(n, w, d, generator=g, dtype=torch.float64)
+    valid = torch.ones(n, w, dtype=torch.bool)
+    valid[1, 5:] = False  # a shorter window for the second sample
+    gamma, ok = taa_coefficients((dx, df), f, valid, lam)
+    assert bool(ok.all())
+    for i in range(n):
+        top = int(valid[i].sum())
+        for t in range(top):
+            a = torch.cat([df[i, s].T for s in range(t, top)])  # [(top-t) d, k]
+            b = torch.cat([f[i, s] for s in range(t, top)])
+            direct = torch.linalg.solve(a.T @ a + lam * torch.eye(k, dtype=torch.float64), a.T @ b)
+            torch.testing.assert_close(gamma[i, t], direct, rtol=1e-10, atol=1e-12)
+
+
+def test_suffix_sum():
+    v = torch.arange(5.0)[None]
+    assert suffix_sum(v).tolist() == [[10.0, 10.0, 9.0, 7.0, 4.0]]
+
+
+def test_ridge_solve_flags_singular_and_nonfinite_systems():
+    gram = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 3.0]], [[float("nan"), 0.0], [0.0, 1.0]]],
+                        dtype=torch.float64)
+    rhs = torch.tensor([[1.0, 1.0], [2.0, 3.0], [1.0, 1.0]], dtype=torch.float64)
+    gamma, ok = ridge_solve(gram, rhs, 0.0)
+    assert ok.tolist() == [False, True, False]
+    assert gamma[1].tolist() == [1.0, 1.0]
+    assert gamma[0].tolist() == [0.0, 0.0] and gamma[2].tolist() == [0.0, 0.0]
+    # an empty column (no data yet) solves to zero instead of making the system singular
+    gamma, ok = ridge_solve(torch.tensor([[[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64),
+                            torch.tensor([[4.0, 0.0]], dtype=torch.float64), 0.0)
+    assert ok.tolist() == [True] and gamma.tolist() == [[2.0, 0.0]]
+
+
+def test_ridge_zero_still_converges(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    ref = solve(model, sched, noise, preset("sequential"))
+    res = solve(model, sched, noise, preset("taa", history=4, ridge=0.0))
+    assert bool(res.finished.all()) and int(res.iterations.max()) <= 20
+    assert float((res.x0 - ref.x0).abs().max()) < 0.5
+
+
+def _order_k_direct(a, g, x_ext, width, k):
+    n, w, d = g.shape
+    out = torch.zeros_like(g)
+    for i in range(n):
+        for j in range(int(width[i])):
+            kk = min(k, int(width[i]) - j)
+            p = torch.ones((), dtype=torch.float64)
+            acc = torch.zeros(d, dtype=torch.float64)
+            for s in range(j, j + kk):
+                acc = acc + p * g[i, s]
+                p = p * a[i, s]
+            out[i, j] = p * x_ext[i, j + kk] + acc
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 9])
+def test_order_k_rhs_matches_direct_sum(k):
+    g0 = torch.Generator().manual_seed(1)
+    n, w, d = 3, 8, 4
+    a = 1 + torch.rand(n, w, generator=g0, dtype=torch.float64) * 0.2
+    g = torch.randn(n, w, d, generator=g0, dtype=torch.float64)
+    x_ext = torch.randn(n, w + 1, d, generator=g0, dtype=torch.float64)
+    width = torch.tensor([8, 5, 1])
+    g[1, 5:] = 0
+    g[2, 1:] = 0
+    x_ext[1, 5] = x_ext[1, 5]
+    fast = order_k_rhs(a, g, x_ext, width, k)
+    direct = _order_k_direct(a, g, x_ext, width, k)
+    mask = torch.arange(w)[None] < width[:, None]
+    torch.testing.assert_close(fast[mask], direct[mask], rtol=1e-12, atol=1e-12)
+
+
+def test_every_order_has_the_sequential_solution(mixture):
+    """F^(k) vanishes at the sequential trajectory for every k: all orders share one solution."""
+    model, sched, noise = gmm_problem(mixture, steps=12)
+    ref = solve(model, sched, noise, preset("sequential")).trajectory
+    n, T = ref.shape[0], 12
+    steps = torch.arange(T).repeat(n)
+    eps = model(ref[:, 1:].reshape(n * T, -1), sched.timesteps[steps], torch.arange(n).repeat_interleave(T))
+    g = sched.b[None, :, None] * eps.reshape(n, T, -1) + sched.c[None, :, None] * noise.xi
+    for k in (1, 5, T):
+        rhs = order_k_rhs(sched.a[None].expand(n, -1), g, ref, torch.full((n,), T), k)
+        torch.testing.assert_close(rhs, ref[:, :-1], rtol=0, atol=1e-12)
+
+
+def test_orders_converge_to_the_same_trajectory(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    tight = dict(abs_tol=1e-9, rel_tol=1e-9)
+    outs = [solve(model, sched, noise, preset("taa", order=k, **tight)).x0 for k in (1, 5, 20)]
+    ref = solve(model, sched, noise, preset("sequential")).x0
+    for o in outs:
+        torch.testing.assert_close(o, ref, rtol=0, atol=1e-6)
+
+
+def test_larger_order_and_taa_need_fewer_iterations(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=50)
+    iters = {name: float(solve(model, sched, noise, preset(name, init="copy")).iterations.double().mean())
+             for name in ("fp", "fp+", "taa")}
+    assert iters["taa"] < iters["fp+"] < iters["fp"] <= 50
+
+
+@pytest.mark.parametrize("solver", PARALLEL)
+def test_same_noise_same_result(mixture, solver):
+    model, sched, noise = gmm_problem(mixture, steps=15, sampler="ddpm")
+    a = solve(model, sched, noise, preset(solver))
+    b = solve(model, sched, noise, preset(solver))
+    assert torch.equal(a.trajectory, b.trajectory)
+    assert torch.equal(a.iterations, b.iterations)
+
+
+def test_a_sample_does_not_depend_on_its_batch(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=15, seeds=(0, 1, 2))
+    full = solve(model, sched, noise, preset("taa"))
+    one_model, _, one_noise = gmm_problem(mixture, steps=15, seeds=(2,))
+    single = solve(one_model, sched, one_noise, preset("taa"))
+    torch.testing.assert_close(full.trajectory[2], single.trajectory[0], rtol=0, atol=1e-13)
+    assert int(full.iterations[2]) == int(single.iterations[0])
+
+
+@pytest.mark.parametrize("solver", ["fp+", "taa", "aa", "picard", "sequential"])
+def test_resume_from_checkpoint_is_bit_identical(mixture, solver):
+    model, sched, noise = gmm_problem(mixture, steps=20, sampler="ddpm")
+    full = solve(model, sched, noise, preset(solver, window=8) if solver != "sequential" else preset(solver))
+    saved = {}
+
+    def grab(info):
+        if info.iteration == 2:
+            saved["state"] = copy.deepcopy(info.state.state_dict())
+
+    cfg = preset(solver, window=8) if solver != "sequential" else preset(solver)
+    solve(model, sched, noise, cfg, callback=grab)
+    from parataa.solvers import SolverState
+
+    resumed = solve(model, sched, noise, cfg, resume=SolverState.from_state_dict(saved["state"]))
+    assert torch.equal(resumed.trajectory, full.trajectory)
+    assert torch.equal(resumed.iterations, full.iterations)
+    assert resumed.log.equals(full.log)
+
+
+def test_picard_converges_and_matches_sequential(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20, sampler="ddpm")
+    ref = solve(model, sched, noise, preset("sequential"))
+    res = solve(model, sched, noise, preset("picard", picard_tol=1e-4))
+    assert bool(res.finished.all()) and int(res.iterations.max()) <= 20
+    assert float((res.x0 - ref.x0).abs().max()) < 1e-2
+
+
+def test_picard_drift_matches_diffusers_batch_step(mixture):
+    from diffusers import DDPMParallelScheduler
+
+    from parataa.schedules import from_diffusers_config
+
+    cfg = dict(mixture.scheduler_config)
+    cfg.pop("set_alpha_to_one")
+    sched_d = DDPMParallelScheduler(**cfg)
+    sched_d.set_timesteps(25)
+    sched = from_diffusers_config(mixture.scheduler_config, 25, sampler="ddpm")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(25, 16, generator=g)
+    eps = torch.randn(25, 16, generator=g)
+    ts = sched_d.timesteps  # descending: row i is step T-1-i
+    theirs = sched_d.batch_step_no_noise(eps, ts, x).double()
+    t_idx = torch.arange(24, -1, -1)
+    ours = sched.a[t_idx, None] * x.double() + sched.b[t_idx, None] * eps.double()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sched.timesteps[t_idx].long(), ts.long())
+
+
+def test_nan_from_model_raises_with_location(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=10)
+    model.nan_at = (1, int(sched.timesteps[4]))
+    for solver in ("sequential", "taa", "picard"):
+        with pytest.raises(ModelOutputError) as e:
+            solve(model, sched, noise, preset(solver))
+        assert e.value.sample == 1 and e.value.seed == 1 and e.value.step == 4
+        assert "iteration" in str(e.value) and "step t=4" in str(e.value)
+
+
+def test_init_copy_and_trajectory(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    ref = solve(model, sched, noise, preset("sequential"))
+    warm = solve(model, sched, noise, preset("taa", init="trajectory"), init=ref.trajectory)
+    assert int(warm.iterations.max()) == 1  # the solution is its own fixed point: one verifying call
+    torch.testing.assert_close(warm.trajectory, ref.trajectory, rtol=0, atol=0)
+    # variation: keep the states above step 10 of another class's trajectory, re-solve the rest
+    other_model, _, _ = gmm_problem(mixture, steps=20, seeds=(0, 1, 2))
+    other_model.labels = torch.tensor([3, 3, 3])
+    other = solve(other_model, sched, noise, preset("sequential"))
+    var = solve(model, sched, noise, preset("taa", init="trajectory", freeze_from=10), init=other.trajectory)
+    assert torch.equal(var.trajectory[:, 10:], other.trajectory[:, 10:])
+    assert int(var.iterations.max()) <= 10
+    copy_res = solve(model, sched, noise, preset("fp+", init="copy"))
+    assert bool(copy_res.finished.all())
+
+
+def test_log_is_tidy_and_complete(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    res = solve(model, sched, noise, preset("taa", window=8))
+    log = res.log
+    assert list(log.columns) == ["sample", "seed", "iteration", "step", "rho", "threshold", "converged",
+                                 "window_lo", "window_hi", "fallback"]
+    assert len(log) == int(res.nfe.sum())
+    assert bool(((log.step >= log.window_lo) & (log.step < log.window_hi)).all())
+    last = log.groupby("sample").iteration.max()
+    assert (last + 1).tolist() == res.iterations.tolist()
+    t = res.timings
+    assert len(t) == res.log.iteration.nunique() and bool((t.model_s >= 0).all())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(window=0), "window"),
+        (dict(abs_tol=-1.0), "abs_tol"),
+        (dict(history=0), "history"),
+        (dict(order=0), "order"),
+        (dict(method="tta"), "did you mean 'taa'"),
+        (dict(init="gauss"), "init"),
+        (dict(freeze_from=3), "freeze_from"),
+        (dict(abs_tol=0.0, rel_tol=0.0), "both 0"),
+        (dict(ridge=float("nan")), "ridge"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SolverConfig(**kwargs)
+
+
+def test_unknown_option_suggests_close_match():
+    with pytest.raises(ValueError, match="did you mean 'history'"):
+        SolverConfig.from_dict({"histroy": 2})
+    with pytest.raises(ValueError, match="did you mean 'taa'"):
+        preset("tta")
+
+
+def test_mismatched_shapes_are_rejected(mixture):
+    model, sched, noise = gmm_problem(mixture, steps=20)
+    _, sched10, _ = gmm_problem(mixture, steps=10)
+    with pytest.raises(ValueError, match="noise bundle has 20 steps but the schedule has 10"):
+        solve(model, sched10, noise, preset("taa"))
+    with pytest.raises(ValueError, match="init trajectory must have shape"):
+        solve(model, sched, noise, preset("taa", init="trajectory"), init=torch.zeros(3, 5, 16))
+    with pytest.raises(ValueError, match="set init='trajectory'"):
+        solve(model, sched, noise, preset("taa"), init=torch.zeros(3, 21, 16))
+
+    def bad_model(x, t, s):
+        return x[:, :4]
+
+    with pytest.raises(ValueError, match="model returned shape"):
+        solve(bad_model, sched, noise, preset("taa"))
