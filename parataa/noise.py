@@ -104,7 +104,11 @@ def save_noise(bundle: NoiseBundle, path: str | Path) -> str:
     meta = {"seeds": json.dumps(list(bundle.seeds)), "sha256": digest, "format": "parataa.noise/1"}
     tmp = path.with_name(path.name + ".tmp")
     save_file(
-        {"x_T": bundle.x_T.cpu().contiguous(), "xi": bundle.xi.cpu().contiguous(), "init": bundle.init.cpu().contiguous()},
+        {
+            "x_T": bundle.x_T.cpu().contiguous(),
+            "xi": bundle.xi.cpu().contiguous(),
+            "init": bundle.init.cpu().contiguous(),
+        },
         str(tmp),
         metadata=meta,
     )

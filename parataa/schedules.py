@@ -58,7 +58,9 @@ class Schedule:
         for field in ("alpha_in", "alpha_out", "a", "b", "c", "sigma"):
             v = getattr(self, field)
             if v.shape != (n,) or v.dtype != torch.float64:
-                raise ValueError(f"Schedule.{field} must be float64 of shape ({n},), got {v.dtype} {tuple(v.shape)}")
+                raise ValueError(
+                    f"Schedule.{field} must be float64 of shape ({n},), got {v.dtype} {tuple(v.shape)}"
+                )
         if n < 1:
             raise ValueError("Schedule must have at least one step, got 0")
 
@@ -71,7 +73,10 @@ class Schedule:
 
     def to(self, device: torch.device | str) -> Schedule:
         return Schedule(
-            **{f: getattr(self, f).to(device) for f in ("timesteps", "alpha_in", "alpha_out", "a", "b", "c", "sigma")},
+            **{
+                f: getattr(self, f).to(device)
+                for f in ("timesteps", "alpha_in", "alpha_out", "a", "b", "c", "sigma")
+            },
             eta=self.eta,
             name=self.name,
         )
@@ -145,7 +150,9 @@ def from_alphas(
     c = eta * sigma
     c[0] = 0.0  # the last step adds no noise (DDPM convention)
     b = torch.sqrt(torch.clamp(1 - ao - c**2, min=0.0)) - a * torch.sqrt(1 - ai)
-    return Schedule(timesteps=ts, alpha_in=ai, alpha_out=ao, a=a, b=b, c=c, sigma=sigma, eta=float(eta), name=name)
+    return Schedule(
+        timesteps=ts, alpha_in=ai, alpha_out=ao, a=a, b=b, c=c, sigma=sigma, eta=float(eta), name=name
+    )
 
 
 def _diffusers_timesteps(num_steps: int, num_train: int, spacing: str, steps_offset: int) -> np.ndarray:
@@ -187,7 +194,9 @@ def from_diffusers_config(
             "not model. Set scheduler config clip_sample=False (Stable Diffusion and DiT ship it off)."
         )
     if cfg.get("thresholding", False):
-        raise ValueError("thresholding must be False: dynamic thresholding is not part of the triangular system")
+        raise ValueError(
+            "thresholding must be False: dynamic thresholding is not part of the triangular system"
+        )
     pred = cfg.get("prediction_type", "epsilon")
     if pred != "epsilon":
         raise ValueError(f"prediction_type must be 'epsilon', got {pred!r}")
@@ -219,7 +228,9 @@ def from_diffusers_config(
         final = 1.0
         eta_v = 1.0 if eta is None else float(eta)
         if eta_v != 1.0:
-            raise ValueError(f"eta must be 1 for sampler 'ddpm' (use sampler 'ddim' for other eta), got {eta_v}")
+            raise ValueError(
+                f"eta must be 1 for sampler 'ddpm' (use sampler 'ddim' for other eta), got {eta_v}"
+            )
     ts = ts_desc[::-1].copy()  # ascending: index t = step writing x_t
     if len(np.unique(ts)) != len(ts) or ts.min() < 0 or ts.max() >= num_train:
         raise ValueError(f"{num_steps} steps with spacing {spacing!r} give invalid timesteps {ts.tolist()}")
@@ -241,7 +252,9 @@ def dit_respacing(num_steps: int, num_train: int = 1000, ddim_style: bool = True
                 return list(range(0, num_train, stride))
         if num_steps == num_train:
             return list(range(num_train))
-        raise ValueError(f"num_steps={num_steps} cannot be reached with a fixed DDIM stride over {num_train} steps")
+        raise ValueError(
+            f"num_steps={num_steps} cannot be reached with a fixed DDIM stride over {num_train} steps"
+        )
     if num_steps == 1:
         return [0]
     frac = (num_train - 1) / (num_steps - 1)

@@ -76,7 +76,10 @@ def order_k_rhs(
     log_l = torch.cat([torch.zeros(n, 1, dtype=a.dtype, device=a.device), torch.cumsum(log_a, dim=1)], dim=1)
     scale = torch.exp(log_l)  # [N, Wmax+1]
     csum = torch.cat(
-        [torch.zeros(n, 1, g.shape[2], dtype=g.dtype, device=g.device), torch.cumsum(scale[:, :wmax, None] * g, 1)],
+        [
+            torch.zeros(n, 1, g.shape[2], dtype=g.dtype, device=g.device),
+            torch.cumsum(scale[:, :wmax, None] * g, 1),
+        ],
         dim=1,
     )
     end = torch.minimum(j[None, :] + order, width[:, None]).clamp(min=0)  # [N, Wmax]

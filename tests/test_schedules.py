@@ -6,7 +6,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from parataa import NoiseBundle, dit_schedule, draw_noise, from_alphas, from_diffusers_config, load_noise, save_noise
+from parataa import (
+    NoiseBundle,
+    dit_schedule,
+    draw_noise,
+    from_alphas,
+    from_diffusers_config,
+    load_noise,
+    save_noise,
+)
 from parataa.schedules import dit_respacing
 from parataa.solvers import preset, solve
 
@@ -17,8 +25,13 @@ SHAPE = (3, 8, 8)
 def unet() -> UNet2DModel:
     torch.manual_seed(0)
     model = UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     ).eval()
     return model
@@ -35,8 +48,13 @@ class UNetDenoiser:
         return self.unet(x.float(), timesteps.float()).sample.double()
 
 
-BASE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-            clip_sample=False)
+BASE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +97,9 @@ def test_ddim_eta_one_matches_diffusers_with_the_same_noise(unet):
 
 
 def test_ddpm_matches_diffusers_step_loop_with_the_same_noise(unet):
-    cfg = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, variance_type="fixed_small")
+    cfg = dict(
+        num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, variance_type="fixed_small"
+    )
     steps = 10
     sched_d = DDPMScheduler(**cfg)
     sched_d.set_timesteps(steps)
@@ -94,7 +114,9 @@ def test_ddpm_matches_diffusers_step_loop_with_the_same_noise(unet):
             x = sched_d.step(eps, t, x, generator=g).prev_sample
     base = draw_noise([0], steps, SHAPE)
     noise = NoiseBundle(base.seeds, base.x_T, xi, base.init)
-    ours = solve(UNetDenoiser(unet), from_diffusers_config(cfg, steps, sampler="ddpm"), noise, preset("sequential"))
+    ours = solve(
+        UNetDenoiser(unet), from_diffusers_config(cfg, steps, sampler="ddpm"), noise, preset("sequential")
+    )
     torch.testing.assert_close(ours.x0.float(), x, rtol=1e-4, atol=1e-4)
     par = solve(UNetDenoiser(unet), from_diffusers_config(cfg, steps, sampler="ddpm"), noise, preset("taa"))
     assert float((par.x0.float() - x).abs().max()) < 0.05

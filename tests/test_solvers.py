@@ -25,7 +25,11 @@ def residuals(model, sched, noise, traj: torch.Tensor) -> torch.Tensor:
     steps = torch.arange(T).repeat(n)
     samples = torch.arange(n).repeat_interleave(T)
     eps = model(x_up, sched.timesteps[steps], samples).reshape(n, T, d)
-    rhs = sched.a[None, :, None] * traj[:, 1:] + sched.b[None, :, None] * eps + sched.c[None, :, None] * noise.xi
+    rhs = (
+        sched.a[None, :, None] * traj[:, 1:]
+        + sched.b[None, :, None] * eps
+        + sched.c[None, :, None] * noise.xi
+    )
     return rms(rhs - traj[:, :-1])
 
 
@@ -122,7 +126,7 @@ def test_taa_with_history_one_is_plain_fixed_point(mixture):
     fp = solve(model, sched, noise, preset("fp+"), callback=record(fp_iters))
     tm = solve(model, sched, noise, preset("taa", history=1), callback=record(taa_iters))
     assert len(fp_iters) == len(taa_iters)
-    for a, b in zip(fp_iters, taa_iters):
+    for a, b in zip(fp_iters, taa_iters, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(fp.trajectory, tm.trajectory)
 
@@ -152,16 +156,21 @@ def test_suffix_sum():
 
 
 def test_ridge_solve_flags_singular_and_nonfinite_systems():
-    gram = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 3.0]], [[float("nan"), 0.0], [0.0, 1.0]]],
-                        dtype=torch.float64)
+    gram = torch.tensor(
+        [[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 3.0]], [[float("nan"), 0.0], [0.0, 1.0]]],
+        dtype=torch.float64,
+    )
     rhs = torch.tensor([[1.0, 1.0], [2.0, 3.0], [1.0, 1.0]], dtype=torch.float64)
     gamma, ok = ridge_solve(gram, rhs, 0.0)
     assert ok.tolist() == [False, True, False]
     assert gamma[1].tolist() == [1.0, 1.0]
     assert gamma[0].tolist() == [0.0, 0.0] and gamma[2].tolist() == [0.0, 0.0]
     # an empty column (no data yet) solves to zero instead of making the system singular
-    gamma, ok = ridge_solve(torch.tensor([[[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64),
-                            torch.tensor([[4.0, 0.0]], dtype=torch.float64), 0.0)
+    gamma, ok = ridge_solve(
+        torch.tensor([[[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64),
+        torch.tensor([[4.0, 0.0]], dtype=torch.float64),
+        0.0,
+    )
     assert ok.tolist() == [True] and gamma.tolist() == [[2.0, 0.0]]
 
 
@@ -229,8 +238,10 @@ def test_orders_converge_to_the_same_trajectory(mixture):
 
 def test_larger_order_and_taa_need_fewer_iterations(mixture):
     model, sched, noise = gmm_problem(mixture, steps=50)
-    iters = {name: float(solve(model, sched, noise, preset(name, init="copy")).iterations.double().mean())
-             for name in ("fp", "fp+", "taa")}
+    iters = {
+        name: float(solve(model, sched, noise, preset(name, init="copy")).iterations.double().mean())
+        for name in ("fp", "fp+", "taa")
+    }
     assert iters["taa"] < iters["fp+"] < iters["fp"] <= 50
 
 
@@ -332,8 +343,18 @@ def test_log_is_tidy_and_complete(mixture):
     model, sched, noise = gmm_problem(mixture, steps=20)
     res = solve(model, sched, noise, preset("taa", window=8))
     log = res.log
-    assert list(log.columns) == ["sample", "seed", "iteration", "step", "rho", "threshold", "converged",
-                                 "window_lo", "window_hi", "fallback"]
+    assert list(log.columns) == [
+        "sample",
+        "seed",
+        "iteration",
+        "step",
+        "rho",
+        "threshold",
+        "converged",
+        "window_lo",
+        "window_hi",
+        "fallback",
+    ]
     assert len(log) == int(res.nfe.sum())
     assert bool(((log.step >= log.window_lo) & (log.step < log.window_hi)).all())
     last = log.groupby("sample").iteration.max()

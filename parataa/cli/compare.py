@@ -39,11 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-path", default=None, help="local path of real weights (real models only)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
-    p.add_argument("--solvers", default="sequential,fp,fp+,aa,taa,picard",
-                   help=f"comma-separated, from {','.join(SOLVER_NAMES)}")
+    p.add_argument(
+        "--solvers",
+        default="sequential,fp,fp+,aa,taa,picard",
+        help=f"comma-separated, from {','.join(SOLVER_NAMES)}",
+    )
     p.add_argument("--window", type=int, default=None, help="window W (default: T)")
     p.add_argument("--history", type=int, default=2, help="TAA/AA history m (default 2)")
-    p.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default: T; FP is always 1)")
+    p.add_argument(
+        "--order", type=int, default=None, help="order k of FP+/AA/TAA (default: T; FP is always 1)"
+    )
     p.add_argument("--ridge", type=float, default=1e-3)
     p.add_argument("--abs-tol", type=float, default=1e-3)
     p.add_argument("--rel-tol", type=float, default=1e-3)
@@ -51,10 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--picard-tol", type=float, default=0.1, help="ParaDiGMS tolerance (default 0.1)")
     p.add_argument("--cfg-scale", type=float, default=5.0)
     p.add_argument("--seeds", default="0-3", help="noise seeds, e.g. 0-7 or 1,5,9 (default 0-3)")
-    p.add_argument("--conditions", default=None,
-                   help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'")
-    p.add_argument("--init", choices=("gaussian", "copy"), default="gaussian",
-                   help="initial guess of the parallel solvers (Picard always starts from copies, as ParaDiGMS)")
+    p.add_argument(
+        "--conditions",
+        default=None,
+        help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'",
+    )
+    p.add_argument(
+        "--init",
+        choices=("gaussian", "copy"),
+        default="gaussian",
+        help="initial guess of the parallel solvers (Picard always starts from copies, as ParaDiGMS)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
     p.add_argument("--classes", type=int, default=10, help="gmm: number of classes")
@@ -92,7 +104,9 @@ def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, .
     try:
         from ..models import registry
     except ImportError as e:  # pragma: no cover - registry ships with the models
-        raise ValueError(f"model {args.model!r} needs parataa.models.registry, which failed to import: {e}") from e
+        raise ValueError(
+            f"model {args.model!r} needs parataa.models.registry, which failed to import: {e}"
+        ) from e
     numeric = registry.is_class_conditional(args.model)
     conds = _conditions(args.conditions, n, numeric=numeric)
     den, info = registry.build_denoiser(
@@ -116,8 +130,13 @@ def run(args: argparse.Namespace) -> int:
     den, sched, shape = build(args, len(seeds))
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
     common = dict(
-        window=args.window, history=args.history, ridge=args.ridge, abs_tol=args.abs_tol,
-        rel_tol=args.rel_tol, tol_scale=args.tol_scale, picard_tol=args.picard_tol,
+        window=args.window,
+        history=args.history,
+        ridge=args.ridge,
+        abs_tol=args.abs_tol,
+        rel_tol=args.rel_tol,
+        tol_scale=args.tol_scale,
+        picard_tol=args.picard_tol,
     )
     t0 = time.perf_counter()
     ref = solve(den, sched, noise, preset("sequential"))
@@ -153,19 +172,30 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     meta = {
-        "model": args.model, "sampler": args.sampler, "steps": args.steps, "seeds": seeds,
-        "cfg_scale": args.cfg_scale, "device": str(args.device), "torch": torch.__version__,
+        "model": args.model,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "seeds": seeds,
+        "cfg_scale": args.cfg_scale,
+        "device": str(args.device),
+        "torch": torch.__version__,
     }
     if args.json:
         print(json.dumps({"setting": meta, "results": rows}, indent=2))
         return 0
-    print(f"model={args.model} sampler={args.sampler} T={args.steps} seeds={seeds} cfg={args.cfg_scale} "
-          f"abs_tol={args.abs_tol} rel_tol={args.rel_tol} device={args.device}")
-    head = f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
+    print(
+        f"model={args.model} sampler={args.sampler} T={args.steps} seeds={seeds} cfg={args.cfg_scale} "
+        f"abs_tol={args.abs_tol} rel_tol={args.rel_tol} device={args.device}"
+    )
+    head = (
+        f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['solver']:<11}{r['iterations_mean']:>11.2f}{r['iterations_max']:>6d}{r['step_speedup']:>8.2f}x"
-              f"{r['nfe_mean']:>9.1f}{r['max_abs_err_vs_sequential']:>13.2e}{r['wall_s']:>9.3f}"
-              + ("" if r["finished"] else "  (hit max_iters)"))
+        print(
+            f"{r['solver']:<11}{r['iterations_mean']:>11.2f}{r['iterations_max']:>6d}{r['step_speedup']:>8.2f}x"
+            f"{r['nfe_mean']:>9.1f}{r['max_abs_err_vs_sequential']:>13.2e}{r['wall_s']:>9.3f}"
+            + ("" if r["finished"] else "  (hit max_iters)")
+        )
     return 0

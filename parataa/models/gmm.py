@@ -42,8 +42,9 @@ class GaussianMixture:
         g = torch.Generator().manual_seed(seed)
         self.dim, self.num_classes, self.spread = dim, num_classes, float(spread)
         self.means = torch.randn(num_classes, dim, generator=g, dtype=torch.float64)
-        self.log_weights = torch.full((num_classes,), -torch.log(torch.tensor(float(num_classes))).item(),
-                                      dtype=torch.float64)
+        self.log_weights = torch.full(
+            (num_classes,), -torch.log(torch.tensor(float(num_classes))).item(), dtype=torch.float64
+        )
         betas = betas_for(beta_schedule, num_train_timesteps, beta_start, beta_end, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.scheduler_config = {

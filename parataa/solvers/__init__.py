@@ -1,10 +1,10 @@
 """Solvers of the triangular system. One algorithm per file, one signature, one result type.
 
-    sequential   back-substitution, T model calls (the reference)
-    fixed_point  FP (order 1) and FP+ (order >= window)
-    anderson     standard type-II Anderson acceleration (one gamma per window)
-    taa          Triangular Anderson Acceleration (ParaTAA)
-    picard       ParaDiGMS-style Picard iteration
+sequential   back-substitution, T model calls (the reference)
+fixed_point  FP (order 1) and FP+ (order >= window)
+anderson     standard type-II Anderson acceleration (one gamma per window)
+taa          Triangular Anderson Acceleration (ParaTAA)
+picard       ParaDiGMS-style Picard iteration
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from .base import (
     Denoiser,
     IterationInfo,
     ModelOutputError,
-    SolveResult,
     SolverConfig,
+    SolveResult,
     SolverState,
 )
 from .fixed_point import fixed_point

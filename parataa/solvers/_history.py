@@ -38,9 +38,7 @@ def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, 
     return dx, df, count
 
 
-def ridge_solve(
-    gram: torch.Tensor, rhs: torch.Tensor, ridge: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve (gram + ridge I) gamma = rhs in batch; return gamma and a per-system ok flag.
 
     Columns with no data at all (zero row and column) get a unit diagonal so that they solve to 0 instead of
@@ -57,7 +55,12 @@ def ridge_solve(
 
 
 def anderson_step(
-    inp: UpdateInput, dx: torch.Tensor, df: torch.Tensor, count: torch.Tensor, gamma: torch.Tensor, ok: torch.Tensor
+    inp: UpdateInput,
+    dx: torch.Tensor,
+    df: torch.Tensor,
+    count: torch.Tensor,
+    gamma: torch.Tensor,
+    ok: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x + F - (dX + dF) gamma where accelerated; plain FP where a step has < 2 iterates or its solve failed.
 

@@ -27,8 +27,8 @@ from .base import (
     Denoiser,
     Evaluator,
     IterationInfo,
-    SolveResult,
     SolverConfig,
+    SolveResult,
     SolverState,
     check_inputs,
     sync,
@@ -80,7 +80,7 @@ def new_state(noise: NoiseBundle, config: SolverConfig, init: torch.Tensor | Non
 
 
 def enter_copies(state: SolverState, window: int) -> None:
-    """"copy" init: a state entering the window starts as a copy of the state above it."""
+    """ "copy" init: a state entering the window starts as a copy of the state above it."""
     lo = torch.clamp(state.frozen - window, min=0)
     for n in torch.nonzero(lo < state.entered).flatten().tolist():
         e, low = int(state.entered[n]), int(lo[n])

@@ -13,7 +13,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ._history import anderson_step, push_history, ridge_solve
 from ._window import UpdateInput, fixed_point_update, run_window_solver
-from .base import Callback, Denoiser, SolveResult, SolverConfig, SolverState
+from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
 def anderson_update(config: SolverConfig):

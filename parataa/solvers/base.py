@@ -98,7 +98,9 @@ class SolverConfig:
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.method != "picard" and self.abs_tol == 0 and self.rel_tol == 0:
-            raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
+            raise ValueError(
+                "abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0"
+            )
         if self.freeze_from is not None:
             if self.init != "trajectory":
                 raise ValueError(f"freeze_from needs init='trajectory', got init={self.init!r}")
@@ -183,8 +185,16 @@ class SolveResult:
         if not self.log_records:
             return pd.DataFrame(
                 columns=[
-                    "sample", "seed", "iteration", "step", "rho", "threshold", "converged",
-                    "window_lo", "window_hi", "fallback",
+                    "sample",
+                    "seed",
+                    "iteration",
+                    "step",
+                    "rho",
+                    "threshold",
+                    "converged",
+                    "window_lo",
+                    "window_hi",
+                    "fallback",
                 ]
             )
         cols = {k: torch.cat([r[k] for r in self.log_records]).numpy() for k in self.log_records[0]}
@@ -197,7 +207,9 @@ class SolveResult:
         """One row per iteration: model, solver and communication seconds, rows evaluated."""
         import pandas as pd
 
-        return pd.DataFrame(self.timings_records, columns=["iteration", "model_s", "solver_s", "comm_s", "rows"])
+        return pd.DataFrame(
+            self.timings_records, columns=["iteration", "model_s", "solver_s", "comm_s", "rows"]
+        )
 
     def summary(self) -> dict[str, Any]:
         t = self.timings
@@ -233,7 +245,9 @@ class Evaluator:
         self.model_s = 0.0
         self.comm_s = 0.0
 
-    def __call__(self, x_rows: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor, iteration: int) -> torch.Tensor:
+    def __call__(
+        self, x_rows: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor, iteration: int
+    ) -> torch.Tensor:
         """x_rows [R, D] float64 states x_{t+1}; steps [R] step indices t; samples [R]."""
         device = x_rows.device
         sync(device)
@@ -267,7 +281,9 @@ def tolerance_scale(schedule: Schedule, kind: str) -> torch.Tensor:
     return torch.sqrt(1 - schedule.alpha_in / schedule.alpha_out)  # "beta": sqrt of the step's beta
 
 
-def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:
+def check_inputs(
+    schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig
+) -> None:
     if noise.num_steps != schedule.num_steps:
         raise ValueError(
             f"noise bundle has {noise.num_steps} steps but the schedule has {schedule.num_steps}; "
@@ -276,10 +292,14 @@ def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | No
     if config.init == "trajectory":
         expected = (noise.num_samples, schedule.num_steps + 1, *noise.sample_shape)
         if init is None:
-            raise ValueError("init='trajectory' needs an initial trajectory: pass init=<tensor of shape [N, T+1, *S]>")
+            raise ValueError(
+                "init='trajectory' needs an initial trajectory: pass init=<tensor of shape [N, T+1, *S]>"
+            )
         if tuple(init.shape) != expected:
             raise ValueError(f"init trajectory must have shape {expected}, got {tuple(init.shape)}")
         if config.freeze_from is not None and config.freeze_from > schedule.num_steps:
             raise ValueError(f"freeze_from must be <= T={schedule.num_steps}, got {config.freeze_from}")
     elif init is not None:
-        raise ValueError(f"an init trajectory was given but config.init is {config.init!r}; set init='trajectory'")
+        raise ValueError(
+            f"an init trajectory was given but config.init is {config.init!r}; set init='trajectory'"
+        )

@@ -12,7 +12,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ._window import fixed_point_update, run_window_solver
-from .base import Callback, Denoiser, SolveResult, SolverConfig, SolverState
+from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
 def fixed_point(

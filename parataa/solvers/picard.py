@@ -25,8 +25,8 @@ from .base import (
     Denoiser,
     Evaluator,
     IterationInfo,
-    SolveResult,
     SolverConfig,
+    SolveResult,
     SolverState,
     check_inputs,
     sync,
@@ -113,13 +113,25 @@ def picard(
             }
         )
         state.timings.append(
-            {"iteration": it, "model_s": evaluate.model_s, "solver_s": (t_end - t_start) - (t_after - t_model),
-             "comm_s": evaluate.comm_s, "rows": int(valid.sum())}
+            {
+                "iteration": it,
+                "model_s": evaluate.model_s,
+                "solver_s": (t_end - t_start) - (t_after - t_model),
+                "comm_s": evaluate.comm_s,
+                "rows": int(valid.sum()),
+            }
         )
         if callback is not None:
             callback(
-                IterationInfo(it, state.x.view(n, T + 1, *noise.sample_shape), state.frozen, win.lo, hi,
-                              torch.where(valid, rho, torch.full_like(rho, float("nan"))), state)
+                IterationInfo(
+                    it,
+                    state.x.view(n, T + 1, *noise.sample_shape),
+                    state.frozen,
+                    win.lo,
+                    hi,
+                    torch.where(valid, rho, torch.full_like(rho, float("nan"))),
+                    state,
+                )
             )
     return SolveResult(
         trajectory=state.x.view(n, T + 1, *noise.sample_shape).clone(),

@@ -12,7 +12,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import step_rhs
-from .base import Callback, Denoiser, Evaluator, IterationInfo, SolveResult, SolverConfig, SolverState, sync
+from .base import Callback, Denoiser, Evaluator, IterationInfo, SolverConfig, SolveResult, SolverState, sync
 
 
 def sequential(
@@ -77,8 +77,13 @@ def sequential(
             }
         )
         state.timings.append(
-            {"iteration": state.iteration, "model_s": evaluate.model_s, "solver_s": (t2 - t0) - (t1 - t0) + 0.0,
-             "comm_s": evaluate.comm_s, "rows": n}
+            {
+                "iteration": state.iteration,
+                "model_s": evaluate.model_s,
+                "solver_s": (t2 - t0) - (t1 - t0) + 0.0,
+                "comm_s": evaluate.comm_s,
+                "rows": n,
+            }
         )
         state.iteration += 1
         if callback is not None:

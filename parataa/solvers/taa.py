@@ -18,7 +18,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ._history import anderson_step, push_history, ridge_solve
 from ._window import UpdateInput, fixed_point_update, run_window_solver
-from .base import Callback, Denoiser, SolveResult, SolverConfig, SolverState
+from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
 def suffix_sum(v: torch.Tensor, dim: int = 1) -> torch.Tensor:
