@@ -1,0 +1,386 @@
+"""Read what the workflow stored (docs/STORAGE.md), verifying every byte before use.
+
+A run directory `runs/<model>/<sampler>-<steps>/<solver_tag>/shard-<k>/` exists for the analysis only when
+its manifest.json parses, has format "parataa.run/1", lists the required files, and every listed file has
+the sha256 the manifest records. Anything else (no manifest, a truncated or modified file, a listed file that
+is gone) is a rejected run: it is reported with the reason and never read. Files present but not listed in
+the manifest are ignored.
+
+The expected study matrix (model x sampler x steps x solver_tag x seeds) comes from the study config;
+`load_study(..., strict=True)` refuses an incomplete matrix and names every missing cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+__all__ = [
+    "RUN_FORMAT",
+    "REQUIRED_FILES",
+    "ResultError",
+    "IncompleteStudyError",
+    "Run",
+    "Study",
+    "verify_run",
+    "discover_runs",
+    "load_study",
+    "expected_cells",
+    "missing_cells",
+    "read_study_config",
+]
+
+RUN_FORMAT = "parataa.run/1"
+REQUIRED_FILES = ("samples.parquet", "convergence.parquet", "timings.parquet", "trajectory.safetensors")
+CELL = ["model", "sampler", "steps", "solver_tag"]
+
+
+class ResultError(ValueError):
+    """A stored run failed verification: for the analysis it does not exist."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class IncompleteStudyError(ValueError):
+    """Strict mode: the study matrix has missing cells (all of them are named)."""
+
+    def __init__(self, missing: list[str], rejected: list[ResultError]) -> None:
+        self.missing, self.rejected = missing, rejected
+        lines = [f"the study matrix is incomplete: {len(missing)} missing cell(s)"]
+        lines += [f"  missing: {m}" for m in missing]
+        lines += [f"  rejected run: {r}" for r in rejected]
+        super().__init__("\n".join(lines))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One verified shard. Only files listed (and verified) in its manifest can be read."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.manifest["files"]
+
+    @property
+    def world_size(self) -> int:
+        return int(self.manifest.get("world_size", 1))
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    def _listed(self, name: str) -> Path:
+        if name not in self.files:
+            raise KeyError(f"{self.path}: {name} is not listed in manifest.json")
+        return self.path / name
+
+    def read_parquet(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self._listed(name))
+
+    def read_safetensors(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Tensors as numpy arrays (the `safetensors.numpy` API: no torch) and the header metadata."""
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        p = self._listed(name)
+        with safe_open(str(p), framework="np") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(str(p)), meta
+
+
+def verify_run(path: str | Path) -> Run:
+    """Check manifest and hashes of one run directory; raise ResultError naming what is wrong."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise ResultError(path, "no manifest.json (an interrupted or incomplete run)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultError(path, f"manifest.json is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ResultError(path, f"manifest format must be {RUN_FORMAT!r}, got {got!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ResultError(path, "manifest.json lists no files")
+    absent = [f for f in REQUIRED_FILES if f not in files]
+    if absent:
+        raise ResultError(path, f"manifest.json does not list required file(s) {absent}")
+    for name, digest in files.items():
+        if "/" in name or name.startswith("."):
+            raise ResultError(path, f"manifest lists a file outside the run directory: {name!r}")
+        p = path / name
+        if not p.is_file():
+            raise ResultError(path, f"{name} is listed in manifest.json but missing")
+        actual = sha256_file(p)
+        if actual != digest:
+            raise ResultError(
+                path, f"sha256 mismatch for {name} (manifest {str(digest)[:12]}…, file {actual[:12]}…, "
+                f"{p.stat().st_size} bytes): corrupt or truncated"
+            )
+    return Run(path, manifest)
+
+
+def discover_runs(results: str | Path) -> tuple[list[Run], list[ResultError]]:
+    """Every shard directory under results/runs, split into verified runs and rejected ones."""
+    results = Path(results)
+    runs_dir = results / "runs"
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{results} has no runs/ directory: not a results/<study> folder of docs/STORAGE.md")
+    runs: list[Run] = []
+    rejected: list[ResultError] = []
+    for shard in sorted(p for p in runs_dir.glob("*/*/*/shard-*") if p.is_dir()):
+        try:
+            run = verify_run(shard)
+            _check_location(run, runs_dir)
+            runs.append(run)
+        except ResultError as e:
+            rejected.append(e)
+    return runs, rejected
+
+
+def _cell_of_path(shard: Path, runs_dir: Path) -> dict[str, Any] | None:
+    rel = shard.relative_to(runs_dir).parts  # model, sampler-steps, tag, shard-k
+    m = re.fullmatch(r"(.+)-(\d+)", rel[1])
+    if not m:
+        return None
+    return {"model": rel[0], "sampler": m.group(1), "steps": int(m.group(2)), "solver_tag": rel[2]}
+
+
+def _check_location(run: Run, runs_dir: Path) -> None:
+    """The samples of a shard must belong to the cell its directory names."""
+    cell = _cell_of_path(run.path, runs_dir)
+    if cell is None:
+        raise ResultError(run.path, "directory is not <model>/<sampler>-<steps>/<solver_tag>/shard-<k>")
+    s = run.read_parquet("samples.parquet")
+    if s.empty:
+        raise ResultError(run.path, "samples.parquet has no rows")
+    for key, val in cell.items():
+        if key not in s.columns:
+            raise ResultError(run.path, f"samples.parquet lacks column {key!r}")
+        if not (s[key].astype(type(val)) == val).all():
+            raise ResultError(run.path, f"samples.parquet {key} {sorted(set(s[key]))} != directory's {val!r}")
+
+
+# ------------------------------------------------------------------------------------------- study matrix
+
+
+def read_study_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(config, Mapping):
+        return dict(config)
+    p = Path(config)
+    if not p.is_file():
+        raise FileNotFoundError(f"study config {p} does not exist")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"study config {p} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _seeds(v: Any) -> list[int]:
+    if isinstance(v, bool):
+        raise ValueError(f"seeds must be a list, a count, 'a-b' or {{start, count}}, got {v!r}")
+    if isinstance(v, int):
+        return list(range(v))
+    if isinstance(v, str):
+        out: list[int] = []
+        for part in v.split(","):
+            part = part.strip()
+            if re.fullmatch(r"\d+-\d+", part):
+                lo, hi = (int(x) for x in part.split("-"))
+                out.extend(range(lo, hi + 1))
+            elif part:
+                out.append(int(part))
+        return out
+    if isinstance(v, Mapping):
+        return list(range(int(v.get("start", 0)), int(v.get("start", 0)) + int(v["count"])))
+    return [int(s) for s in v]
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _tags_for(tags: Any, model: str, sampler: str, steps: int) -> list[str]:
+    if isinstance(tags, Mapping):
+        for key in (f"{model}/{sampler}-{steps}", f"{sampler}-{steps}", sampler, model, "*"):
+            if key in tags:
+                return _tag_names(tags[key])
+        return []
+    return _tag_names(tags)
+
+
+def _tag_names(v: Any) -> list[str]:
+    out = []
+    for t in _as_list(v):
+        out.append(str(t["tag"]) if isinstance(t, Mapping) else str(t))
+    return out
+
+
+def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
+    """The expected matrix, one row per (model, sampler, steps, solver_tag, seed).
+
+    Accepted config (a dict or a YAML path; a top-level `matrix:` mapping is used when present)::
+
+        models: [gmm]            samplers: [ddim, ddpm]        steps: [16, 100]
+        seeds: [0, 1] | 10 | "0-9" | {start: 0, count: 10}
+        solver_tags: [sequential, taa_m2_k100_w100_tol1e-3]      # all cells, or per cell group:
+        solver_tags: {ddim: [...], "ddpm-100": [...], "gmm/ddim-16": [...], "*": [...]}
+    (`solvers:` is accepted for `solver_tags:`; entries may be {tag: ...} mappings.)
+    """
+    cfg = read_study_config(config)
+    cfg = dict(cfg.get("matrix", cfg))
+    for key in ("models", "samplers", "steps", "seeds"):
+        if key not in cfg:
+            raise ValueError(f"study config needs {key!r} (have {sorted(cfg)})")
+    tags = cfg.get("solver_tags", cfg.get("solvers"))
+    if tags is None:
+        raise ValueError(f"study config needs 'solver_tags' (or 'solvers'); have {sorted(cfg)}")
+    seeds = _seeds(cfg["seeds"])
+    rows = []
+    for model in _as_list(cfg["models"]):
+        model = str(model["name"]) if isinstance(model, Mapping) else str(model)
+        for sampler in _as_list(cfg["samplers"]):
+            for steps in _as_list(cfg["steps"]):
+                for tag in _tags_for(tags, model, str(sampler), int(steps)):
+                    for seed in seeds:
+                        rows.append((model, str(sampler), int(steps), tag, seed))
+    return pd.DataFrame(rows, columns=[*CELL, "seed"])
+
+
+def missing_cells(samples: pd.DataFrame, expected: pd.DataFrame) -> list[str]:
+    """Every expected cell without a verified run (or with seeds missing), one readable line each."""
+    have = set()
+    if not samples.empty:
+        have = set(map(tuple, samples[[*CELL, "seed"]].astype({"steps": int, "seed": int}).itertuples(index=False)))
+    out = []
+    for key, grp in expected.groupby(CELL, sort=True):
+        want = [int(s) for s in grp["seed"]]
+        lost = [s for s in want if (*key, s) not in have]
+        if lost:
+            where = "model={} sampler={} steps={} solver_tag={}".format(*key)
+            what = "no verified run" if len(lost) == len(want) else f"seeds {lost} missing"
+            out.append(f"{where}: {what} (runs/{key[0]}/{key[1]}-{key[2]}/{key[3]}/)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- study
+
+
+@dataclass
+class Study:
+    root: Path
+    runs: list[Run]
+    rejected: list[ResultError]
+    problems: list[str] = field(default_factory=list)
+
+    def _concat(self, name: str) -> pd.DataFrame:
+        parts = []
+        for run in self.runs:
+            df = run.read_parquet(name)
+            df["run"] = str(run.path.relative_to(self.root))
+            if name == "timings.parquet":
+                df["world_size"] = run.world_size
+            parts.append(df)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    @cached_property
+    def samples(self) -> pd.DataFrame:
+        return self._concat("samples.parquet")
+
+    @cached_property
+    def convergence(self) -> pd.DataFrame:
+        return self._concat("convergence.parquet")
+
+    @cached_property
+    def timings(self) -> pd.DataFrame:
+        return self._concat("timings.parquet")
+
+    @cached_property
+    def step_scales(self) -> pd.DataFrame:
+        """Per (model, sampler, steps, step): sigma_t and sqrt(beta_t), from the schedule in the manifests.
+
+        Needs config.schedule.{alpha_in, alpha_out} (or sigma) in manifest.json; empty when absent.
+        """
+        rows = []
+        seen = set()
+        for run in self.runs:
+            c = run.config
+            sched = c.get("schedule") or {}
+            key = (c.get("model"), c.get("sampler"), c.get("steps"))
+            if key in seen or not sched:
+                continue
+            ai, ao = sched.get("alpha_in"), sched.get("alpha_out")
+            if ai is not None and ao is not None:
+                ai, ao = np.asarray(ai, float), np.asarray(ao, float)
+                sigma = np.sqrt((1 - ao) / (1 - ai)) * np.sqrt(1 - ai / ao)
+                beta = np.sqrt(1 - ai / ao)
+            elif sched.get("sigma") is not None:
+                sigma = np.asarray(sched["sigma"], float)
+                beta = np.full_like(sigma, np.nan)
+            else:
+                continue
+            seen.add(key)
+            for t in range(len(sigma)):
+                rows.append((*key, t, float(sigma[t]), float(beta[t])))
+        return pd.DataFrame(rows, columns=["model", "sampler", "steps", "step", "sigma", "beta_scale"])
+
+    def runs_with(self, name: str) -> list[Run]:
+        return [r for r in self.runs if r.has(name)]
+
+
+def load_study(
+    results: str | Path,
+    expected: str | Path | Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> Study:
+    """Verify and index every run of results/<study>.
+
+    strict: refuse (IncompleteStudyError) when a cell of the expected matrix has no verified run or misses
+    seeds, when any run was rejected, or when a seed of a cell is stored twice; every problem is named.
+    Without strict, rejected runs and missing cells are listed in `study.problems`.
+    """
+    root = Path(results)
+    runs, rejected = discover_runs(root)
+    study = Study(root, runs, rejected)
+    problems = [f"rejected run: {r}" for r in rejected]
+    s = study.samples
+    if not s.empty:
+        dup = s[s.duplicated([*CELL, "seed"], keep=False)]
+        for key, grp in dup.groupby([*CELL, "seed"]):
+            problems.append(f"seed stored twice: {dict(zip([*CELL, 'seed'], key))} in {sorted(set(grp['run']))}")
+    missing: list[str] = []
+    if expected is not None:
+        missing = missing_cells(s, expected_cells(expected))
+        problems += [f"missing cell: {m}" for m in missing]
+    study.problems = problems
+    if strict and (missing or rejected or any(p.startswith("seed stored twice") for p in problems)):
+        dups = [p for p in problems if p.startswith("seed stored twice")]
+        raise IncompleteStudyError(missing + dups, rejected)
+    return study

@@ -1,0 +1,380 @@
+"""Tables from stored results: per cell (model x sampler x steps x solver) statistics over seeds, and
+steps-to-converge recounted under another stopping threshold without re-running.
+
+Statistics: `_mean` is the mean over seeds, `_std` the sample standard deviation over seeds (ddof = 1; NaN
+with one seed). Speedups are per seed first, then averaged:
+    speedup_steps = T / iterations           (sequential sampling takes exactly T parallel steps)
+    speedup_time  = wall_s(sequential, same model/sampler/steps/seed) / wall_s(solver)
+The sequential reference for time is the stored sequential run of the same seed at the lowest world size.
+
+Recounting (`recount_steps`) is an ESTIMATE of what the solver would have done under another threshold:
+the stored iterates were produced with the stored threshold, which decided which states were frozen and
+which steps the acceleration touched. The rule ("the first iteration after which every step of the
+trajectory has been seen converged"):
+  - a step counts as converged from the iteration where its logged rho is <= the new threshold and stays so
+    in every later iteration that logs it; a state no longer logged (frozen) keeps its last status;
+  - a pass counts only when every step logged above it in that iteration passes too (it is above the new
+    u*, the highest failing step): the solver updates everything at or below u* during the iteration, so a
+    pass there is stale (this is the solver's own rule, and what makes the recount exact, see below);
+  - the step the stored safeguard finalised (the highest stored-unconverged step of its last logged
+    iteration) took the exact sequential update, which leaves no residual: it counts as converged after
+    that iteration under any threshold.
+  - steps = (that iteration) + 1; NaN and `censored` when some step never counts as converged.
+Exactness: under the stored threshold the recount equals the stored count (tested on real solver logs).
+Under a looser threshold it is an estimate (exact for the steps frozen by the safeguard; the real solver
+would have frozen other states earlier and its later iterates would differ). Under a tighter threshold a
+solve is censored whenever a frozen state's last logged rho fails it: the run never logged what follows.
+Picard logs the first-order rho but stops on its own rule (ParaDiGMS), so it is not recounted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "Threshold",
+    "authors_rule",
+    "paper_rule",
+    "flat_rule",
+    "parse_threshold",
+    "with_step_scales",
+    "recount_steps",
+    "summary_table",
+    "recount_table",
+    "window_table",
+    "grid_table",
+    "write_table",
+    "to_markdown",
+    "to_latex",
+]
+
+GROUP = ["model", "sampler", "steps", "solver", "solver_tag"]
+ThresholdFn = Callable[[pd.DataFrame], np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A named stopping threshold: fn(convergence rows) -> threshold per row."""
+
+    label: str
+    description: str
+    fn: ThresholdFn
+
+    def __call__(self, df: pd.DataFrame) -> np.ndarray:
+        return self.fn(df)
+
+
+def _g(df: pd.DataFrame, g: str) -> np.ndarray:
+    col = {"sigma": "sigma", "beta": "beta_scale", "one": None}.get(g, "missing")
+    if col == "missing":
+        raise ValueError(f"g must be one of 'sigma', 'beta', 'one', got {g!r}")
+    if col is None:
+        return np.ones(len(df))
+    if col not in df.columns or df[col].isna().any():
+        raise ValueError(
+            f"threshold with g={g!r} needs the per-step column {col!r}: attach it with "
+            "with_step_scales(convergence, study.step_scales); it comes from config.schedule.alpha_in/alpha_out "
+            "in each run's manifest.json"
+        )
+    return df[col].to_numpy(float)
+
+
+def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma") -> Threshold:
+    """The authors' code: rho_t <= max(abs_tol, rel_tol * g_t), g = posterior std sigma_t."""
+    label = "authors" if (abs_tol, rel_tol, g) == (1e-3, 1e-3, "sigma") else f"authors_a{abs_tol:g}_r{rel_tol:g}_{g}"
+    return Threshold(
+        label,
+        f"rho_t <= max({abs_tol:g}, {rel_tol:g} * g_t), g = {g} (authors' code rule)",
+        lambda df: np.maximum(abs_tol, rel_tol * _g(df, g)) if rel_tol else np.full(len(df), float(abs_tol)),
+    )
+
+
+def paper_rule(tau: float = 1e-3, g: str = "sigma") -> Threshold:
+    """The paper's text: eps_t = tau^2 g(t)^2 d, i.e. rho_t <= tau * g(t)."""
+    label = f"paper_{g}" if tau == 1e-3 else f"paper_tau{tau:g}_{g}"
+    return Threshold(label, f"rho_t <= {tau:g} * g(t), g = {g} (paper text rule)", lambda df: tau * _g(df, g))
+
+
+def flat_rule(tol: float) -> Threshold:
+    return Threshold(f"flat_{tol:g}", f"rho_t <= {tol:g}", lambda df: np.full(len(df), float(tol)))
+
+
+def parse_threshold(spec: str) -> Threshold:
+    """'authors', 'authors:abs=1e-3,rel=1e-3,g=sigma', 'paper', 'paper:tau=1e-3,g=beta', 'flat:1e-4'."""
+    name, _, rest = spec.partition(":")
+    opts: dict[str, str] = {}
+    if name == "flat":
+        try:
+            return flat_rule(float(rest))
+        except ValueError as e:
+            raise ValueError(f"threshold 'flat:<tol>' needs a number, got {spec!r}") from e
+    for part in filter(None, rest.split(",")):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise ValueError(f"threshold options are key=value, got {part!r} in {spec!r}")
+        opts[k.strip()] = v.strip()
+    try:
+        if name == "authors":
+            allowed = {"abs", "rel", "g"}
+            _unknown(opts, allowed, spec)
+            return authors_rule(float(opts.get("abs", 1e-3)), float(opts.get("rel", 1e-3)), opts.get("g", "sigma"))
+        if name == "paper":
+            _unknown(opts, {"tau", "g"}, spec)
+            return paper_rule(float(opts.get("tau", 1e-3)), opts.get("g", "sigma"))
+    except ValueError as e:
+        raise ValueError(f"bad threshold {spec!r}: {e}") from e
+    raise ValueError(f"threshold must be 'authors[:abs=,rel=,g=]', 'paper[:tau=,g=]' or 'flat:<tol>', got {spec!r}")
+
+
+def _unknown(opts: dict[str, str], allowed: set[str], spec: str) -> None:
+    bad = sorted(set(opts) - allowed)
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} in {spec!r}; allowed {sorted(allowed)}")
+
+
+def with_step_scales(convergence: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
+    """Attach sigma_t and sqrt(beta_t) of each row's (model, sampler, steps, step)."""
+    if scales.empty:
+        return convergence
+    keys = [k for k in ("model", "sampler", "steps", "step") if k in convergence.columns]
+    out = convergence.drop(columns=[c for c in ("sigma", "beta_scale") if c in convergence.columns])
+    return out.merge(scales, on=keys, how="left")
+
+
+# -------------------------------------------------------------------------------------------- recount
+
+
+def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd.DataFrame:
+    """Steps to converge of every logged solve under a new threshold (see the module docstring).
+
+    convergence_df: rows of convergence.parquet (sample or seed, iteration, step, rho, converged, and the
+    identifying columns present). threshold_fn(rows) -> new threshold per row.
+    Returns one row per solve: its identifying columns, `iterations` (the recount; NaN when censored),
+    `censored` (a step never meets the new threshold in the logged iterations), `recounted` (False for
+    solvers whose stopping rule is not the first-order one: Picard).
+    """
+    need = {"iteration", "step", "rho", "converged"}
+    if not need <= set(convergence_df.columns):
+        raise ValueError(f"convergence rows need columns {sorted(need)}, have {sorted(convergence_df.columns)}")
+    id_cols = [c for c in ("model", "sampler", "steps", "solver", "solver_tag") if c in convergence_df.columns]
+    id_cols.append("seed" if "seed" in convergence_df.columns else "sample")
+    df = convergence_df.sort_values([*id_cols, "step", "iteration"]).reset_index(drop=True)
+    thr = np.asarray(threshold_fn(df), dtype=float)
+    if thr.shape != (len(df),):
+        raise ValueError(f"threshold_fn must return one threshold per row ({len(df)}), got shape {thr.shape}")
+    ok = df["rho"].to_numpy(float) <= thr
+    # u* under the new threshold: the highest logged step of the iteration that fails it. A check of step t
+    # is final only when t is above u* (the solver keeps and freezes those; everything at or below u* is
+    # updated during the iteration, so a pass there is stale).
+    u_new = df.assign(_u=np.where(ok, -1, df["step"])).groupby([*id_cols, "iteration"])["_u"].transform("max")
+    verified = df["step"].to_numpy() > u_new.to_numpy()
+    # the safeguard's step: highest stored-unconverged step of an iteration, never logged again. Its exact
+    # update leaves no residual: converged after that iteration (not before: its rho there failed).
+    last_it = df.groupby([*id_cols, "step"])["iteration"].transform("max").to_numpy()
+    unconv = ~df["converged"].to_numpy(bool)
+    top = df.assign(_u=np.where(unconv, df["step"], -1)).groupby([*id_cols, "iteration"])["_u"].transform("max")
+    safeguard = unconv & (df["step"].to_numpy() == top.to_numpy()) & (df["iteration"].to_numpy() == last_it)
+    barrier = safeguard & ~verified
+    df["_ok"] = (verified | safeguard).astype(np.int8)
+    # converged from the first row of the final all-ok run of each step's rows (frozen: last status kept)
+    df["_suffix_ok"] = df.iloc[::-1].groupby([*id_cols, "step"])["_ok"].cummin().iloc[::-1]
+    run_start = df[df["_suffix_ok"] == 1].groupby([*id_cols, "step"])["iteration"].min()
+    at_barrier = df[barrier].groupby([*id_cols, "step"])["iteration"].max()
+    conv_from = run_start.combine(at_barrier, max, fill_value=-1).loc[run_start.index]
+
+    rows = []
+    for key, grp in df.groupby(id_cols, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rec = dict(zip(id_cols, key))
+        T = int(rec["steps"]) if "steps" in rec else int(grp["step"].max()) + 1
+        solver = rec.get("solver")
+        if solver == "picard":
+            rows.append({**rec, "iterations": math.nan, "censored": False, "recounted": False})
+            continue
+        try:
+            cf = conv_from.loc[key]
+        except KeyError:
+            cf = pd.Series(dtype=float)
+        complete = len(cf) == T and set(cf.index) == set(range(T))
+        rows.append({
+            **rec,
+            "iterations": float(cf.max() + 1) if complete else math.nan,
+            "censored": not complete,
+            "recounted": True,
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _per_seed(samples: pd.DataFrame) -> pd.DataFrame:
+    s = samples.copy()
+    s["speedup_steps"] = s["steps"] / s["iterations"]
+    seq = s[s["solver"] == "sequential"]
+    if not seq.empty:
+        seq = seq.sort_values("world_size").drop_duplicates(["model", "sampler", "steps", "seed"])
+        ref = seq.set_index(["model", "sampler", "steps", "seed"])["wall_s"].rename("seq_wall_s")
+        s = s.join(ref, on=["model", "sampler", "steps", "seed"])
+    else:
+        s["seq_wall_s"] = np.nan
+    s["speedup_time"] = s["seq_wall_s"] / s["wall_s"]
+    return s
+
+
+def _agg(df: pd.DataFrame, by: list[str], cols: Sequence[str]) -> pd.DataFrame:
+    g = df.groupby(by, sort=True, dropna=False)
+    out = g.size().rename("n_seeds").to_frame()
+    for c in cols:
+        if c in df.columns:
+            out[f"{c}_mean"] = g[c].mean()
+            out[f"{c}_std"] = g[c].std(ddof=1)
+    return out
+
+
+def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x sampler x steps x solver (tag): mean and spread over seeds."""
+    if samples.empty:
+        return pd.DataFrame(columns=[*GROUP, "n_seeds"])
+    s = _per_seed(samples)
+    out = _agg(s, GROUP, ["iterations", "nfe", "wall_s", "speedup_steps", "speedup_time", "err_max", "psnr"])
+    g = s.groupby(GROUP, sort=True, dropna=False)
+    out["finished_frac"] = g["finished"].mean()
+    out["err_max_max"] = g["err_max"].max()
+    out["world_size"] = g["world_size"].max()
+    cols = [
+        "n_seeds", "finished_frac", "iterations_mean", "iterations_std", "nfe_mean", "nfe_std",
+        "wall_s_mean", "wall_s_std", "speedup_steps_mean", "speedup_steps_std", "speedup_time_mean",
+        "speedup_time_std", "err_max_mean", "err_max_max", "psnr_mean", "psnr_std", "world_size",
+    ]
+    return out[cols].reset_index()
+
+
+def recount_table(
+    samples: pd.DataFrame, convergence: pd.DataFrame, thresholds: Iterable[Threshold]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Per cell: stored iterations and the recount under each threshold (mean/std over seeds, censored count)."""
+    notes: list[str] = []
+    base = samples.groupby(GROUP, sort=True)["iterations"].agg(["mean", "std"])
+    base.columns = ["stored_mean", "stored_std"]
+    tables = [base]
+    for th in thresholds:
+        try:
+            rc = recount_steps(convergence, th)
+        except ValueError as e:
+            notes.append(f"recount under {th.label} skipped: {e}")
+            continue
+        rc = rc[rc["recounted"]]
+        g = rc.groupby(GROUP, sort=True)
+        t = pd.DataFrame({
+            f"{th.label}_mean": g["iterations"].mean(),
+            f"{th.label}_std": g["iterations"].std(ddof=1),
+            f"{th.label}_censored": g["censored"].sum().astype(int),
+        })
+        tables.append(t)
+        notes.append(f"{th.label}: {th.description}")
+    out = pd.concat(tables, axis=1).reset_index()
+    return out, notes
+
+
+def _hyper_key(s: pd.DataFrame, vary: Sequence[str]) -> list[str]:
+    fixed = ["method", "order", "history", "window", "ridge", "abs_tol", "rel_tol", "tol_scale", "init", "cfg_scale"]
+    return ["model", "sampler", "steps", "solver"] + [c for c in fixed if c in s.columns and c not in vary]
+
+
+def window_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Iterations (and NFE) vs window W, for solver settings stored at several windows."""
+    s = samples[samples["solver"] != "sequential"]
+    if s.empty or "window" not in s.columns:
+        return pd.DataFrame()
+    key = _hyper_key(s, ["window"])
+    n_w = s.groupby(key, dropna=False)["window"].transform("nunique")
+    s = s[n_w > 1]
+    if s.empty:
+        return pd.DataFrame()
+    return _agg(s, [*key, "window"], ["iterations", "nfe", "wall_s"]).reset_index()
+
+
+def grid_table(samples: pd.DataFrame, method: str = "taa") -> pd.DataFrame:
+    """Iterations of `method` over the history m x order k grid (other settings fixed)."""
+    s = samples[samples["method"] == method] if "method" in samples.columns else samples.iloc[:0]
+    if s.empty:
+        return pd.DataFrame()
+    key = _hyper_key(s, ["history", "order"])
+    sizes = s.groupby(key, dropna=False)[["history", "order"]].transform("nunique")
+    s = s[(sizes["history"] > 1) | (sizes["order"] > 1)]
+    if s.empty:
+        return pd.DataFrame()
+    return _agg(s, [*key, "history", "order"], ["iterations", "nfe"]).reset_index()
+
+
+# ----------------------------------------------------------------------------------------------- writers
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "–"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        if a >= 1000 or a < 1e-3:
+            return f"{v:.3g}"
+        if a >= 100:
+            return f"{v:.1f}"
+        return f"{v:.3g}" if a < 1 else f"{v:.2f}"
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+
+
+def _tex(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^–]", lambda m: _TEX[m.group()], text)
+
+
+def to_latex(df: pd.DataFrame, caption: str = "") -> str:
+    cols = list(df.columns)
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in cols)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule"]
+    out.append(" & ".join(_tex(c) for c in cols) + r" \\")
+    out.append(r"\midrule")
+    for row in df.itertuples(index=False):
+        out.append(" & ".join(_tex(_fmt(v)) for v in row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(rf"\caption{{{_tex(caption)}}}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, caption: str = "") -> list[Path]:
+    """name.csv (full precision), name.md and name.tex (rounded for reading). Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
+    df.to_csv(paths[0], index=False)
+    paths[1].write_text((f"{caption}\n\n" if caption else "") + to_markdown(df))
+    paths[2].write_text(to_latex(df, caption))
+    return paths
