@@ -1,0 +1,19 @@
+# ParaTAA study workflow. Config says WHAT (config/*.yaml), the profile says WHERE (local/ or slurm/):
+#   snakemake --profile local                                # the default study on this machine
+#   snakemake --profile local --configfile config/smoke.yaml # CI smoke study
+#   snakemake --profile slurm --configfile config/paper.yaml # the paper's study on a SLURM cluster
+# See workflow/README.md.
+
+configfile: "config/study.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/noise.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        AGGREGATE,
+    default_target: True

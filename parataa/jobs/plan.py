@@ -1,0 +1,237 @@
+"""The study matrix: from a validated study config to cells, shards, job groups, paths and job specs.
+
+Pure bookkeeping (no models, no files): used by the workflow (workflow/rules/common.smk) to build the DAG and
+by tests. A cell is (model, sampler, steps, solver_tag); its seeds are split into shards of `seeds_per_shard`;
+the parallel cells of one (model, sampler, steps, shard) are packed `runs_per_job` at a time into job groups,
+so a cluster job does real work instead of one tiny cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..solvers import preset
+from ..storage import run_dir
+
+__all__ = [
+    "SOLVER_NAMES",
+    "fmt_num",
+    "solver_tag",
+    "solver_runs",
+    "shards",
+    "groups",
+    "conditions_for",
+    "model_spec",
+    "paths",
+    "group_spec",
+    "baseline_spec",
+]
+
+SOLVER_NAMES = ("fp", "fp+", "aa", "taa", "picard")
+# Options a solver's preset fixes: study-wide `solver_defaults` do not override them (a solver's own block can).
+_PRESET_FIXED = {"fp": {"order"}, "fp+": {"order"}, "aa": {"order"}, "taa": {"order"}, "picard": {"init"}}
+
+
+def fmt_num(v: float) -> str:
+    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
+    if v == 0:
+        return "0"
+    m, e = f"{float(v):.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    e = int(e)
+    return f"{m}e{e}" if e else m
+
+
+def solver_tag(name: str, cfg: Any, steps: int) -> str:
+    """Directory name of a solver and its hyperparameters, e.g. taa_m2_k25_w25_tol1e-3."""
+    if name == "sequential":
+        return "sequential"
+    parts = [name.replace("+", "plus")]
+    if name in ("aa", "taa"):
+        parts.append(f"m{cfg.history}")
+    if name in ("fp+", "aa", "taa"):
+        parts.append(f"k{cfg.order or steps}")
+    parts.append(f"w{cfg.window or steps}")
+    if name == "picard":
+        parts.append(f"ptol{fmt_num(cfg.picard_tol)}")
+    else:
+        parts.append(f"tol{fmt_num(cfg.abs_tol)}")
+        if cfg.rel_tol != cfg.abs_tol:
+            parts.append(f"rtol{fmt_num(cfg.rel_tol)}")
+        if name in ("aa", "taa") and cfg.ridge != 1e-3:
+            parts.append(f"ridge{fmt_num(cfg.ridge)}")
+    if cfg.tol_scale != "sigma":
+        parts.append(f"g{cfg.tol_scale}")
+    if cfg.init != ("copy" if name == "picard" else "gaussian"):
+        parts.append(f"init{cfg.init}")
+    if cfg.max_iters is not None:
+        parts.append(f"it{cfg.max_iters}")
+    return "_".join(parts)
+
+
+def solver_runs(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
+    """Every parallel solver configuration of the study at `steps`: [{"solver", "tag", "config"}] in config
+    order; grids (lists) are expanded as a Cartesian product. Raises on clashing tags."""
+    defaults = dict(config.get("solver_defaults", {}))
+    out: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for name, block in config["solvers"].items():
+        block = dict(block or {})
+        keys = list(block)
+        values = [v if isinstance(v, list) else [v] for v in block.values()]
+        for combo in itertools.product(*values) if keys else [()]:
+            point = dict(zip(keys, combo, strict=True))
+            over = {k: v for k, v in defaults.items() if k not in _PRESET_FIXED.get(name, set())}
+            over.update(point)
+            try:
+                cfg = preset(name, **over)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"solvers.{name}: {e}") from e
+            tag = solver_tag(name, cfg, steps)
+            d = cfg.to_dict()
+            if tag in seen:
+                if seen[tag] != d:
+                    raise ValueError(
+                        f"solvers.{name}: two grid points share the tag {tag!r} but differ: {seen[tag]} vs {d}"
+                    )
+                continue
+            seen[tag] = d
+            out.append({"solver": name, "tag": tag, "config": d})
+    return out
+
+
+def shards(config: Mapping[str, Any]) -> list[list[int]]:
+    seeds = list(config["seeds"])
+    k = int(config["seeds_per_shard"])
+    return [seeds[i : i + k] for i in range(0, len(seeds), k)]
+
+
+def groups(config: Mapping[str, Any], steps: int) -> list[list[dict[str, Any]]]:
+    runs = solver_runs(config, steps)
+    k = int(config["runs_per_job"])
+    return [runs[i : i + k] for i in range(0, len(runs), k)]
+
+
+def conditions_for(model: Mapping[str, Any], config: Mapping[str, Any], seeds: list[int]) -> list[Any]:
+    """The condition of each seed: the model's conditions cycled over the study's seed list, so a seed's
+    condition does not depend on how seeds are sharded."""
+    conds = list(model["conditions"])
+    pos = {s: i for i, s in enumerate(config["seeds"])}
+    return [conds[pos[s] % len(conds)] for s in seeds]
+
+
+def model_spec(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    for m in config["models"]:
+        if m["name"] == name:
+            return dict(m)
+    raise KeyError(f"model {name!r} is not in the study config (models: {[m['name'] for m in config['models']]})")
+
+
+def paths(config: Mapping[str, Any]) -> dict[str, str]:
+    """Snakemake path patterns (wildcards: model, sampler, steps, shard, group)."""
+    base = f"{config['results_dir']}/{config['study']}"
+    return {
+        "noise": base + "/noise/{model}/T{steps}/shard-{shard}.safetensors",
+        "baseline": base + "/runs/{model}/{sampler}-{steps}/sequential/shard-{shard}/manifest.json",
+        "group": base + "/jobs/{model}/{sampler}-{steps}/shard-{shard}/group-{group}.json",
+        "aggregate": base + "/aggregate/manifest.json",
+        "submitit": base + "/.submitit",
+        "records": base + "/.submitit/records",
+        "state": base + "/.state",
+    }
+
+
+def targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    p = paths(config)
+    out: dict[str, list[str]] = {"noise": [], "baseline": [], "group": []}
+    for m in config["models"]:
+        for steps in config["steps"]:
+            for k in range(len(shards(config))):
+                out["noise"].append(p["noise"].format(model=m["name"], steps=steps, shard=k))
+                for sampler in config["samplers"]:
+                    w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
+                    out["baseline"].append(p["baseline"].format(**w))
+                    for g in range(len(groups(config, steps))):
+                        out["group"].append(p["group"].format(group=g, **w))
+    return out
+
+
+def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> dict[str, Any]:
+    seeds = shards(config)[shard]
+    m = model_spec(config, model)
+    return {
+        "study": config["study"],
+        "results_dir": config["results_dir"],
+        "model": {k: m.get(k) for k in ("name", "cfg_scale", "options", "path", "dtype", "chunk_size")},
+        "sampler": sampler,
+        "steps": int(steps),
+        "shard": int(shard),
+        "seeds": seeds,
+        "conditions": conditions_for(m, config, seeds),
+        "device": config["device"],
+        "world_size": int(config["world_size"]),
+        "threads": int(config["threads"]),
+        "checkpoint_every_s": float(config["checkpoint_every_s"]),
+        "save_iterates": int(config["save_iterates"]),
+        "progress": bool(config["progress"]),
+        "state_dir": paths(config)["state"],
+        "noise": paths(config)["noise"].format(model=model, steps=steps, shard=shard),
+    }
+
+
+def _run(config: Mapping[str, Any], spec: dict[str, Any], r: Mapping[str, Any]) -> dict[str, Any]:
+    d = run_dir(
+        config["results_dir"],
+        config["study"],
+        spec["model"]["name"],
+        spec["sampler"],
+        spec["steps"],
+        r["tag"],
+        spec["shard"],
+    )
+    return {"solver": r["solver"], "tag": r["tag"], "config": dict(r["config"]), "dir": str(d)}
+
+
+def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> dict[str, Any]:
+    spec = _common(config, model, sampler, steps, shard)
+    spec["name"] = f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential"
+    spec["baseline"] = None
+    spec["runs"] = [
+        _run(config, spec, {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()})
+    ]
+    return spec
+
+
+def group_spec(
+    config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, group: int
+) -> dict[str, Any]:
+    spec = _common(config, model, sampler, steps, shard)
+    gs = groups(config, int(steps))
+    if not 0 <= group < len(gs):
+        raise ValueError(f"group {group} does not exist: {len(gs)} job groups at steps={steps}")
+    spec["name"] = f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/group-{group}"
+    spec["baseline"] = str(
+        Path(paths(config)["baseline"].format(model=model, sampler=sampler, steps=steps, shard=shard)).parent
+    )
+    spec["runs"] = [_run(config, spec, r) for r in gs[group]]
+    return spec
+
+
+def count(config: Mapping[str, Any]) -> dict[str, int]:
+    """How many runs and jobs the study has (for the start-up summary)."""
+    n_shards = len(shards(config))
+    cells = jobs = 0
+    for steps in config["steps"]:
+        per = len(solver_runs(config, steps)) + 1
+        cells += per * len(config["models"]) * len(config["samplers"])
+        jobs += (len(groups(config, steps)) + 1) * len(config["models"]) * len(config["samplers"])
+    return {
+        "cells": cells,
+        "runs": cells * n_shards,
+        "jobs": jobs * n_shards,
+        "shards": n_shards,
+        "samples": len(config["seeds"]) * cells,
+    }

@@ -1,0 +1,391 @@
+"""Stored results: the only writer (and a verifying reader) of the layout in docs/STORAGE.md.
+
+A run directory holds data files and a `manifest.json` that lists the sha256 of every one of them. Data files
+are written first, each atomically (temporary file + `os.replace`); the manifest is written last, atomically.
+A directory without a valid manifest, or whose files do not match the manifest's hashes, does not exist for
+any reader: `read_manifest` / `load_run` raise `CorruptRunError` naming the file and the problem.
+
+This module does not import torch: arrays go through numpy and safetensors' numpy API, tables through
+pandas/pyarrow, so the analysis can use the same loaders.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RUN_FORMAT",
+    "AGGREGATE_FORMAT",
+    "DATA_FILES",
+    "CorruptRunError",
+    "Run",
+    "run_dir",
+    "sha256_file",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "git_sha",
+    "environment",
+    "write_run",
+    "read_manifest",
+    "is_complete",
+    "load_run",
+    "write_aggregate",
+    "read_aggregate",
+]
+
+RUN_FORMAT = "parataa.run/1"
+AGGREGATE_FORMAT = "parataa.aggregate/1"
+DATA_FILES = ("samples.parquet", "convergence.parquet", "timings.parquet", "trajectory.safetensors")
+OPTIONAL_FILES = ("iterates.safetensors",)
+TABLES = ("samples", "convergence", "timings")
+
+
+class CorruptRunError(ValueError):
+    """A stored run or aggregate is missing, truncated, or does not match its manifest."""
+
+
+# ----------------------------------------------------------------------------------------------- paths
+
+
+def run_dir(root: str | Path, study: str, model: str, sampler: str, steps: int, solver_tag: str, shard: int) -> Path:
+    """results/<study>/runs/<model>/<sampler>-<steps>/<solver_tag>/shard-<k>"""
+    return Path(root) / study / "runs" / model / f"{sampler}-{int(steps)}" / solver_tag / f"shard-{int(shard)}"
+
+
+# ------------------------------------------------------------------------------------------ primitives
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write `data` to `path` through a temporary file in the same directory, fsync, `os.replace`.
+    Returns the sha256 of the bytes written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> str:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.bool_,)):
+        return bool(o)
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _parquet_bytes(df: Any) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+# -------------------------------------------------------------------------------------- provenance
+
+
+def git_sha() -> str:
+    """Commit of the source tree the job runs from (`PARATAA_GIT_SHA` wins, e.g. for installed copies);
+    suffixed with `-dirty` when tracked files differ from it; "unknown" outside a git checkout."""
+    if os.environ.get("PARATAA_GIT_SHA"):
+        return os.environ["PARATAA_GIT_SHA"]
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def environment() -> dict[str, str]:
+    """Versions of the interpreter and of every package that can change a number (no imports needed)."""
+    from importlib import metadata
+
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in (
+        "parataa",
+        "torch",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "safetensors",
+        "diffusers",
+        "transformers",
+        "submitit",
+        "snakemake",
+    ):
+        try:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    return env
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def write_run(
+    directory: str | Path,
+    *,
+    samples: Any,
+    convergence: Any,
+    timings: Any,
+    trajectory: np.ndarray,
+    x0: np.ndarray,
+    seeds: Sequence[int],
+    config: Mapping[str, Any],
+    noise_sha256: str,
+    devices: Sequence[str],
+    world_size: int,
+    iterates: np.ndarray | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one run (docs/STORAGE.md): data files first, `manifest.json` last. Returns the manifest.
+
+    trajectory [N, T+1, *S] is stored as float32, x0 [N, *S] as float64 (the exact solver output, so distances
+    to the sequential sample are not limited by float32 rounding); iterates, when given, [K, I, *S] float32.
+    """
+    from safetensors.numpy import save as st_save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest_path = directory / "manifest.json"
+    # An old manifest must not vouch for the new files while they are being written.
+    if manifest_path.exists():
+        manifest_path.unlink()
+    n = len(seeds)
+    for name, df in (("samples", samples), ("convergence", convergence), ("timings", timings)):
+        if not hasattr(df, "to_parquet"):
+            raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    if len(samples) != n:
+        raise ValueError(f"samples must have one row per seed ({n}), got {len(samples)}")
+    if trajectory.shape[0] != n or x0.shape[0] != n:
+        raise ValueError(f"trajectory and x0 must have {n} rows, got {trajectory.shape} and {x0.shape}")
+    cfg_json = json.dumps(config, sort_keys=True, default=_json_default)
+    meta = {"format": RUN_FORMAT, "config": cfg_json, "seeds": json.dumps([int(s) for s in seeds])}
+    files: dict[str, str] = {}
+    files["samples.parquet"] = atomic_write_bytes(directory / "samples.parquet", _parquet_bytes(samples))
+    files["convergence.parquet"] = atomic_write_bytes(directory / "convergence.parquet", _parquet_bytes(convergence))
+    files["timings.parquet"] = atomic_write_bytes(directory / "timings.parquet", _parquet_bytes(timings))
+    tensors = {
+        "trajectory": np.ascontiguousarray(trajectory, dtype=np.float32),
+        "x0": np.ascontiguousarray(x0, dtype=np.float64),
+    }
+    files["trajectory.safetensors"] = atomic_write_bytes(
+        directory / "trajectory.safetensors", st_save(tensors, metadata=meta)
+    )
+    if iterates is not None:
+        files["iterates.safetensors"] = atomic_write_bytes(
+            directory / "iterates.safetensors",
+            st_save({"iterates": np.ascontiguousarray(iterates, dtype=np.float32)}, metadata=meta),
+        )
+    elif (directory / "iterates.safetensors").exists():
+        (directory / "iterates.safetensors").unlink()
+    manifest = {
+        "format": RUN_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": json.loads(cfg_json),
+        "git_sha": git_sha(),
+        "environment": environment(),
+        "devices": list(devices),
+        "world_size": int(world_size),
+        "noise_sha256": noise_sha256,
+        "files": files,
+    }
+    if extra:
+        manifest.update(json.loads(json.dumps(dict(extra), default=_json_default)))
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def read_manifest(directory: str | Path, verify: bool = True, fmt: str = RUN_FORMAT) -> dict[str, Any]:
+    """The manifest of a run (or aggregate) directory, after checking every listed file's sha256."""
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise CorruptRunError(f"{directory}: no manifest.json (the run is missing or was interrupted; rerun it)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRunError(f"{path}: unreadable manifest ({e}); delete the directory and rerun") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CorruptRunError(f"{path}: format must be {fmt!r}, got {got!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CorruptRunError(f"{path}: 'files' must map file names to sha256, got {files!r}")
+    if verify:
+        for name, digest in files.items():
+            f = directory / name
+            if not f.is_file():
+                raise CorruptRunError(f"{f}: listed in the manifest but missing")
+            actual = sha256_file(f)
+            if actual != digest:
+                raise CorruptRunError(
+                    f"{f}: sha256 {actual} does not match the manifest's {digest} "
+                    "(corrupt or truncated); delete the run directory and rerun"
+                )
+    return manifest
+
+
+def is_complete(directory: str | Path, config: Mapping[str, Any] | None = None) -> bool:
+    """True when the run has a valid manifest (every hash checked) and, if given, was made from `config`."""
+    try:
+        m = read_manifest(directory)
+    except CorruptRunError:
+        return False
+    if config is None:
+        return True
+    return m.get("config") == json.loads(json.dumps(config, sort_keys=True, default=_json_default))
+
+
+@dataclass
+class Run:
+    directory: Path
+    manifest: dict[str, Any]
+    samples: Any
+    convergence: Any
+    timings: Any
+    trajectory: np.ndarray
+    x0: np.ndarray
+    seeds: tuple[int, ...]
+    iterates: np.ndarray | None = None
+
+
+def load_run(directory: str | Path, tables: bool = True) -> Run:
+    """Read a run after verifying every file against its manifest; raises CorruptRunError otherwise."""
+    import pandas as pd
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    missing = [f for f in DATA_FILES if f not in manifest["files"]]
+    if missing:
+        raise CorruptRunError(f"{directory}/manifest.json: required files not listed: {missing}")
+    raw = (directory / "trajectory.safetensors").read_bytes()
+    try:
+        arrays = st_load(raw)
+    except (SafetensorError, ValueError) as e:
+        raise CorruptRunError(f"{directory}/trajectory.safetensors: unreadable ({e})") from e
+    seeds = tuple(int(s) for s in json.loads(_safetensors_metadata(raw).get("seeds", "[]")))
+    iterates = None
+    if "iterates.safetensors" in manifest["files"]:
+        iterates = st_load((directory / "iterates.safetensors").read_bytes())["iterates"]
+    frames = {}
+    if tables:
+        for t in TABLES:
+            frames[t] = pd.read_parquet(directory / f"{t}.parquet")
+    return Run(
+        directory=directory,
+        manifest=manifest,
+        samples=frames.get("samples"),
+        convergence=frames.get("convergence"),
+        timings=frames.get("timings"),
+        trajectory=arrays["trajectory"],
+        x0=arrays["x0"],
+        seeds=seeds,
+        iterates=iterates,
+    )
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    return header.get("__metadata__", {}) or {}
+
+
+# ---------------------------------------------------------------------------------------- aggregates
+
+
+def write_aggregate(out_dir: str | Path, run_dirs: Iterable[str | Path], root: str | Path | None = None) -> dict:
+    """Concatenate the tables of verified runs into out_dir/{samples,convergence,timings}.parquet plus a
+    manifest listing every run manifest (path relative to `root`, sha256) they came from."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("write_aggregate needs at least one run directory, got none")
+    parts: dict[str, list[Any]] = {t: [] for t in TABLES}
+    sources = []
+    for d in run_dirs:
+        run = load_run(d)
+        for t in TABLES:
+            parts[t].append(getattr(run, t))
+        rel = os.path.relpath(d / "manifest.json", root) if root is not None else str(d / "manifest.json")
+        sources.append({"path": rel, "sha256": sha256_file(d / "manifest.json")})
+    if (out_dir / "manifest.json").exists():
+        (out_dir / "manifest.json").unlink()
+    files = {}
+    for t in TABLES:
+        frames = [f for f in parts[t] if len(f)]
+        df = pd.concat(frames, ignore_index=True) if frames else parts[t][0].iloc[0:0]
+        files[f"{t}.parquet"] = atomic_write_bytes(out_dir / f"{t}.parquet", _parquet_bytes(df))
+    manifest = {
+        "format": AGGREGATE_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_sha": git_sha(),
+        "runs": sources,
+        "files": files,
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def read_aggregate(out_dir: str | Path) -> dict[str, Any]:
+    """The aggregate tables after verifying their hashes: {"manifest", "samples", "convergence", "timings"}."""
+    import pandas as pd
+
+    m = read_manifest(out_dir, fmt=AGGREGATE_FORMAT)
+    return {"manifest": m, **{t: pd.read_parquet(Path(out_dir) / f"{t}.parquet") for t in TABLES}}

@@ -1,0 +1,14 @@
+# Every run's tables concatenated, after every run's hashes are verified (parataa.storage.write_aggregate).
+
+
+rule aggregate:
+    input:
+        TARGETS["baseline"],
+        TARGETS["group"],
+    output:
+        AGGREGATE,
+    params:
+        out=lambda wc, output: str(Path(output[0]).parent),
+    localrule: True
+    shell:
+        "python -m parataa.jobs aggregate {params.out} {input}"
