@@ -15,37 +15,18 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import xl_denoiser  # noqa: E402
+
 from parataa import dit_schedule, draw_noise
 from parataa.solvers import preset, solve
-
-DIT_XL_2 = dict(
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-    sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
-    norm_elementwise_affine=False, activation_fn="gelu-approximate", attention_bias=True,
-)
-
-
-class GuidedTransformer:
-    """Denoiser over a class-conditional DiT: 2B rows per call (conditional, then null class), guided eps."""
-
-    def __init__(self, net: torch.nn.Module, labels: list[int], null: int, scale: float, dtype: torch.dtype):
-        self.net, self.null, self.scale, self.dtype = net, null, scale, dtype
-        self.labels = torch.tensor(labels)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        y = self.labels.to(x.device)[samples]
-        xx = torch.cat([x, x]).to(self.dtype)
-        tt = torch.cat([timesteps, timesteps]).to(self.dtype)
-        yy = torch.cat([y, torch.full_like(y, self.null)])
-        out = self.net(xx, timestep=tt, class_labels=yy).sample[:, : x.shape[1]].double()
-        cond, uncond = out[:b], out[b:]
-        return uncond + self.scale * (cond - uncond)
 
 
 def main() -> None:
@@ -58,12 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    cfg = dict(DIT_XL_2, num_layers=2, num_attention_heads=4) if args.small else DIT_XL_2
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    net = DiTTransformer2DModel(**cfg).to(device, dtype).eval()
-    model = GuidedTransformer(net, [207], 1000, 5.0, dtype)
+    model = xl_denoiser(device, [207], small=args.small)
     T = args.window
     sched = dit_schedule(T)
     noise = draw_noise([0], T, (4, 32, 32)).to(device)
