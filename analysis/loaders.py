@@ -13,6 +13,7 @@ The expected study matrix (model x sampler x steps x solver_tag x seeds) comes f
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -141,8 +142,9 @@ def verify_run(path: str | Path) -> Run:
         actual = sha256_file(p)
         if actual != digest:
             raise ResultError(
-                path, f"sha256 mismatch for {name} (manifest {str(digest)[:12]}…, file {actual[:12]}…, "
-                f"{p.stat().st_size} bytes): corrupt or truncated"
+                path,
+                f"sha256 mismatch for {name} (manifest {str(digest)[:12]}…, file {actual[:12]}…, "
+                f"{p.stat().st_size} bytes): corrupt or truncated",
             )
     return Run(path, manifest)
 
@@ -243,32 +245,118 @@ def _tag_names(v: Any) -> list[str]:
     return out
 
 
+# The workflow's solver grid (config `solvers: {name: {option: value | [grid]}}`), expanded without importing
+# parataa (which needs torch). Mirrors parataa.jobs.plan.solver_runs/solver_tag and the solver presets;
+# tests/test_analysis.py checks it against them on every config/*.yaml.
+_SOLVER_DEFAULTS = {
+    "window": None,
+    "order": 1,
+    "history": 2,
+    "ridge": 1e-3,
+    "abs_tol": 1e-3,
+    "rel_tol": 1e-3,
+    "tol_scale": "sigma",
+    "max_iters": None,
+    "init": "gaussian",
+    "picard_tol": 0.1,
+}
+_PRESETS = {
+    "fp": {"order": 1},
+    "fp+": {"order": None},
+    "aa": {"order": None},
+    "taa": {"order": None},
+    "picard": {"init": "copy"},
+}
+_PRESET_FIXED = {"fp": {"order"}, "fp+": {"order"}, "aa": {"order"}, "taa": {"order"}, "picard": {"init"}}
+
+
+def _fmt_num(v: float) -> str:
+    if v == 0:
+        return "0"
+    m, e = f"{float(v):.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(e)}" if int(e) else m
+
+
+def _solver_tag(name: str, c: Mapping[str, Any], steps: int) -> str:
+    parts = [name.replace("+", "plus")]
+    if name in ("aa", "taa"):
+        parts.append(f"m{c['history']}")
+    if name in ("fp+", "aa", "taa"):
+        parts.append(f"k{c['order'] or steps}")
+    parts.append(f"w{c['window'] or steps}")
+    if name == "picard":
+        parts.append(f"ptol{_fmt_num(c['picard_tol'])}")
+    else:
+        parts.append(f"tol{_fmt_num(c['abs_tol'])}")
+        if c["rel_tol"] != c["abs_tol"]:
+            parts.append(f"rtol{_fmt_num(c['rel_tol'])}")
+        if name in ("aa", "taa") and c["ridge"] != 1e-3:
+            parts.append(f"ridge{_fmt_num(c['ridge'])}")
+    if c["tol_scale"] != "sigma":
+        parts.append(f"g{c['tol_scale']}")
+    if c["init"] != ("copy" if name == "picard" else "gaussian"):
+        parts.append(f"init{c['init']}")
+    if c["max_iters"] is not None:
+        parts.append(f"it{c['max_iters']}")
+    return "_".join(parts)
+
+
+def workflow_solver_tags(config: Mapping[str, Any], steps: int) -> list[str]:
+    """Tags of every parallel cell of a workflow study config at `steps` (grids expanded), in config order."""
+    defaults = dict(config.get("solver_defaults") or {})
+    tags: list[str] = []
+    for name, block in config["solvers"].items():
+        if name not in _PRESETS:
+            raise ValueError(f"solvers: unknown solver {name!r}; known {sorted(_PRESETS)}")
+        block = dict(block or {})
+        keys = list(block)
+        values = [v if isinstance(v, list) else [v] for v in block.values()]
+        for combo in itertools.product(*values) if keys else [()]:
+            c = {**_SOLVER_DEFAULTS, **_PRESETS[name]}
+            c.update({k: v for k, v in defaults.items() if k not in _PRESET_FIXED.get(name, set())})
+            c.update(dict(zip(keys, combo, strict=True)))
+            unknown = sorted(set(c) - set(_SOLVER_DEFAULTS) - {"method"})
+            if unknown:
+                raise ValueError(f"solvers.{name}: unknown option(s) {unknown}")
+            tag = _solver_tag(name, c, int(steps))
+            if tag not in tags:
+                tags.append(tag)
+    return tags
+
+
 def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
     """The expected matrix, one row per (model, sampler, steps, solver_tag, seed).
 
-    Accepted config (a dict or a YAML path; a top-level `matrix:` mapping is used when present)::
+    `config` (a dict or a YAML path) is either the workflow's study config (config/*.yaml: `models` as
+    mappings with `name`, `solvers: {name: {option: grid}}`; the sequential baseline is always expected), or
+    an explicit matrix (a top-level `matrix:` mapping is used when present)::
 
         models: [gmm]            samplers: [ddim, ddpm]        steps: [16, 100]
         seeds: [0, 1] | 10 | "0-9" | {start: 0, count: 10}
         solver_tags: [sequential, taa_m2_k100_w100_tol1e-3]      # all cells, or per cell group:
         solver_tags: {ddim: [...], "ddpm-100": [...], "gmm/ddim-16": [...], "*": [...]}
-    (`solvers:` is accepted for `solver_tags:`; entries may be {tag: ...} mappings.)
     """
     cfg = read_study_config(config)
     cfg = dict(cfg.get("matrix", cfg))
     for key in ("models", "samplers", "steps", "seeds"):
         if key not in cfg:
             raise ValueError(f"study config needs {key!r} (have {sorted(cfg)})")
+    workflow = isinstance(cfg.get("solvers"), Mapping) and "solver_tags" not in cfg
     tags = cfg.get("solver_tags", cfg.get("solvers"))
     if tags is None:
-        raise ValueError(f"study config needs 'solver_tags' (or 'solvers'); have {sorted(cfg)}")
+        raise ValueError(f"study config needs 'solvers' (workflow) or 'solver_tags'; have {sorted(cfg)}")
     seeds = _seeds(cfg["seeds"])
     rows = []
     for model in _as_list(cfg["models"]):
         model = str(model["name"]) if isinstance(model, Mapping) else str(model)
         for sampler in _as_list(cfg["samplers"]):
             for steps in _as_list(cfg["steps"]):
-                for tag in _tags_for(tags, model, str(sampler), int(steps)):
+                if workflow:
+                    cell_tags = ["sequential", *workflow_solver_tags(cfg, int(steps))]
+                else:
+                    cell_tags = _tags_for(tags, model, str(sampler), int(steps))
+                for tag in cell_tags:
                     for seed in seeds:
                         rows.append((model, str(sampler), int(steps), tag, seed))
     return pd.DataFrame(rows, columns=[*CELL, "seed"])
@@ -326,13 +414,14 @@ class Study:
     def step_scales(self) -> pd.DataFrame:
         """Per (model, sampler, steps, step): sigma_t and sqrt(beta_t), from the schedule in the manifests.
 
-        Needs config.schedule.{alpha_in, alpha_out} (or sigma) in manifest.json; empty when absent.
+        Needs `schedule: {alpha_in, alpha_out}` (or `sigma`) per step in manifest.json (top level or inside
+        config); empty when no run has it.
         """
         rows = []
         seen = set()
         for run in self.runs:
             c = run.config
-            sched = c.get("schedule") or {}
+            sched = run.manifest.get("schedule") or c.get("schedule") or {}
             key = (c.get("model"), c.get("sampler"), c.get("steps"))
             if key in seen or not sched:
                 continue
@@ -374,7 +463,8 @@ def load_study(
     if not s.empty:
         dup = s[s.duplicated([*CELL, "seed"], keep=False)]
         for key, grp in dup.groupby([*CELL, "seed"]):
-            problems.append(f"seed stored twice: {dict(zip([*CELL, 'seed'], key))} in {sorted(set(grp['run']))}")
+            where = dict(zip([*CELL, "seed"], key, strict=True))
+            problems.append(f"seed stored twice: {where} in {sorted(set(grp['run']))}")
     missing: list[str] = []
     if expected is not None:
         missing = missing_cells(s, expected_cells(expected))

@@ -195,7 +195,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
     rows = []
     for key, grp in df.groupby(id_cols, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        rec = dict(zip(id_cols, key))
+        rec = dict(zip(id_cols, key, strict=True))
         T = int(rec["steps"]) if "steps" in rec else int(grp["step"].max()) + 1
         solver = rec.get("solver")
         if solver == "picard":
@@ -206,12 +206,14 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
         except KeyError:
             cf = pd.Series(dtype=float)
         complete = len(cf) == T and set(cf.index) == set(range(T))
-        rows.append({
-            **rec,
-            "iterations": float(cf.max() + 1) if complete else math.nan,
-            "censored": not complete,
-            "recounted": True,
-        })
+        rows.append(
+            {
+                **rec,
+                "iterations": float(cf.max() + 1) if complete else math.nan,
+                "censored": not complete,
+                "recounted": True,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -253,9 +255,23 @@ def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
     out["err_max_max"] = g["err_max"].max()
     out["world_size"] = g["world_size"].max()
     cols = [
-        "n_seeds", "finished_frac", "iterations_mean", "iterations_std", "nfe_mean", "nfe_std",
-        "wall_s_mean", "wall_s_std", "speedup_steps_mean", "speedup_steps_std", "speedup_time_mean",
-        "speedup_time_std", "err_max_mean", "err_max_max", "psnr_mean", "psnr_std", "world_size",
+        "n_seeds",
+        "finished_frac",
+        "iterations_mean",
+        "iterations_std",
+        "nfe_mean",
+        "nfe_std",
+        "wall_s_mean",
+        "wall_s_std",
+        "speedup_steps_mean",
+        "speedup_steps_std",
+        "speedup_time_mean",
+        "speedup_time_std",
+        "err_max_mean",
+        "err_max_max",
+        "psnr_mean",
+        "psnr_std",
+        "world_size",
     ]
     return out[cols].reset_index()
 
@@ -276,11 +292,13 @@ def recount_table(
             continue
         rc = rc[rc["recounted"]]
         g = rc.groupby(GROUP, sort=True)
-        t = pd.DataFrame({
-            f"{th.label}_mean": g["iterations"].mean(),
-            f"{th.label}_std": g["iterations"].std(ddof=1),
-            f"{th.label}_censored": g["censored"].sum().astype(int),
-        })
+        t = pd.DataFrame(
+            {
+                f"{th.label}_mean": g["iterations"].mean(),
+                f"{th.label}_std": g["iterations"].std(ddof=1),
+                f"{th.label}_censored": g["censored"].sum().astype(int),
+            }
+        )
         tables.append(t)
         notes.append(f"{th.label}: {th.description}")
     out = pd.concat(tables, axis=1).reset_index()
@@ -346,8 +364,19 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "–": "--",
+}
 
 
 def _tex(text: str) -> str:
