@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..noise import draw_noise
-from ..schedules import Schedule, dit_schedule, from_diffusers_config
+from ..schedules import Schedule, from_diffusers_config
 from ..solvers import preset, solve
 
 SOLVER_NAMES = ("sequential", "fp", "fp+", "aa", "taa", "picard")
@@ -101,22 +101,14 @@ def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, .
         den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
         sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
         return den, sched, (args.dim,)
-    try:
-        from ..models import registry
-    except ImportError as e:  # pragma: no cover - registry ships with the models
-        raise ValueError(
-            f"model {args.model!r} needs parataa.models.registry, which failed to import: {e}"
-        ) from e
+    from ..models import registry
+
     numeric = registry.is_class_conditional(args.model)
     conds = _conditions(args.conditions, n, numeric=numeric)
-    den, info = registry.build_denoiser(
+    den, spec = registry.build_denoiser(
         args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path
     )
-    if info.get("schedule") == "dit":
-        sched = dit_schedule(args.steps, sampler=args.sampler)
-    else:
-        sched = from_diffusers_config(info["scheduler_config"], args.steps, sampler=args.sampler)
-    return den, sched, tuple(info["sample_shape"])
+    return den, spec(args.steps, sampler=args.sampler), tuple(spec.sample_shape)
 
 
 def run(args: argparse.Namespace) -> int:
