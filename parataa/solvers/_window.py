@@ -68,7 +68,9 @@ def new_state(noise: NoiseBundle, config: SolverConfig, init: torch.Tensor | Non
         assert init is not None
         x[:] = init.reshape(n, T + 1, d).to(device=device, dtype=torch.float64)
         if config.freeze_from is not None:
-            frozen.fill_(config.freeze_from)
+            frozen.fill_(config.freeze_from)  # variation: states x_t, t >= freeze_from, stay as given
+        else:
+            x[:, T] = noise.x_T.reshape(n, d).to(torch.float64)  # a guess of x_0..x_{T-1}; x_T is the noise
         entered.zero_()
     return SolverState(
         x=x,
