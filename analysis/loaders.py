@@ -319,6 +319,11 @@ def workflow_solver_tags(config: Mapping[str, Any], steps: int) -> list[str]:
             unknown = sorted(set(c) - set(_SOLVER_DEFAULTS) - {"method"})
             if unknown:
                 raise ValueError(f"solvers.{name}: unknown option(s) {unknown}")
+            # W >= T and k >= T both mean "the whole trajectory": one cell
+            if c["window"] is not None and c["window"] >= steps:
+                c["window"] = None
+            if c["order"] is not None and c["order"] >= steps and name != "fp":
+                c["order"] = None
             tag = _solver_tag(name, c, int(steps))
             if tag not in tags:
                 tags.append(tag)

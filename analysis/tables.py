@@ -92,10 +92,12 @@ def _g(df: pd.DataFrame, g: str) -> np.ndarray:
 def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma") -> Threshold:
     """The authors' code: rho_t <= max(abs_tol, rel_tol * g_t), g = posterior std sigma_t."""
     label = "authors" if (abs_tol, rel_tol, g) == (1e-3, 1e-3, "sigma") else f"authors_a{abs_tol:g}_r{rel_tol:g}_{g}"
+    # sigma_t and sqrt(beta_t) never exceed 1, so with rel_tol <= abs_tol the rule is a flat abs_tol
+    flat = rel_tol <= abs_tol and g in ("sigma", "beta", "one")
     return Threshold(
         label,
         f"rho_t <= max({abs_tol:g}, {rel_tol:g} * g_t), g = {g} (authors' code rule)",
-        lambda df: np.maximum(abs_tol, rel_tol * _g(df, g)) if rel_tol else np.full(len(df), float(abs_tol)),
+        lambda df: np.full(len(df), float(abs_tol)) if flat else np.maximum(abs_tol, rel_tol * _g(df, g)),
     )
 
 
@@ -220,7 +222,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
 # ------------------------------------------------------------------------------------------------ tables
 
 
-def _per_seed(samples: pd.DataFrame) -> pd.DataFrame:
+def per_seed(samples: pd.DataFrame) -> pd.DataFrame:
     s = samples.copy()
     s["speedup_steps"] = s["steps"] / s["iterations"]
     seq = s[s["solver"] == "sequential"]
@@ -248,7 +250,7 @@ def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
     """One row per model x sampler x steps x solver (tag): mean and spread over seeds."""
     if samples.empty:
         return pd.DataFrame(columns=[*GROUP, "n_seeds"])
-    s = _per_seed(samples)
+    s = per_seed(samples)
     out = _agg(s, GROUP, ["iterations", "nfe", "wall_s", "speedup_steps", "speedup_time", "err_max", "psnr"])
     g = s.groupby(GROUP, sort=True, dropna=False)
     out["finished_frac"] = g["finished"].mean()

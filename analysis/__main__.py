@@ -1,0 +1,127 @@
+"""python -m analysis --results results/<study> --out <dir>: every table, figure and the audit in one command.
+
+    python -m analysis --results results/smoke --out reports/smoke --config config/smoke.yaml --strict
+
+Writes <out>/tables/{summary,recount,window_study,history_order_grid}.{csv,md,tex}, the figures
+(<out>/figures/ or --figures-dir) as PNG + PDF, and <out>/audit.{md,html}. Exit status 2 when --strict finds
+an incomplete study matrix or a rejected run (every one is named on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import figures as F
+from .audit import CLAIMS_PATH, audit, write_report
+from .loaders import IncompleteStudyError, load_study
+from .tables import (
+    grid_table,
+    parse_threshold,
+    recount_table,
+    summary_table,
+    window_table,
+    with_step_scales,
+    write_table,
+)
+
+DEFAULT_THRESHOLDS = ("authors", "paper:g=sigma", "paper:g=beta")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    ap.add_argument("--results", required=True, help="results/<study> (the folder holding runs/)")
+    ap.add_argument("--out", required=True, help="output folder for tables/, figures/ and the audit")
+    ap.add_argument(
+        "--config",
+        default=None,
+        help="study config giving the expected matrix (default: <results>/study.yaml if present)",
+    )
+    ap.add_argument(
+        "--strict", action="store_true", help="refuse an incomplete study matrix or any rejected run, naming each"
+    )
+    ap.add_argument(
+        "--threshold",
+        action="append",
+        default=None,
+        help="recount steps under this rule (repeatable): authors[:abs=,rel=,g=], paper[:tau=,g=], "
+        f"flat:<tol>; default {', '.join(DEFAULT_THRESHOLDS)}",
+    )
+    ap.add_argument("--figures-dir", default=None, help="where figures go (default: <out>/figures)")
+    ap.add_argument("--claims", default=str(CLAIMS_PATH), help="claims YAML (default: analysis/paper_claims.yaml)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[analysis] %(message)s", stream=sys.stderr)
+    log = logging.getLogger("analysis")
+
+    results, out = Path(args.results), Path(args.out)
+    config = args.config
+    if config is None and (results / "study.yaml").is_file():
+        config = results / "study.yaml"
+    if args.strict and config is None:
+        print(
+            "--strict needs the study config (--config config/<study>.yaml) to know the expected matrix",
+            file=sys.stderr,
+        )
+        return 2
+    thresholds = [parse_threshold(t) for t in (args.threshold or DEFAULT_THRESHOLDS)]
+    try:
+        study = load_study(results, expected=config, strict=args.strict)
+    except IncompleteStudyError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    notes: list[str] = list(study.problems)
+    for p in study.problems:
+        log.warning(p)
+    if not study.runs:
+        print(
+            f"{results}: no verified run to analyse" + (f" ({len(study.rejected)} rejected)" if study.rejected else ""),
+            file=sys.stderr,
+        )
+        return 1
+
+    tables_dir = out / "tables"
+    samples = study.samples
+    written = write_table(
+        summary_table(samples),
+        tables_dir,
+        "summary",
+        "Per cell: mean and sample std over seeds; speedups per seed, then averaged.",
+    )
+    conv = with_step_scales(study.convergence, study.step_scales)
+    rc, rc_notes = recount_table(samples, conv, thresholds)
+    notes += rc_notes
+    written += write_table(
+        rc,
+        tables_dir,
+        "recount",
+        "Parallel steps recounted from stored residuals under other thresholds (an estimate; see analysis/tables.py).",
+    )
+    for name, t in (("window_study", window_table(samples)), ("history_order_grid", grid_table(samples))):
+        if t.empty:
+            notes.append(f"table {name}: no matching cells in this study")
+        else:
+            written += write_table(t, tables_dir, name)
+
+    figs = F.all_figures(study, Path(args.figures_dir) if args.figures_dir else out / "figures", notes)
+    context = {
+        "results": str(results),
+        "verified runs": len(study.runs),
+        "rejected runs": len(study.rejected),
+        "models": ", ".join(sorted(set(samples["model"]))),
+        "devices": ", ".join(sorted(set(samples["device"].astype(str)))) if "device" in samples else "?",
+        "git": ", ".join(sorted({str(r.manifest.get("git_sha")) for r in study.runs})),
+        "matrix": f"checked against {config}" if config else "not checked (no study config given)",
+    }
+    results_list, data = audit(samples, figs, args.claims)
+    written += write_report(results_list, data, out, context, notes)
+    n_figs = sum(len(v) for v in figs.values())
+    log.info(f"wrote {len(written)} table/report files under {out} and {n_figs} figure files")
+    for r in results_list:
+        log.info(f"{r.claim['id']}: {r.verdict.verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
