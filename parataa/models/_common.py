@@ -1,0 +1,92 @@
+"""What the network adapters share: device/dtype handling, micro-batching, and the clear missing-weights error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["WeightsNotFoundError", "resolve_device", "resolve_dtype", "run_chunked", "load_part"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+class WeightsNotFoundError(FileNotFoundError, ValueError):
+    """Pretrained weights are neither at the given path nor in the Hugging Face cache (and no network)."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device must be available, got {str(device)!r} but CUDA is not; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (network rows per call) or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def run_chunked(
+    fn: Callable[[slice], torch.Tensor], n: int, rows_per_item: int, chunk_size: int | None
+) -> torch.Tensor:
+    """Evaluate fn over items 0..n-1 in slices of at most `chunk_size` network rows; concatenate the outputs.
+
+    Each item costs `rows_per_item` rows (2 with classifier-free guidance). Chunking only bounds memory: every
+    item is computed the same way, whatever the slice it falls in (up to the kernels' batch invariance).
+    """
+    per = n if chunk_size is None else max(1, chunk_size // rows_per_item)
+    outs = [fn(slice(i, min(i + per, n))) for i in range(0, n, per)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` of one component, with a clear error when the weights are not on this machine."""
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        where = local / subfolder if subfolder else local
+        if not where.exists():
+            raise WeightsNotFoundError(
+                f"{what}: {local} exists but has no {subfolder!r} folder; pass the root of a diffusers-format "
+                f"snapshot (with {subfolder}/config.json), e.g. the folder `hf download` wrote"
+            )
+        return cls.from_pretrained(str(local), subfolder=subfolder, **kwargs)
+    try:
+        return cls.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+        )
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise WeightsNotFoundError(
+            f"{what} weights {name_or_path!r} (subfolder {subfolder!r}) not found: not a local path, and not in "
+            f"the Hugging Face cache {cache}{' (HF_HUB_OFFLINE is set)' if offline else ''}. On a machine with "
+            f"network run `hf download {name_or_path} --local-dir DIR` (older hubs: `huggingface-cli download "
+            f"{name_or_path} --local-dir DIR`), copy DIR here and pass it as the model path (--model-path DIR). "
+            f"Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e

@@ -1,0 +1,152 @@
+"""Every model by name: the one place that turns (name, conditions, options) into a Denoiser and its schedule.
+
+    gmm           analytic Gaussian mixture (64-d, 10 classes), exact eps, no weights
+    tiny-dit      embedded class-conditional DiT on 16x16 MNIST digits (ships with parataa)
+    tiny-sd       embedded text-conditioned UNet + CLIP text encoder on the same digits (ships with parataa)
+    dit-xl-2-256  facebook/DiT-XL-2-256 (hub id or local snapshot; DiT guides 3 of 4 latent channels)
+    sd-v1-5       stable-diffusion-v1-5/stable-diffusion-v1-5 (hub id or local snapshot)
+
+`build_denoiser` returns (denoiser, spec): `spec(num_steps, sampler=..., eta=...)` builds the matching
+`Schedule` (DiT's respacing for DiT models, the diffusers tables otherwise), and `spec` also answers
+`spec["sample_shape"]`, `spec["schedule"]` ("dit" or "diffusers") and `spec["scheduler_config"]`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..schedules import Schedule, dit_schedule, from_diffusers_config
+
+__all__ = ["MODELS", "ModelSpec", "build_denoiser", "is_class_conditional", "default_cfg_scale"]
+
+MODELS = ("gmm", "tiny-dit", "tiny-sd", "dit-xl-2-256", "sd-v1-5")
+_CLASS_CONDITIONAL = {"gmm": True, "tiny-dit": True, "tiny-sd": False, "dit-xl-2-256": True, "sd-v1-5": False}
+_DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        close = difflib.get_close_matches(str(name), MODELS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}{hint}")
+
+
+def is_class_conditional(name: str) -> bool:
+    """True: conditions are class labels (ints). False: conditions are prompts (strings)."""
+    _check_name(name)
+    return _CLASS_CONDITIONAL[name]
+
+
+def default_cfg_scale(name: str) -> float:
+    _check_name(name)
+    return _DEFAULT_CFG[name]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a solver needs to know of a model besides eps: its schedule family and its state shape."""
+
+    name: str
+    schedule: str  # "dit" (DiT's respacing) or "diffusers" (scheduler_config tables)
+    sample_shape: tuple[int, ...]
+    scheduler_config: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, num_steps: int, sampler: str = "ddim", eta: float | None = None) -> Schedule:
+        if self.schedule == "dit":
+            return dit_schedule(num_steps, sampler=sampler, eta=eta)
+        assert self.scheduler_config is not None
+        return from_diffusers_config(self.scheduler_config, num_steps, sampler=sampler, eta=eta)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("name", "schedule", "sample_shape", "scheduler_config"):
+            return getattr(self, key)
+        return self.extra[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def _labels(name: str, conditions: Sequence[Any], num_classes: int) -> list[int]:
+    out = []
+    for c in conditions:
+        try:
+            v = int(c)
+        except (TypeError, ValueError):
+            raise ValueError(f"conditions of {name} must be class labels (ints), got {c!r}") from None
+        if not 0 <= v < num_classes:
+            raise ValueError(f"conditions of {name} must be class labels in [0, {num_classes}), got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"conditions must name at least one class for {name}, got none")
+    return out
+
+
+def _prompts(name: str, conditions: Sequence[Any]) -> list[str]:
+    from .embedded import digit_prompt
+
+    out = []
+    for c in conditions:
+        if isinstance(c, int) and not isinstance(c, bool) and name == "tiny-sd":
+            out.append(digit_prompt(c))  # a digit label is shorthand for its training prompt
+        elif isinstance(c, str):
+            out.append(c)
+        else:
+            raise ValueError(f"conditions of {name} must be prompts (strings), got {c!r}")
+    if not out:
+        raise ValueError(f"conditions must hold at least one prompt for {name}, got none")
+    return out
+
+
+def build_denoiser(
+    name: str,
+    conditions: Sequence[Any],
+    *,
+    cfg_scale: float | None = None,
+    device: Any = "cpu",
+    dtype: Any = None,
+    chunk_size: int | None = None,
+    path: str | Path | None = None,
+) -> tuple[Any, ModelSpec]:
+    """(denoiser, spec) for model `name`, one condition per sample; `path` overrides the weights' location."""
+    _check_name(name)
+    conditions = list(conditions)
+    cfg = _DEFAULT_CFG[name] if cfg_scale is None else float(cfg_scale)
+    if name == "gmm":
+        from .gmm import GaussianMixture, GaussianMixtureDenoiser
+
+        if path is not None:
+            raise ValueError("model gmm is analytic and takes no path; drop --model-path")
+        mix = GaussianMixture()
+        den = GaussianMixtureDenoiser(mix, _labels(name, conditions, mix.num_classes), cfg)
+        return den, ModelSpec(name, "diffusers", (mix.dim,), dict(mix.scheduler_config))
+    kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size)
+    if name in ("tiny-dit", "dit-xl-2-256"):
+        from .dit import DIT_XL_2_256, load_dit
+
+        if name == "tiny-dit":
+            from .embedded import embedded_path
+
+            src = str(path) if path is not None else str(embedded_path("tiny-dit"))
+            den = load_dit(src, _labels(name, conditions, 10), with_vae=False, guided_channels=None, **kw)
+        else:
+            src = str(path) if path is not None else DIT_XL_2_256
+            den = load_dit(src, _labels(name, conditions, 1000), with_vae=True, guided_channels=3, **kw)
+        return den, ModelSpec(name, "dit", den.sample_shape, None, {"source": src})
+    from .stable_diffusion import SD_V1_5, load_stable_diffusion
+
+    if name == "tiny-sd":
+        from .embedded import embedded_path
+
+        src = str(path) if path is not None else str(embedded_path("tiny-sd"))
+    else:
+        src = str(path) if path is not None else SD_V1_5
+    den = load_stable_diffusion(src, _prompts(name, conditions), **kw)
+    return den, ModelSpec(name, "diffusers", den.sample_shape, den.scheduler_config, {"source": src})

@@ -1,0 +1,148 @@
+"""Stable Diffusion as a `Denoiser`: `UNet2DConditionModel` + CLIP text encoder (+ VAE for latent models).
+
+Prompts are tokenized with parataa's offline CLIP tokenizer (ids identical to Stable Diffusion's) and encoded
+once at construction; the empty prompt is the unconditional input. Conditional and unconditional halves run in
+one batch and eps = eps_u + s (eps_c - eps_u). The embedded `tiny-sd` (pixel space, no VAE) uses this same code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import WeightsNotFoundError, check_chunk_size, load_part, resolve_device, resolve_dtype, run_chunked
+from .tokenizer import CLIPTokenizer
+
+__all__ = ["StableDiffusionDenoiser", "load_stable_diffusion", "SD_V1_5"]
+
+SD_V1_5 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class StableDiffusionDenoiser:
+    """Guided eps of a text-conditioned UNet for (state, model timestep, sample index) batches."""
+
+    schedule = "diffusers"
+
+    def __init__(
+        self,
+        unet: Any,
+        text_encoder: Any,
+        prompts: Sequence[str],
+        *,
+        scheduler_config: dict[str, Any],
+        cfg_scale: float = 7.5,
+        vae: Any = None,
+        vae_scaling_factor: float = 0.18215,
+        tokenizer: CLIPTokenizer | None = None,
+        chunk_size: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        if not isinstance(cfg_scale, (int, float)) or not cfg_scale == cfg_scale:
+            raise ValueError(f"cfg_scale must be a number, got {cfg_scale!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.vae = None if vae is None else vae.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.vae_scaling_factor = float(vae_scaling_factor)
+        self.scheduler_config = dict(scheduler_config)
+        self.cfg_scale = float(cfg_scale)
+        self.prompts = prompts
+        tokenizer = tokenizer or CLIPTokenizer(max_length=int(text_encoder.config.max_position_embeddings))
+        text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        with torch.no_grad():
+            ids = tokenizer([*prompts, ""]).to(self.device)
+            emb = text_encoder(ids)[0].to(self.dtype)
+        self.cond = emb[:-1]  # [N, L, D]
+        self.uncond = emb[-1:]  # [1, L, D]
+        c = int(unet.config.in_channels)
+        size = unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        self.sample_shape = (c, int(h), int(w))
+        self.calls = 0
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def _eval(self, x: torch.Tensor, tau: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        cond = self.cond[idx]
+        if self.guided:
+            n = x.shape[0]
+            emb = torch.cat([cond, self.uncond.expand(n, -1, -1)])
+            out = self.unet(torch.cat([x, x]), torch.cat([tau, tau]), encoder_hidden_states=emb).sample
+            eps_c, eps_u = out[:n], out[n:]
+            return eps_u + self.cfg_scale * (eps_c - eps_u)
+        return self.unet(x, tau, encoder_hidden_states=cond).sample
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}")
+        self.calls += 1
+        xm = x.to(self.device, self.dtype)
+        tau = timesteps.to(self.device).round().long()
+        idx = samples.to(self.device).long()
+        out = run_chunked(
+            lambda s: self._eval(xm[s], tau[s], idx[s]), x.shape[0], 2 if self.guided else 1, self.chunk_size
+        )
+        return out.to(x.device, x.dtype)
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Final states -> images in [0, 1] (float32, CPU), through the VAE if there is one."""
+        x = x0.to(self.device, self.dtype)
+        if self.vae is not None:
+            img = run_chunked(
+                lambda s: self.vae.decode(x[s] / self.vae_scaling_factor).sample, x.shape[0], 1, self.chunk_size
+            )
+        else:
+            img = x
+        return ((img.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+def _scheduler_config(name_or_path: str, what: str) -> dict[str, Any]:
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        f = local / "scheduler" / "scheduler_config.json"
+        if not f.is_file():
+            raise WeightsNotFoundError(f"{what}: no scheduler/scheduler_config.json under {local}")
+        return json.loads(f.read_text())
+    from diffusers import DDIMScheduler
+
+    return dict(load_part(DDIMScheduler, name_or_path, "scheduler", what).config)
+
+
+def load_stable_diffusion(
+    name_or_path: str = SD_V1_5,
+    prompts: Sequence[str] = ("",),
+    *,
+    with_vae: bool | None = None,
+    **kwargs: Any,
+) -> StableDiffusionDenoiser:
+    """A StableDiffusionDenoiser from a diffusers-format snapshot (unet/, text_encoder/, scheduler/, vae/).
+
+    with_vae None: use the VAE when the snapshot has one (SD v1.5), run in pixel space otherwise (tiny-sd).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    what = f"Stable Diffusion model {name_or_path}"
+    unet = load_part(UNet2DConditionModel, name_or_path, "unet", what)
+    text_encoder = load_part(CLIPTextModel, name_or_path, "text_encoder", what, dtype=torch.float32)
+    sched = _scheduler_config(name_or_path, what)
+    local = Path(name_or_path).expanduser()
+    if with_vae is None:
+        with_vae = not local.exists() or (local / "vae").exists()
+    vae = load_part(AutoencoderKL, name_or_path, "vae", what) if with_vae else None
+    if vae is not None:
+        kwargs.setdefault("vae_scaling_factor", float(getattr(vae.config, "scaling_factor", 0.18215)))
+    return StableDiffusionDenoiser(unet, text_encoder, prompts, scheduler_config=sched, vae=vae, **kwargs)
