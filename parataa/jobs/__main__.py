@@ -12,7 +12,14 @@ def _noise(args: argparse.Namespace) -> int:
     from ..noise import draw_noise, save_noise
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    shape = [int(s) for s in args.shape.split(",")]
+    if not args.shape and not args.model:
+        raise ValueError("noise: give --shape or --model")
+    if args.shape:
+        shape = [int(s) for s in args.shape.split(",")]
+    else:
+        from .models import sample_shape
+
+        shape = list(sample_shape(args.model, json.loads(args.options)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = save_noise(draw_noise(seeds, args.steps, shape), out)
@@ -43,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("out")
     n.add_argument("--seeds", required=True, help="comma-separated seeds")
     n.add_argument("--steps", type=int, required=True)
-    n.add_argument("--shape", required=True, help="comma-separated state shape")
+    n.add_argument("--shape", default=None, help="comma-separated state shape (default: the model's)")
+    n.add_argument("--model", default=None, help="model name whose state shape to use")
+    n.add_argument("--options", default="{}", help="the model's options (JSON)")
     n.set_defaults(func=_noise)
     a = sub.add_parser("aggregate", help="concatenate verified runs into one table set")
     a.add_argument("out", help="output directory")

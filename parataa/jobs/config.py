@@ -49,12 +49,13 @@ def _messages(schema: dict[str, Any], errors: list[Any]) -> list[str]:
             allowed = sorted(_resolve(schema, e.schema).get("properties", {}))
             extra = sorted(set(e.instance) - set(allowed))
             for k in extra:
-                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
+                lower = {a.lower(): a for a in allowed}
+                close = [lower[c] for c in difflib.get_close_matches(k.lower(), list(lower), n=1, cutoff=0.6)]
                 hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {allowed}"
                 msgs.append(f"{where}.{k}: unknown key{hint}")
             continue
         if e.validator == "enum":
-            close = difflib.get_close_matches(str(e.instance), [str(x) for x in e.validator_value], n=1)
+            close = difflib.get_close_matches(str(e.instance), [str(x) for x in e.validator_value], n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msgs.append(f"{where}: {e.instance!r} is not one of {e.validator_value}{hint}")
             continue
@@ -91,7 +92,6 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
     for e in errors:
         if e.validator in ("anyOf", "oneOf") and e.context:
             best = max(e.context, key=lambda c: len(c.absolute_path))
-            best.path.extendleft(reversed(list(e.absolute_path)))
             flat.append(best if len(best.absolute_path) > len(e.absolute_path) else e)
         else:
             flat.append(e)
@@ -125,8 +125,10 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
                 close = difflib.get_close_matches(k, ["dim", "classes", "spread", "seed"], n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else "; allowed: dim, classes, spread, seed"
                 msgs.append(f"config.models[{i}].options.{k}: unknown gmm option{hint}")
-    if cfg["world_size"] > 1 and cfg["device"] == "cpu":
-        msgs.append(f"config.world_size: {cfg['world_size']} processes need device: cuda, got device: cpu")
+        elif set(m["options"]) - {"sample_shape"}:
+            msgs.append(
+                f"config.models[{i}].options: {m['name']} takes only 'sample_shape' here, got {sorted(m['options'])}"
+            )
     for steps in cfg["steps"]:
         try:
             solver_runs(cfg, steps)

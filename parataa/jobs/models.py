@@ -47,8 +47,13 @@ def sample_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[i
         return tuple(int(s) for s in fn(name))
     if name in KNOWN_SHAPES:
         return KNOWN_SHAPES[name]
+    if registry is not None:
+        # Small models: build one (CPU, one condition) and ask it. Large ones are in KNOWN_SHAPES.
+        cond: Any = 0 if registry.is_class_conditional(name) else "a"
+        _, info = registry.build_denoiser(name, [cond], device="cpu", path=options.get("path"))
+        return tuple(int(s) for s in info["sample_shape"])
     raise ValueError(
-        f"model {name!r}: state shape unknown without parataa.models.registry.sample_shape; "
+        f"model {name!r}: state shape unknown (parataa.models.registry is not importable); "
         "set models[].options.sample_shape in the study config"
     )
 
@@ -93,7 +98,6 @@ def build_model(
     if chunk_size is not None:
         kwargs["chunk_size"] = chunk_size
     den, info = registry.build_denoiser(name, list(conditions), **kwargs)
-    info = dict(info)
     if info.get("schedule") == "dit":
         sched = dit_schedule(steps, sampler=sampler)
     else:

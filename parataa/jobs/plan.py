@@ -90,6 +90,11 @@ def solver_runs(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
                 cfg = preset(name, **over)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"solvers.{name}: {e}") from e
+            # W >= T and k >= T both mean "the whole trajectory": one cell, stored as None.
+            if cfg.window is not None and cfg.window >= steps:
+                cfg = cfg.replace(window=None)
+            if cfg.order is not None and cfg.order >= steps and name != "fp":
+                cfg = cfg.replace(order=None)
             tag = solver_tag(name, cfg, steps)
             d = cfg.to_dict()
             if tag in seen:
@@ -141,6 +146,10 @@ def paths(config: Mapping[str, Any]) -> dict[str, str]:
         "submitit": base + "/.submitit",
         "records": base + "/.submitit/records",
         "state": base + "/.state",
+        "log_noise": base + "/logs/noise/{model}_T{steps}_shard-{shard}.log",
+        "log_baseline": base + "/logs/baseline/{model}_{sampler}-{steps}_shard-{shard}.log",
+        "log_sample": base + "/logs/sample/{model}_{sampler}-{steps}_shard-{shard}_group-{group}.log",
+        "log_aggregate": base + "/logs/aggregate.log",
     }
 
 

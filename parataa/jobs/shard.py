@@ -143,14 +143,6 @@ def world_size_check(expected: int) -> tuple[int, int]:
             f"world_size: the study config asks for {expected} process(es) but this job has {actual}; set the "
             f"profile's tasks_per_node (x nodes) to {expected}, or world_size in the study config to {actual}"
         )
-    if expected > 1:
-        try:
-            from .. import distributed  # noqa: F401
-        except ImportError as e:
-            raise WorldSizeError(
-                f"world_size: {expected} processes need parataa.distributed, which is not importable ({e}); "
-                "set world_size: 1"
-            ) from e
     return actual, rank
 
 
@@ -183,7 +175,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def save_checkpoint(self) -> Path | None:
         live = self._live
-        if live is None or live.get("snapshot") is None:
+        if live is None or live.get("snapshot") is None or live.get("rank", 0) != 0:
             return None
         save_state(live["path"], live["key"], live["snapshot"])
         print(f"[parataa] checkpoint: {live['path']} (iteration {live['snapshot']['state']['iteration']})", flush=True)
@@ -194,6 +186,11 @@ class ShardJob(submitit.helpers.Checkpointable):
         world_size, rank = world_size_check(int(spec["world_size"]))
         device = spec["device"]
         _device_check(device)
+        if world_size > 1:
+            # Every rank runs the same solver; only the model calls are spread (parataa.distributed).
+            from ..distributed import init_from_env
+
+            device = str(init_from_env(device="cpu" if device == "cpu" else None).device)
         torch.set_num_threads(max(1, int(spec.get("threads", 1))))
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         todo = [r for r in spec["runs"] if not storage.is_complete(r["dir"], run_config(spec, r))]
@@ -221,10 +218,14 @@ class ShardJob(submitit.helpers.Checkpointable):
                 cfg_scale=float(m["cfg_scale"]),
                 device=device,
                 dtype=m.get("dtype"),
-                chunk_size=m.get("chunk_size"),
+                chunk_size=m.get("chunk_size") if world_size == 1 else None,
                 path=m.get("path"),
                 options=m.get("options"),
             )
+            if world_size > 1:
+                from ..distributed import DistributedDenoiser
+
+                den = DistributedDenoiser(den, chunk_size=int(m.get("chunk_size") or 8))
             if tuple(shape) != tuple(noise.sample_shape):
                 raise ValueError(
                     f"model {m['name']} has state shape {shape} but the noise bundle has "
@@ -283,7 +284,7 @@ class ShardJob(submitit.helpers.Checkpointable):
         every = float(spec.get("checkpoint_every_s", 0))
         t0 = time.perf_counter()
         last_save = t0
-        self._live = {"path": spath, "key": key, "snapshot": None}
+        self._live = {"path": spath, "key": key, "snapshot": None, "rank": rank}
 
         def on_iteration(it_info) -> None:
             nonlocal last_save
@@ -298,7 +299,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"frozen<= {int(it_info.frozen.max())}", refresh=False)
-            if every > 0 and time.perf_counter() - last_save >= every:
+            if every > 0 and rank == 0 and time.perf_counter() - last_save >= every:
                 save_state(spath, key, snap)
                 last_save = time.perf_counter()
 

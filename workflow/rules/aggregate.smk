@@ -7,8 +7,12 @@ rule aggregate:
         TARGETS["group"],
     output:
         AGGREGATE,
+    log:
+        PATHS["log_aggregate"],
     params:
         out=lambda wc, output: str(Path(output[0]).parent),
     localrule: True
+    conda:
+        "../../environment.yml"
     shell:
-        "python -m parataa.jobs aggregate {params.out} {input}"
+        "python -m parataa.jobs aggregate {params.out} {input} > {log} 2>&1"

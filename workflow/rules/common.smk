@@ -1,10 +1,10 @@
 # Config validation and the study matrix. All bookkeeping lives in parataa.jobs.plan (tested on its own).
 import json
+import shlex
 from pathlib import Path
 
 from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, load_schema, validate_config
-from parataa.jobs.models import sample_shape
 
 
 try:

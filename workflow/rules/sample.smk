@@ -9,10 +9,14 @@ rule baseline:
         noise=PATHS["noise"],
     output:
         PATHS["baseline"],
+    log:
+        PATHS["log_baseline"],
     params:
         spec=lambda wc: plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard)),
         record=lambda wc: record_path("baseline", wc),
         folder=PATHS["submitit"],
+    conda:
+        "../../environment.yml"
     script:
         "../scripts/run_job.py"
 
@@ -23,11 +27,15 @@ rule sample:
         baseline=PATHS["baseline"],
     output:
         PATHS["group"],
+    log:
+        PATHS["log_sample"],
     params:
         spec=lambda wc: plan.group_spec(
             config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group)
         ),
         record=lambda wc: record_path("group", wc),
         folder=PATHS["submitit"],
+    conda:
+        "../../environment.yml"
     script:
         "../scripts/run_job.py"

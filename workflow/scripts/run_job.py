@@ -8,13 +8,23 @@ from parataa.storage import atomic_write_json, read_manifest, sha256_file
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 spec = dict(sm.params.spec)
+Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
+logfile = open(sm.log[0], "a", buffering=1)  # noqa: SIM115 - open for the whole script
+
+
+def log(line: str) -> None:
+    # Both: the console shows a live status per shard; the log keeps it with the rule.
+    print(line, file=sys.stderr, flush=True)
+    logfile.write(line + "\n")
+
+
 summary = submit_and_wait(
     spec,
     resources=sm.resources,
     folder=sm.params.folder,
     record=sm.params.record,
     name=spec["name"].replace("/", "_"),
-    log=lambda s: print(s, file=sys.stderr, flush=True),
+    log=log,
 )
 out = Path(sm.output[0])
 if out.name == "manifest.json":

@@ -1,0 +1,542 @@
+"""The study workflow: config validation, the study matrix, Snakemake lint and dry runs, the smoke study end
+to end, checkpoint/resume of a job killed mid-solve, the world-size check, and (marked `slurm`) the same on a
+real SLURM cluster: submit through the profile, cancel, preempt + requeue + resume, driver re-attachment."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from parataa import storage
+from parataa.jobs import plan
+from parataa.jobs.config import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("smoke", "study", "paper")
+SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
+
+
+def smoke() -> dict:
+    return yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def snakemake(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def test_defaults_are_filled():
+    cfg = validate_config(smoke())
+    assert cfg["results_dir"] == "results"
+    assert cfg["world_size"] == 1 and cfg["device"] == "cpu" and cfg["progress"] is True
+    assert cfg["models"][0]["path"] is None and cfg["models"][0]["chunk_size"] is None
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_are_valid(name):
+    validate_config(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()))
+
+
+def _set(path: str, value):
+    def edit(cfg):
+        node = cfg
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for k in keys[:-1]:
+            node = node[k]
+        if value is _DELETE:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = value
+        return cfg
+
+    return edit
+
+
+_DELETE = object()
+
+BAD = [
+    # (edit, substrings the error must contain)
+    (_set("seed", [0]), ["config.seed", "did you mean 'seeds'"]),
+    (_set("models.0.cfg_scle", 4.0), ["config.models[0].cfg_scle", "did you mean 'cfg_scale'"]),
+    (_set("solvers.taa", {"histroy": 2}), ["config.solvers.taa.histroy", "did you mean 'history'"]),
+    (_set("solvers.tAA", {}), ["config.solvers.tAA", "did you mean 'taa'"]),
+    (_set("samplers", ["ddin"]), ["config.samplers[0]", "'ddin'", "did you mean 'ddim'"]),
+    (_set("steps", [0]), ["config.steps[0]", "0 is less than the minimum of 1"]),
+    (_set("steps", [25, 25]), ["config.steps", "non-unique"]),
+    (_set("seeds", [1, 1]), ["config.seeds", "non-unique"]),
+    (_set("seeds", [-1]), ["config.seeds[0]", "-1"]),
+    (_set("seeds_per_shard", 0), ["config.seeds_per_shard", "minimum of 1"]),
+    (_set("device", "gpu"), ["config.device", "'gpu'"]),
+    (_set("world_size", 0), ["config.world_size", "minimum of 1"]),
+    (_set("models.0.name", "dit"), ["config.models[0].name", "'dit'", "did you mean"]),
+    (_set("models.0.cfg_scale", -1), ["config.models[0].cfg_scale", "-1"]),
+    (_set("models.0.conditions", ["cat"]), ["config.models[0].conditions", "gmm takes class labels"]),
+    (_set("models.0.options", {"dimm": 3}), ["config.models[0].options.dimm", "did you mean 'dim'"]),
+    (_set("solvers.taa", {"history": [2, 0]}), ["config.solvers.taa.history[1]", "minimum of 1"]),
+    (_set("solvers.taa", {"window": 0}), ["config.solvers.taa.window", "0"]),
+    (_set("solvers.aa", {"tol_scale": "sigmaa"}), ["config.solvers.aa.tol_scale", "sigmaa"]),
+    (_set("solver_defaults", {"order": 3}), ["config.solver_defaults.order", "unknown key"]),
+    (_set("solver_defaults", {"abs_tol": 0, "rel_tol": 0}), ["abs_tol and rel_tol are both 0"]),
+    (_set("solvers", {}), ["config.solvers", "non-empty"]),
+    (_set("study", "has space"), ["config.study", "does not match"]),
+    (_set("models", []), ["config.models", "non-empty"]),
+    (_set("study", _DELETE), ["'study' is a required property"]),
+]
+
+
+@pytest.mark.parametrize("edit, expect", BAD, ids=[e[1][0] for e in BAD])
+def test_bad_config_is_rejected_naming_the_field(edit, expect):
+    with pytest.raises(ConfigError) as info:
+        validate_config(edit(copy.deepcopy(smoke())))
+    msg = str(info.value)
+    for s in expect:
+        assert s in msg, f"{s!r} not in {msg!r}"
+
+
+def test_all_problems_are_reported_at_once():
+    cfg = smoke()
+    cfg["stesp"] = [3]
+    cfg["samplers"] = ["ddpn"]
+    msg = str(pytest.raises(ConfigError, validate_config, cfg).value)
+    assert "config.stesp" in msg and "config.samplers[0]" in msg
+
+
+# ------------------------------------------------------------------------------------ study matrix
+
+
+def test_matrix_of_the_smoke_study():
+    cfg = validate_config(smoke())
+    runs = plan.solver_runs(cfg, 25)
+    tags = [r["tag"] for r in runs]
+    assert tags == [
+        "fp_w25_tol1e-3",
+        "fpplus_k25_w25_tol1e-3",
+        "aa_m2_k25_w25_tol1e-3",
+        "taa_m2_k25_w25_tol1e-3",
+        "taa_m3_k25_w25_tol1e-3",
+        "picard_w25_ptol1e-1",
+    ]
+    assert runs[-1]["config"]["init"] == "copy"  # study-wide gaussian init does not override Picard's
+    assert runs[0]["config"]["order"] == 1
+    n = plan.count(cfg)
+    assert n == {"cells": 14, "runs": 14, "jobs": 4, "shards": 1, "samples": 28}
+
+
+def test_equivalent_grid_points_are_one_cell():
+    cfg = validate_config({**smoke(), "solvers": {"taa": {"window": [None, 25, 50], "order": [None, 30]}}})
+    assert [r["tag"] for r in plan.solver_runs(cfg, 25)] == ["taa_m2_k25_w25_tol1e-3"]
+
+
+def test_conditions_do_not_depend_on_sharding():
+    cfg = validate_config({**smoke(), "seeds": [4, 9, 2, 7, 5], "models": [{"name": "gmm", "conditions": [0, 1, 2]}]})
+    whole = plan.conditions_for(cfg["models"][0], cfg, cfg["seeds"])
+    for k in (1, 2, 5):
+        c = {**cfg, "seeds_per_shard": k}
+        parts = [plan.conditions_for(cfg["models"][0], c, s) for s in plan.shards(c)]
+        assert sum(parts, []) == whole
+
+
+def test_paper_config_has_the_paper_settings():
+    cfg = validate_config(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
+    assert {m["name"] for m in cfg["models"]} == {"dit-xl-2-256", "sd-v1-5"}
+    assert cfg["samplers"] == ["ddim", "ddpm"] and cfg["steps"] == [25, 50, 100]
+    assert set(cfg["solvers"]) == {"fp", "fp+", "aa", "taa", "picard"}
+    assert all(m["cfg_scale"] == 5.0 for m in cfg["models"])
+    assert cfg["solver_defaults"]["abs_tol"] == cfg["solver_defaults"]["rel_tol"] == 1e-3
+    assert cfg["solver_defaults"]["init"] == "gaussian"
+    taa = [r for r in plan.solver_runs(cfg, 100) if r["solver"] == "taa"]
+    assert len({(r["config"]["history"], r["config"]["order"], r["config"]["window"]) for r in taa}) == 27
+
+
+# ----------------------------------------------------------------------------------- snakemake CLI
+
+
+def test_snakemake_lint_is_clean():
+    p = snakemake("--lint", "--configfile", "config/smoke.yaml", timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Congratulations" in p.stdout + p.stderr
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    table = text[text.index("Job stats:") :]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dry_run(tmp_path, name, profile):
+    p = snakemake(
+        "--profile", profile, "--configfile", f"config/{name}.yaml", "-n", "--nolock",
+        "--config", f"results_dir={tmp_path}", timeout=300,
+    )  # fmt: skip
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    cfg = validate_config({**yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())})
+    n = plan.count(cfg)
+    counts = _job_counts(out)
+    combos = len(cfg["models"]) * len(cfg["samplers"]) * len(cfg["steps"]) * n["shards"]
+    assert counts["baseline"] == combos
+    assert counts["baseline"] + counts["sample"] == n["jobs"]
+    assert counts["noise"] == len(cfg["models"]) * len(cfg["steps"]) * n["shards"]
+    assert counts["aggregate"] == 1
+    assert f"executor={profile}" in out  # WHERE comes from the profile
+
+
+# ------------------------------------------------------------------------------------ jobs in-process
+
+
+def _small_spec(tmp_path: Path, solvers: dict | None = None, steps: int = 25, dim: int = 16) -> tuple[dict, dict]:
+    cfg = validate_config(
+        {
+            **smoke(),
+            "results_dir": str(tmp_path / "results"),
+            "samplers": ["ddpm"],
+            "steps": [steps],
+            "solvers": solvers or {"taa": {"history": 3}},
+            "models": [{"name": "gmm", "conditions": [1, 2], "options": {"dim": dim}}],
+            "progress": False,
+            "save_iterates": 1,
+            "checkpoint_every_s": 0,
+        }
+    )
+    return cfg, plan.group_spec(cfg, "gmm", "ddpm", steps, 0, 0)
+
+
+def _prepare(cfg: dict) -> None:
+    from parataa.jobs.__main__ import main as jobs_main
+    from parataa.jobs.shard import ShardJob
+
+    spec = plan.baseline_spec(cfg, "gmm", "ddpm", cfg["steps"][0], 0)
+    opts = json.dumps(cfg["models"][0]["options"])
+    seeds = ",".join(map(str, spec["seeds"]))
+    assert jobs_main(["noise", spec["noise"], "--seeds", seeds, "--steps", str(spec["steps"]), "--model", "gmm",
+                      "--options", opts]) == 0  # fmt: skip
+    ShardJob()(spec)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
+    """Preemption: checkpoint() during iteration 6 saves the full solver state, the process dies; the requeued
+    job resumes from it and stores exactly what an uninterrupted job stores."""
+    import submitit
+
+    from parataa.jobs import shard as shard_mod
+
+    cfg_a, spec_a = _small_spec(tmp_path / "a")
+    cfg_b, spec_b = _small_spec(tmp_path / "b")
+    for c in (cfg_a, cfg_b):
+        _prepare(c)
+    shard_mod.ShardJob()(spec_a)  # uninterrupted reference
+
+    real_build = shard_mod.build_model
+    calls = {"n": 0}
+    job = shard_mod.ShardJob()
+    holder = {}
+
+    def killing_build(*a, **k):
+        den, sched, shape, info = real_build(*a, **k)
+
+        def model(x, t, s):
+            calls["n"] += 1
+            if holder.get("kill_at") == calls["n"]:
+                holder["delayed"] = job.checkpoint(spec_b)  # what submitit's signal handler calls
+                raise _Killed
+            return den(x, t, s)
+
+        return model, sched, shape, info
+
+    monkeypatch.setattr(shard_mod, "build_model", killing_build)
+    holder["kill_at"] = 7
+    with pytest.raises(_Killed):
+        job(spec_b)
+    delayed = holder["delayed"]
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert isinstance(delayed.function, shard_mod.ShardJob) and delayed.args == (spec_b,)
+    run = spec_b["runs"][0]
+    state_file = shard_mod.state_path(spec_b, run)
+    assert state_file.is_file() and not storage.is_complete(run["dir"])
+    saved = shard_mod.load_state(state_file, shard_mod.run_key(spec_b, run), "cpu")
+    assert saved["state"]["iteration"] == 6  # the last completed iteration, not the half-done 7th
+
+    holder["kill_at"] = None
+    calls["n"] = 0
+    delayed.function(*delayed.args)  # the requeued job
+    resumed_calls = calls["n"]
+    assert not state_file.exists()  # cleaned up after the run was stored
+
+    ra, rb = storage.load_run(spec_a["runs"][0]["dir"]), storage.load_run(run["dir"])
+    np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
+    np.testing.assert_array_equal(ra.x0, rb.x0)
+    np.testing.assert_array_equal(ra.iterates, rb.iterates)
+    timing_cols = ["wall_s", "model_s", "solver_s", "comm_s"]
+    pd_eq = pd.testing.assert_frame_equal
+    pd_eq(ra.samples.drop(columns=timing_cols), rb.samples.drop(columns=timing_cols))
+    pd_eq(ra.convergence, rb.convergence)
+    assert len(ra.timings) == len(rb.timings)
+    total_iters = int(ra.samples["iterations"].max())
+    assert resumed_calls == total_iters - 6  # it really resumed instead of starting over
+
+
+def test_finished_runs_are_not_redone_and_corrupt_ones_are(tmp_path, monkeypatch):
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
+    _prepare(cfg)
+    ShardJob()(spec)
+    a, b = (Path(r["dir"]) for r in spec["runs"])
+    ma = json.loads((a / "manifest.json").read_text())
+    before = storage.load_run(b)
+    f = b / "timings.parquet"
+    f.write_bytes(f.read_bytes()[:-5])
+    ShardJob()(spec)
+    assert json.loads((a / "manifest.json").read_text()) == ma  # valid and same config: not redone
+    after = storage.load_run(b)  # truncated: redone, verifies again, same numbers
+    np.testing.assert_array_equal(before.trajectory, after.trajectory)
+    assert after.manifest["created"] >= before.manifest["created"]
+
+
+def test_errors_against_the_sequential_baseline(tmp_path):
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
+    _prepare(cfg)
+    ShardJob()(spec)
+    base = storage.load_run(spec["baseline"])
+    assert base.samples["err_max"].isna().all()
+    for r in spec["runs"]:
+        run = storage.load_run(r["dir"])
+        diff = np.abs(run.x0 - base.x0).reshape(len(run.seeds), -1).max(axis=1)
+        np.testing.assert_allclose(run.samples["err_max"], diff)
+        assert run.manifest["baseline"]["path"].endswith("sequential/shard-0/manifest.json")
+        assert (run.samples["err_max"] < 0.05).all()
+
+
+def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
+    from parataa.jobs import shard as shard_mod
+
+    cfg, spec = _small_spec(tmp_path)
+    spec = {**spec, "world_size": 2}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(shard_mod, "build_model", lambda *a, **k: pytest.fail("model built before the check"))
+    monkeypatch.setattr(shard_mod, "load_noise", lambda *a, **k: pytest.fail("noise loaded before the check"))
+    with pytest.raises(shard_mod.WorldSizeError, match=r"world_size: .* 2 process\(es\) but this job has 1"):
+        shard_mod.ShardJob()(spec)
+
+
+def test_executor_parameters_come_from_resources():
+    from parataa.jobs.launch import executor_params
+
+    spec = {"world_size": 8, "threads": 4}
+    r = {"executor": "slurm", "partition": "gpu", "account": "proj", "qos": "high", "gpus_per_node": 8,
+         "tasks_per_node": 0, "cpus_per_task": 0, "runtime": 240, "mem_mb": 64000, "signal_delay_s": 180,
+         "slurm_extra": "constraint=h100,exclusive=user"}  # fmt: skip
+    p = executor_params("slurm", r, spec, "job")
+    assert p["slurm_partition"] == "gpu" and p["slurm_account"] == "proj" and p["slurm_qos"] == "high"
+    assert p["gpus_per_node"] == 8 and p["tasks_per_node"] == 8 and p["cpus_per_task"] == 4
+    assert p["timeout_min"] == 240 and p["mem_gb"] == 62 and p["slurm_signal_delay_s"] == 180
+    assert p["slurm_additional_parameters"] == {"constraint": "h100", "exclusive": "user"}
+    local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, {"world_size": 1}, "job")
+    assert "gpus_per_node" not in local and not any(k.startswith("slurm_") for k in local)
+    with pytest.raises(ValueError, match="resources.executor"):
+        executor_params("slurmm", {}, spec, "job")
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def _check_smoke_results(root: Path) -> dict:
+    agg = storage.read_aggregate(root / "smoke" / "aggregate")
+    s = agg["samples"]
+    cfg = validate_config(smoke())
+    assert len(s) == plan.count(cfg)["samples"]
+    assert set(s["solver"]) == {"sequential", "fp", "fp+", "aa", "taa", "picard"}
+    assert s["finished"].all() and (s["iterations"] <= 25).all()
+    par = s[s["solver"] != "sequential"]
+    assert par["err_max"].notna().all() and (par["err_max"] < 0.05).all()
+    assert s.loc[s["solver"] == "sequential", "err_max"].isna().all()
+    for r in agg["manifest"]["runs"]:
+        storage.read_manifest((root / "smoke" / "aggregate" / r["path"]).parent)
+    return agg
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_local(tmp_path):
+    t0 = time.time()
+    p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-5000:]
+    _check_smoke_results(tmp_path)
+    assert re.search(r"\[parataa\] smoke/gmm/ddpm-25/shard-0/group-0: run 6/6 picard", out)  # per-shard status
+    assert "[launch]" in out and "FINISHED" in out
+    print(f"smoke study (local profile): {time.time() - t0:.1f} s")
+    again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+# ------------------------------------------------------------------------------------------- SLURM
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return p.returncode == 0 and bool(p.stdout.strip())
+
+
+slurm = pytest.mark.skipif(not _slurm_up(), reason="needs a running SLURM cluster (sinfo missing or no answer)")
+
+
+def _sacct(job_id: str) -> str:
+    for _ in range(30):
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+        if out and not out.startswith(("RUNNING", "PENDING", "REQUEUED")):
+            return out
+        time.sleep(1)
+    return out
+
+
+def _slow_spec(tmp_path: Path) -> tuple[dict, dict]:
+    # ~10 s of solving on one core: enough to cancel or preempt it mid-solve
+    cfg, spec = _small_spec(tmp_path, solvers={"fp": {}}, steps=200, dim=1024)
+    cfg["progress"] = True
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 200, 0, 0)
+    return cfg, spec
+
+
+def _driver(spec: dict, folder: Path, record: Path, resources: dict) -> subprocess.Popen:
+    code = (
+        "import json, sys; from parataa.jobs.launch import submit_and_wait; "
+        f"r = submit_and_wait(json.loads({json.dumps(json.dumps(spec))}), resources={resources!r}, "
+        f"folder={str(folder)!r}, record={str(record)!r}, name='drv'); print('RESULT', json.dumps(r))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env())  # fmt: skip
+
+
+def _wait_running(record: Path, timeout: float = 60) -> str:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if record.exists():
+            jid = json.loads(record.read_text())["job_id"]
+            st = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True).stdout
+            if "RUNNING" in st:
+                return jid
+        time.sleep(0.5)
+    raise AssertionError("the SLURM job did not start")
+
+
+SLURM_RES = {"executor": "slurm", "runtime": 10, "gpus_per_node": 1, "poll_s": 2}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@slurm
+def test_smoke_study_through_slurm_profile(tmp_path):
+    # the users' command, unchanged: every job asks for a whole node's 8 (fake) GPUs
+    p = snakemake("--profile", "slurm", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-5000:]
+    agg = _check_smoke_results(tmp_path)
+    ids = re.findall(r"submitted slurm job (\d+)", out)
+    assert len(ids) == 4
+    assert all(_sacct(j).startswith("COMPLETED") for j in ids)
+    envs = {storage.read_manifest(Path(tmp_path / "smoke" / "aggregate" / r["path"]).parent)["environment"].get(
+        "SLURM_JOB_ID") for r in agg["manifest"]["runs"]}  # fmt: skip
+    assert envs == set(ids)
+
+
+@pytest.mark.slurm
+@slurm
+def test_slurm_cancel_from_the_driver(tmp_path):
+    cfg, spec = _slow_spec(tmp_path)
+    _prepare(cfg)
+    record = tmp_path / "rec.json"
+    drv = _driver(spec, tmp_path / "sub", record, SLURM_RES)
+    jid = _wait_running(record)
+    drv.send_signal(signal.SIGTERM)  # what Snakemake sends its jobs on Ctrl-C
+    drv.wait(timeout=60)
+    assert drv.returncode != 0
+    assert _sacct(jid).startswith("CANCELLED")
+    assert not storage.is_complete(spec["runs"][0]["dir"])
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@slurm
+def test_slurm_preempted_job_requeues_and_resumes_bitwise(tmp_path):
+    import submitit
+
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _slow_spec(tmp_path / "a")
+    _prepare(cfg)
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "sub" / "%j"), cluster="slurm")
+    ex.update_parameters(timeout_min=10, slurm_signal_delay_s=20, name="preempt")
+    job = ex.submit(ShardJob(), spec)
+    log = Path(str(job.paths.stderr))
+    t0 = time.time()
+    while time.time() - t0 < 90:  # wait until it is iterating
+        if log.exists() and re.search(r"fp_w200_tol1e-3:\s+\d+%\|.*\| [1-9]\d*/200", log.read_text()):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("job never started iterating")
+    job._interrupt()  # SIGUSR2 as on preemption: checkpoint(), then requeue
+    summary = job.result()
+    assert summary["restart"] == "1"
+    out = Path(str(job.paths.stdout)).read_text()
+    assert "checkpoint:" in out and "resuming fp_w200_tol1e-3 from iteration" in out
+    # the same spec solved in this process without interruption
+    cfg_b, spec_b = _slow_spec(tmp_path / "b")
+    _prepare(cfg_b)
+    ShardJob()(spec_b)
+    ra, rb = storage.load_run(spec["runs"][0]["dir"]), storage.load_run(spec_b["runs"][0]["dir"])
+    np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
+    np.testing.assert_array_equal(ra.x0, rb.x0)
+    assert list(ra.samples["iterations"]) == list(rb.samples["iterations"])
+
+
+@pytest.mark.slurm
+@slurm
+def test_restarted_driver_reattaches_instead_of_resubmitting(tmp_path):
+    cfg, spec = _slow_spec(tmp_path)
+    _prepare(cfg)
+    record = tmp_path / "rec.json"
+    first = _driver(spec, tmp_path / "sub", record, SLURM_RES)
+    jid = _wait_running(record)
+    first.kill()  # the driver dies hard; the job keeps running
+    first.wait()
+    second = _driver(spec, tmp_path / "sub", record, SLURM_RES)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert f"re-attached to SLURM job {jid}" in out and "submitted" not in out
+    assert storage.is_complete(spec["runs"][0]["dir"])
+    assert _sacct(jid).startswith("COMPLETED")
