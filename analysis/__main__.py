@@ -16,8 +16,9 @@ from pathlib import Path
 
 from . import figures as F
 from .audit import CLAIMS_PATH, audit, write_report
-from .loaders import IncompleteStudyError, load_study
+from .loaders import IncompleteStudyError, Study, load_study
 from .tables import (
+    Threshold,
     grid_table,
     parse_threshold,
     recount_table,
@@ -28,6 +29,7 @@ from .tables import (
 )
 
 DEFAULT_THRESHOLDS = ("authors", "paper:g=sigma", "paper:g=beta")
+PARTS = ("tables", "figures", "audit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--figures-dir", default=None, help="where figures go (default: <out>/figures)")
     ap.add_argument("--claims", default=str(CLAIMS_PATH), help="claims YAML (default: analysis/paper_claims.yaml)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        default=None,
+        help="produce only these parts (repeatable; default all). The audit embeds the PNGs already in the "
+        "figures folder when figures are not produced in the same call.",
+    )
     args = ap.parse_args(argv)
+    parts = set(args.only or PARTS)
     logging.basicConfig(level=logging.INFO, format="[analysis] %(message)s", stream=sys.stderr)
     log = logging.getLogger("analysis")
 
@@ -81,30 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    tables_dir = out / "tables"
     samples = study.samples
-    written = write_table(
-        summary_table(samples),
-        tables_dir,
-        "summary",
-        "Per cell: mean and sample std over seeds; speedups per seed, then averaged.",
-    )
-    conv = with_step_scales(study.convergence, study.step_scales)
-    rc, rc_notes = recount_table(samples, conv, thresholds)
-    notes += rc_notes
-    written += write_table(
-        rc,
-        tables_dir,
-        "recount",
-        "Parallel steps recounted from stored residuals under other thresholds (an estimate; see analysis/tables.py).",
-    )
-    for name, t in (("window_study", window_table(samples)), ("history_order_grid", grid_table(samples))):
-        if t.empty:
-            notes.append(f"table {name}: no matching cells in this study")
-        else:
-            written += write_table(t, tables_dir, name)
-
-    figs = F.all_figures(study, Path(args.figures_dir) if args.figures_dir else out / "figures", notes)
+    written: list[Path] = []
+    if "tables" in parts:
+        written += write_tables(study, out / "tables", thresholds, notes)
+    fig_dir = Path(args.figures_dir) if args.figures_dir else out / "figures"
+    if "figures" in parts:
+        figs = F.all_figures(study, fig_dir, notes)
+    else:
+        figs = {name: [p] for name in F.FIGURES if (p := fig_dir / f"{name}.png").is_file()}
+    if "audit" not in parts:
+        log.info(f"wrote {len(written)} table files under {out} and {sum(len(v) for v in figs.values())} figure files")
+        return 0
     context = {
         "results": str(results),
         "verified runs": len(study.runs),
@@ -116,11 +115,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     results_list, data = audit(samples, figs, args.claims)
     written += write_report(results_list, data, out, context, notes)
-    n_figs = sum(len(v) for v in figs.values())
-    log.info(f"wrote {len(written)} table/report files under {out} and {n_figs} figure files")
+    log.info(f"wrote {len(written)} table/report files under {out}, figures in {fig_dir}")
     for r in results_list:
         log.info(f"{r.claim['id']}: {r.verdict.verdict}")
     return 0
+
+
+def write_tables(study: Study, out: Path, thresholds: list[Threshold], notes: list[str]) -> list[Path]:
+    samples = study.samples
+    written = write_table(
+        summary_table(samples),
+        out,
+        "summary",
+        "Per cell: mean and sample std over seeds; speedups per seed, then averaged.",
+    )
+    conv = with_step_scales(study.convergence, study.step_scales)
+    rc, rc_notes = recount_table(samples, conv, thresholds)
+    notes += rc_notes
+    written += write_table(
+        rc,
+        out,
+        "recount",
+        "Parallel steps recounted from stored residuals under other thresholds (an estimate; see analysis/tables.py).",
+    )
+    for name, t in (("window_study", window_table(samples)), ("history_order_grid", grid_table(samples))):
+        if t.empty:
+            notes.append(f"table {name}: no matching cells in this study")
+        else:
+            written += write_table(t, out, name)
+    return written
 
 
 if __name__ == "__main__":

@@ -71,13 +71,16 @@ def _title(key: Sequence[object]) -> str:
 
 
 def residual_vs_iteration(study: Study, out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
-    """Largest first-order residual rho_t in the window vs iteration, per solver (median over seeds)."""
+    """Largest first-order residual rho_t in the window vs iteration, for the fastest setting of each solver
+    (median over seeds)."""
     conv = study.convergence
     if conv.empty:
         return _note(notes, "residual_vs_iteration: no convergence.parquet in any verified run")
     conv = conv[conv["solver"] != "sequential"]
     if conv.empty:
         return _note(notes, "residual_vs_iteration: only sequential runs (their residuals are 0 by construction)")
+    keep = _best_per_solver(study, list(conv.groupby([*CELL3, "solver_tag"]).groups))
+    conv = conv[conv.set_index([*CELL3, "solver_tag"]).index.isin(keep)]
     per = conv.groupby([*CELL3, "solver_tag", "seed", "iteration"])["rho"].max().reset_index()
     med = per.groupby([*CELL3, "solver_tag", "iteration"])["rho"].median().reset_index()
     groups = list(med.groupby(CELL3, sort=True))
@@ -151,23 +154,64 @@ def cell_iterates(study: Study) -> dict[tuple, list[tuple[int, np.ndarray]]]:
     return dict(sorted(out.items()))
 
 
+def _best_per_solver(study: Study, keys: list[tuple]) -> list[tuple]:
+    """Of (model, sampler, steps, solver_tag) keys: per (model, sampler, steps, solver), the fastest setting
+    (fewest mean iterations), sequential left out."""
+    s = study.samples
+    mean_it = s.groupby([*CELL3, "solver_tag"])["iterations"].mean()
+    solver_of = s.drop_duplicates("solver_tag").set_index("solver_tag")["solver"]
+    best: dict[tuple, tuple] = {}
+    for key in keys:
+        if solver_of.get(key[3], key[3]) == "sequential":
+            continue
+        g = (*key[:3], solver_of.get(key[3], key[3]))
+        if g not in best or mean_it.get(key, np.inf) < mean_it.get(best[g], np.inf):
+            best[g] = key
+    return sorted(best.values())
+
+
+def _pixel_ranges(study: Study) -> dict[str, tuple[float, float]]:
+    """model -> (lo, hi) of its state when the state is an image (manifest `pixel_range`, top level or config)."""
+    out = {}
+    for run in study.runs:
+        pr = run.manifest.get("pixel_range") or run.config.get("pixel_range")
+        if pr is not None and run.config.get("model") is not None:
+            out[str(run.config["model"])] = (float(pr[0]), float(pr[1]))
+    return out
+
+
 def fidelity_frame(study: Study) -> pd.DataFrame:
-    """Per stored iterate: max and RMS distance of x0 to the sequential x0 (model state space)."""
+    """Per stored iterate: max and RMS distance of x0 to the sequential x0 (model state space), and the PSNR
+    (dB, data range [0, 1]) where the model's state is an image with a known pixel range."""
     ref = _sequential_x0(study)
+    ranges = _pixel_ranges(study)
+    cells = cell_iterates(study)
     rows = []
-    for (*key, tag), items in cell_iterates(study).items():
-        for seed, xs in items:
-            r = ref.get((*key, seed))
+    for key in _best_per_solver(study, list(cells)):
+        pr = ranges.get(str(key[0]))
+        for seed, xs in cells[key]:
+            r = ref.get((*key[:3], seed))
             if r is None:
                 continue
-            d = xs.reshape(xs.shape[0], -1).astype(np.float64) - r.reshape(1, -1)
+            a = xs.reshape(xs.shape[0], -1).astype(np.float64)
+            b = r.reshape(1, -1)
+            d = a - b
+            psnr = np.full(len(a), np.nan)
+            if pr is not None:
+                lo, hi = pr
+                mse = ((np.clip((a - lo) / (hi - lo), 0, 1) - np.clip((b - lo) / (hi - lo), 0, 1)) ** 2).mean(axis=1)
+                with np.errstate(divide="ignore"):
+                    psnr = 10 * np.log10(1.0 / mse)
             for i in range(d.shape[0]):
-                rows.append((*key, tag, seed, i + 1, float(np.abs(d[i]).max()), float(np.sqrt((d[i] ** 2).mean()))))
-    return pd.DataFrame(rows, columns=[*CELL3, "solver_tag", "seed", "iteration", "err_max", "err_rms"])
+                rows.append(
+                    (*key, seed, i + 1, float(np.abs(d[i]).max()), float(np.sqrt((d[i] ** 2).mean())), float(psnr[i]))
+                )
+    return pd.DataFrame(rows, columns=[*CELL3, "solver_tag", "seed", "iteration", "err_max", "err_rms", "psnr"])
 
 
 def fidelity_vs_iteration(study: Study, out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
-    """Distance of each iterate's x0 to the sequential sample vs iteration (median over seeds)."""
+    """Distance (and PSNR, for image states) of each iterate's x0 to the sequential sample vs iteration, for the
+    fastest setting of each solver (median over the seeds with stored iterates)."""
     if not study.runs_with("iterates.safetensors"):
         return _note(notes, "fidelity_vs_iteration: no run stored iterates.safetensors")
     df = fidelity_frame(study)
@@ -177,10 +221,13 @@ def fidelity_vs_iteration(study: Study, out_dir: str | Path, notes: list[str] | 
             "fidelity_vs_iteration: iterates exist but no sequential run of the same "
             "model/sampler/steps/seed to compare with",
         )
-    med = df.groupby([*CELL3, "solver_tag", "iteration"])[["err_max", "err_rms"]].median().reset_index()
+    cols = ["err_max", "err_rms", "psnr"]
+    med = df.groupby([*CELL3, "solver_tag", "iteration"])[cols].median().reset_index()
     groups = list(med.groupby(CELL3, sort=True))
-    fig, axes = _facets(len(groups))
-    for ax, (key, g) in zip(axes, groups, strict=False):
+    with_psnr = bool(np.isfinite(med["psnr"]).any())
+    fig, axes = _facets(len(groups) * (2 if with_psnr else 1))
+    for n, (key, g) in enumerate(groups):
+        ax = axes[n * (2 if with_psnr else 1)]
         for tag, gg in g.groupby("solver_tag", sort=True):
             (line,) = ax.plot(gg["iteration"], gg["err_max"].clip(lower=1e-12), marker=".", lw=1.2, label=f"{tag} max")
             ax.plot(
@@ -191,12 +238,20 @@ def fidelity_vs_iteration(study: Study, out_dir: str | Path, notes: list[str] | 
                 color=line.get_color(),
                 label=f"{tag} RMS",
             )
+            if with_psnr:
+                axes[2 * n + 1].plot(gg["iteration"], gg["psnr"], marker=".", lw=1.2, label=tag)
         ax.set_yscale("log")
         ax.set_xlabel("parallel step (iteration)")
         ax.set_ylabel(r"$|x_0^{(i)} - x_0^{seq}|$ (median over seeds)")
         ax.set_title(_title(key))
         ax.legend(fontsize=6)
-    fig.suptitle("Fidelity to the sequential sample vs iteration")
+        if with_psnr:
+            pax = axes[2 * n + 1]
+            pax.set_xlabel("parallel step (iteration)")
+            pax.set_ylabel("PSNR to the sequential image (dB)")
+            pax.set_title(_title(key))
+            pax.legend(fontsize=6)
+    fig.suptitle("Fidelity to the sequential sample vs iteration (fastest setting of each solver)")
     return _save(fig, out_dir, "fidelity_vs_iteration")
 
 
@@ -224,16 +279,7 @@ def iterate_grids(
     cells = {k: v for k, v in cell_iterates(study).items() if k[3] != "sequential"}
     if not cells:
         return _note(notes, "iterate_grids: no parallel run stored iterates.safetensors")
-    # one cell per (model, sampler, steps, solver): its fastest setting (fewest mean iterations)
-    s = study.samples
-    mean_it = s.groupby([*CELL3, "solver_tag"])["iterations"].mean()
-    solver_of = s.drop_duplicates("solver_tag").set_index("solver_tag")["solver"]
-    best: dict[tuple, tuple] = {}
-    for key in cells:
-        g = (*key[:3], solver_of.get(key[3], key[3]))
-        if g not in best or mean_it.get(key, np.inf) < mean_it.get(best[g], np.inf):
-            best[g] = key
-    cells = {k: cells[k] for k in sorted(best.values())}
+    cells = {k: cells[k] for k in _best_per_solver(study, list(cells))}
     ref = _sequential_x0(study)
     paths: list[Path] = []
     for (*key, tag), items in cells.items():
@@ -350,6 +396,15 @@ def speedup_vs_gpus(samples: pd.DataFrame, out_dir: str | Path, notes: list[str]
         ax.set_title(_title(key))
         ax.legend(fontsize=6)
     return _save(fig, out_dir, "speedup_vs_gpus")
+
+
+FIGURES = (
+    "residual_vs_iteration",
+    "fidelity_vs_iteration",
+    "window_study",
+    "history_order_grid",
+    "speedup_vs_gpus",
+)
 
 
 def all_figures(study: Study, out_dir: str | Path, notes: list[str] | None = None) -> dict[str, list[Path]]:

@@ -362,3 +362,22 @@ def test_speedup_vs_gpus_with_several_world_sizes(tmp_path: Path) -> None:
     two = par.assign(world_size=2, wall_s=par["wall_s"] / 1.8)
     paths = speedup_vs_gpus(pd.concat([s, two]), tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_fidelity_of_iterates(mini: Path) -> None:
+    from analysis.figures import fidelity_frame
+
+    df = fidelity_frame(load_study(MINI))
+    assert set(df["solver_tag"]) == {"fp_w24_tol1e-3", "fpplus_k24_w24_tol1e-3", "taa_m3_k24_w24_tol1e-3"}
+    last = df.sort_values("iteration").groupby(["solver_tag", "seed"]).tail(1).set_index(["solver_tag", "seed"])
+    stored = _raw_samples().set_index(["solver_tag", "seed"])
+    # the last iterate is the stored sample: its distance is the stored err_max (iterates are float32)
+    np.testing.assert_allclose(last["err_max"], stored.loc[last.index, "err_max"], atol=1e-6)
+    assert (last.reset_index()["iteration"].to_numpy() == stored.loc[last.index, "iterations"].to_numpy()).all()
+    assert df["psnr"].isna().all()  # the mixture's state is not an image
+    # with a pixel range in the manifests (not hashed: the manifest holds the hashes) PSNR is computed
+    for m in mini.glob("runs/*/*/*/shard-*/manifest.json"):
+        d = json.loads(m.read_text())
+        m.write_text(json.dumps({**d, "pixel_range": [-3.0, 3.0]}))
+    psnr = fidelity_frame(load_study(mini))["psnr"]
+    assert np.isfinite(psnr).any() and (psnr[np.isfinite(psnr)] > 0).all()
