@@ -151,6 +151,15 @@ def test_strict_names_every_missing_cell(mini: Path) -> None:
     assert len(e2.value.missing) == 4 and all("ddpm" in m or "seeds [2] missing" in m for m in e2.value.missing)
 
 
+def test_a_seed_stored_twice_is_refused_in_strict_mode(mini: Path) -> None:
+    cell = mini / "runs" / "gmm" / "ddim-24" / TAA
+    shutil.copytree(cell / "shard-0", cell / "shard-1")  # e.g. a requeued job written under another shard
+    study = load_study(mini, expected=mini / "study.yaml")
+    assert sum(p.startswith("seed stored twice") for p in study.problems) == 2
+    with pytest.raises(IncompleteStudyError, match="seed stored twice"):
+        load_study(mini, expected=mini / "study.yaml", strict=True)
+
+
 def test_expected_matrix_of_workflow_configs_matches_the_planner() -> None:
     from parataa.jobs.plan import solver_runs
 
