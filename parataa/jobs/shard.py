@@ -320,6 +320,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 world_size,
                 wall,
                 torch.stack(iterates, dim=1) if iterates else None,
+                den,
             )
             if rank == 0
             else {}
@@ -329,7 +330,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 p.unlink()
         return out
 
-    def _store(self, spec, run, res, cfg, noise_sha, info, base, world_size, wall, iterates):
+    def _store(self, spec, run, res, cfg, noise_sha, info, base, world_size, wall, iterates, den=None):
         import pandas as pd
 
         T = int(spec["steps"])
@@ -340,7 +341,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             diff = (x0 - base.x0).reshape(n, -1)
             err_max = np.abs(diff).max(axis=1)
             err_rms = np.sqrt((diff**2).mean(axis=1))
-            psnr = _psnr(x0, base.x0, info)
+            psnr = _psnr(x0, base.x0, info, den)
         else:
             err_max = err_rms = psnr = np.full(n, np.nan)
         t = res.timings
@@ -421,9 +422,9 @@ class ShardJob(submitit.helpers.Checkpointable):
         }
 
 
-def _psnr(x0: np.ndarray, ref: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+def _psnr(x0: np.ndarray, ref: np.ndarray, info: Any, den: Any) -> np.ndarray:
     """PSNR (dB, data range [0, 1]) of decoded images; NaN where the model has no image space."""
-    decode = info.get("decode")
+    decode = getattr(getattr(den, "inner", den), "decode", None) or info.get("decode")
     if callable(decode):
         a = np.asarray(decode(torch.from_numpy(x0)), dtype=np.float64)
         b = np.asarray(decode(torch.from_numpy(ref)), dtype=np.float64)
