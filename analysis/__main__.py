@@ -76,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    thresholds = [parse_threshold(t) for t in (args.threshold or DEFAULT_THRESHOLDS)]
     try:
+        thresholds = [parse_threshold(t) for t in (args.threshold or DEFAULT_THRESHOLDS)]
         study = load_study(results, expected=config, strict=args.strict)
     except IncompleteStudyError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"python -m analysis: {e}", file=sys.stderr)
+        return 1
     notes: list[str] = list(study.problems)
     for p in study.problems:
         log.warning(p)

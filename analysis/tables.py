@@ -89,8 +89,17 @@ def _g(df: pd.DataFrame, g: str) -> np.ndarray:
     return df[col].to_numpy(float)
 
 
+G_CHOICES = ("sigma", "beta", "one")
+
+
+def _check_g(g: str) -> None:
+    if g not in G_CHOICES:
+        raise ValueError(f"g must be one of {G_CHOICES}, got {g!r}")
+
+
 def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma") -> Threshold:
     """The authors' code: rho_t <= max(abs_tol, rel_tol * g_t), g = posterior std sigma_t."""
+    _check_g(g)
     label = "authors" if (abs_tol, rel_tol, g) == (1e-3, 1e-3, "sigma") else f"authors_a{abs_tol:g}_r{rel_tol:g}_{g}"
     # sigma_t and sqrt(beta_t) never exceed 1, so with rel_tol <= abs_tol the rule is a flat abs_tol
     flat = rel_tol <= abs_tol and g in ("sigma", "beta", "one")
@@ -103,6 +112,7 @@ def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma")
 
 def paper_rule(tau: float = 1e-3, g: str = "sigma") -> Threshold:
     """The paper's text: eps_t = tau^2 g(t)^2 d, i.e. rho_t <= tau * g(t)."""
+    _check_g(g)
     label = f"paper_{g}" if tau == 1e-3 else f"paper_tau{tau:g}_{g}"
     return Threshold(label, f"rho_t <= {tau:g} * g(t), g = {g} (paper text rule)", lambda df: tau * _g(df, g))
 
