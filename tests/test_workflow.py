@@ -157,6 +157,14 @@ def test_conditions_do_not_depend_on_sharding():
         assert sum(parts, []) == whole
 
 
+def test_job_paths_are_made_absolute(tmp_path):
+    cfg = validate_config(smoke())
+    spec = plan.absolute(plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0), cwd=tmp_path)
+    paths = [spec["noise"], spec["baseline"], spec["state_dir"], spec["results_dir"]] + [r["dir"] for r in spec["runs"]]
+    assert all(Path(p).is_absolute() and Path(p).is_relative_to(tmp_path.resolve()) for p in paths)
+    assert spec["runs"][0]["dir"].endswith("results/smoke/runs/gmm/ddpm-25/fp_w25_tol1e-3/shard-0")
+
+
 def test_paper_config_has_the_paper_settings():
     cfg = validate_config(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
     assert {m["name"] for m in cfg["models"]} == {"dit-xl-2-256", "sd-v1-5"}

@@ -28,6 +28,9 @@ __all__ = [
     "paths",
     "group_spec",
     "baseline_spec",
+    "targets",
+    "count",
+    "absolute",
 ]
 
 SOLVER_NAMES = ("fp", "fp+", "aa", "taa", "picard")
@@ -227,6 +230,20 @@ def group_spec(
     )
     spec["runs"] = [_run(config, spec, r) for r in gs[group]]
     return spec
+
+
+def absolute(spec: dict[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
+    """The spec with every path made absolute (a cluster job may start in another directory)."""
+    base = Path(cwd or Path.cwd())
+
+    def ab(p: str | None) -> str | None:
+        return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+    out = dict(spec)
+    for k in ("results_dir", "state_dir", "noise", "baseline"):
+        out[k] = ab(spec.get(k))
+    out["runs"] = [{**r, "dir": ab(r["dir"])} for r in spec["runs"]]
+    return out
 
 
 def count(config: Mapping[str, Any]) -> dict[str, int]:

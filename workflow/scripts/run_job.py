@@ -4,10 +4,11 @@ import sys
 from pathlib import Path
 
 from parataa.jobs.launch import submit_and_wait
+from parataa.jobs.plan import absolute
 from parataa.storage import atomic_write_json, read_manifest, sha256_file
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-spec = dict(sm.params.spec)
+spec = absolute(dict(sm.params.spec))  # the cluster job may start in another directory
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 logfile = open(sm.log[0], "a", buffering=1)  # noqa: SIM115 - open for the whole script
 
