@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,9 @@ def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **k
             )
         return cls.from_pretrained(str(local), subfolder=subfolder, **kwargs)
     try:
-        return cls.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+        with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return cls.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
             os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
