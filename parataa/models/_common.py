@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["WeightsNotFoundError", "resolve_device", "resolve_dtype", "run_chunked", "load_part"]
+__all__ = ["WeightsNotFoundError", "resolve_device", "resolve_dtype", "run_chunked", "load_part", "place"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -66,6 +66,22 @@ def run_chunked(
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def _quiet(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """diffusers warns when `accelerate` is missing unless low_cpu_mem_usage is chosen explicitly."""
+    if cls.__module__.startswith("diffusers"):
+        return {"low_cpu_mem_usage": False, **kwargs}
+    return kwargs
+
+
+def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move a network to device/dtype in eval mode, frozen; cast only when the dtype differs (diffusers warns
+    on every dtype cast)."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.eval().requires_grad_(False)
+
+
 def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **kwargs: Any) -> Any:
     """`cls.from_pretrained` of one component, with a clear error when the weights are not on this machine."""
     local = Path(name_or_path).expanduser()
@@ -76,11 +92,11 @@ def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **k
                 f"{what}: {local} exists but has no {subfolder!r} folder; pass the root of a diffusers-format "
                 f"snapshot (with {subfolder}/config.json), e.g. the folder `hf download` wrote"
             )
-        return cls.from_pretrained(str(local), subfolder=subfolder, **kwargs)
+        return cls.from_pretrained(str(local), subfolder=subfolder, **_quiet(cls, kwargs))
     try:
         with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return cls.from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
+            return cls.from_pretrained(name_or_path, subfolder=subfolder, **_quiet(cls, kwargs))
     except (OSError, ValueError, RuntimeError) as e:
         cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
             os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._common import check_chunk_size, load_part, resolve_device, resolve_dtype, run_chunked
+from ._common import check_chunk_size, load_part, place, resolve_device, resolve_dtype, run_chunked
 
 __all__ = ["DiTDenoiser", "load_dit", "DIT_XL_2_256"]
 
@@ -58,8 +58,8 @@ class DiTDenoiser:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.chunk_size = check_chunk_size(chunk_size)
-        self.transformer = transformer.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = None if vae is None else vae.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.transformer = place(transformer, self.device, self.dtype)
+        self.vae = None if vae is None else place(vae, self.device, self.dtype)
         self.vae_scaling_factor = float(vae_scaling_factor)
         self.labels = labels.to(self.device)
         self.cfg_scale = float(cfg_scale)

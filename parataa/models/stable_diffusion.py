@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from ._common import WeightsNotFoundError, check_chunk_size, load_part, resolve_device, resolve_dtype, run_chunked
+from ._common import (
+    WeightsNotFoundError,
+    check_chunk_size,
+    load_part,
+    place,
+    resolve_device,
+    resolve_dtype,
+    run_chunked,
+)
 from .tokenizer import CLIPTokenizer
 
 __all__ = ["StableDiffusionDenoiser", "load_stable_diffusion", "SD_V1_5"]
@@ -50,8 +58,8 @@ class StableDiffusionDenoiser:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.chunk_size = check_chunk_size(chunk_size)
-        self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = None if vae is None else vae.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.unet = place(unet, self.device, self.dtype)
+        self.vae = None if vae is None else place(vae, self.device, self.dtype)
         self.vae_scaling_factor = float(vae_scaling_factor)
         self.scheduler_config = dict(scheduler_config)
         self.cfg_scale = float(cfg_scale)
