@@ -165,7 +165,9 @@ def embedded_path(name: str) -> Path:
         raise ValueError(f"embedded model must be one of {EMBEDDED}, got {name!r}")
     p = ASSETS / name
     if not (p / "parataa.json").is_file():
-        raise FileNotFoundError(
+        from ._common import WeightsNotFoundError
+
+        raise WeightsNotFoundError(
             f"embedded model {name!r} is missing at {p} (no parataa.json): reinstall parataa, or train it with "
             f"`python -m parataa.train --model {name} --out DIR` and pass DIR as the model path"
         )
