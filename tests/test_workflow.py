@@ -343,6 +343,28 @@ def test_errors_against_the_sequential_baseline(tmp_path):
         assert (run.samples["err_max"] < 0.05).all()
 
 
+def test_job_runs_deterministic_and_restores_the_callers_settings(tmp_path):
+    import torch
+
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _small_spec(tmp_path)
+    _prepare(cfg)
+    seen = {}
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+
+    class Spy(ShardJob):
+        def _call(self, spec):
+            seen["det"] = torch.are_deterministic_algorithms_enabled()
+            seen["tf32"] = torch.backends.cuda.matmul.allow_tf32
+            return super()._call(spec)
+
+    Spy()(spec)
+    assert seen == {"det": True, "tf32": False}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+    assert storage.read_manifest(spec["runs"][0]["dir"])["config"]["deterministic"] is True
+
+
 def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     from parataa.jobs import shard as shard_mod
 

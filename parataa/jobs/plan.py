@@ -189,6 +189,7 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
         "checkpoint_every_s": float(config["checkpoint_every_s"]),
         "save_iterates": int(config["save_iterates"]),
         "progress": bool(config["progress"]),
+        "deterministic": bool(config["deterministic"]),
         "state_dir": paths(config)["state"],
         "noise": paths(config)["noise"].format(model=model, steps=steps, shard=shard),
     }

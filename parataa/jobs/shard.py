@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def run_config(spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         "device": spec["device"],
         "world_size": int(spec["world_size"]),
         "save_iterates": int(spec["save_iterates"]),
+        "deterministic": bool(spec.get("deterministic", True)),
     }
 
 
@@ -154,6 +156,33 @@ def _device_check(device: str) -> None:
         )
 
 
+def set_determinism(on: bool) -> Callable[[], None]:
+    """Deterministic kernels and no TF32 (RELIABILITY.md: bitwise reruns on the same hardware and software).
+    Returns a function that restores the previous settings (for jobs run inside another process)."""
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[4], prev[5]
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS initialises
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cuda.matmul.allow_tf32 = not on
+    torch.backends.cudnn.allow_tf32 = not on
+    return restore
+
+
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -182,6 +211,15 @@ class ShardJob(submitit.helpers.Checkpointable):
         return live["path"]
 
     def __call__(self, spec: dict[str, Any]) -> dict[str, Any]:
+        threads = torch.get_num_threads()
+        restore = set_determinism(bool(spec.get("deterministic", True)))
+        try:
+            return self._call(spec)
+        finally:  # matters only when the job runs inside another process (tests, executor "inline")
+            restore()
+            torch.set_num_threads(threads)
+
+    def _call(self, spec: dict[str, Any]) -> dict[str, Any]:
         t_job = time.perf_counter()
         world_size, rank = world_size_check(int(spec["world_size"]))
         device = spec["device"]
