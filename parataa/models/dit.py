@@ -24,7 +24,8 @@ DIT_XL_2_256 = "facebook/DiT-XL-2-256"
 class DiTDenoiser:
     """Guided eps of a class-conditional DiT for (state, model timestep, sample index) batches."""
 
-    schedule = "dit"
+    schedule = "dit"  # sample with parataa.schedules.dit_schedule (DiT's respacing), not a diffusers config
+    scheduler_config = None
 
     def __init__(
         self,
