@@ -270,6 +270,15 @@ def test_registry_rejects_unknown_names_and_bad_conditions():
     assert is_class_conditional("dit-xl-2-256") and not is_class_conditional("sd-v1-5")
 
 
+def test_registry_static_shapes_match_built_models(tiny_dit):
+    from parataa.models.registry import build_denoiser, sample_shape
+
+    assert sample_shape("tiny-dit") == tiny_dit[1]["sample_shape"] == tiny_dit[0].sample_shape
+    assert sample_shape("tiny-sd") == build_denoiser("tiny-sd", [1])[1]["sample_shape"]
+    assert sample_shape("gmm") == build_denoiser("gmm", [1])[1]["sample_shape"]
+    assert tiny_dit[1]["image"] and not build_denoiser("gmm", [1])[1]["image"]
+
+
 def test_registry_gmm_spec_builds_its_schedule():
     from parataa.models.registry import build_denoiser
     from parataa.schedules import from_diffusers_config

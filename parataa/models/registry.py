@@ -21,10 +21,17 @@ from typing import Any
 
 from ..schedules import Schedule, dit_schedule, from_diffusers_config
 
-__all__ = ["MODELS", "ModelSpec", "build_denoiser", "is_class_conditional", "default_cfg_scale"]
+__all__ = ["MODELS", "ModelSpec", "build_denoiser", "is_class_conditional", "default_cfg_scale", "sample_shape"]
 
 MODELS = ("gmm", "tiny-dit", "tiny-sd", "dit-xl-2-256", "sd-v1-5")
 _CLASS_CONDITIONAL = {"gmm": True, "tiny-dit": True, "tiny-sd": False, "dit-xl-2-256": True, "sd-v1-5": False}
+_SHAPES = {
+    "gmm": (64,),
+    "tiny-dit": (1, 16, 16),
+    "tiny-sd": (1, 16, 16),
+    "dit-xl-2-256": (4, 32, 32),
+    "sd-v1-5": (4, 64, 64),
+}
 _DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
 
 
@@ -39,6 +46,12 @@ def is_class_conditional(name: str) -> bool:
     """True: conditions are class labels (ints). False: conditions are prompts (strings)."""
     _check_name(name)
     return _CLASS_CONDITIONAL[name]
+
+
+def sample_shape(name: str) -> tuple[int, ...]:
+    """The state shape of model `name` at its default weights, without loading them (noise can be drawn first)."""
+    _check_name(name)
+    return _SHAPES[name]
 
 
 def default_cfg_scale(name: str) -> float:
@@ -65,6 +78,8 @@ class ModelSpec:
     def __getitem__(self, key: str) -> Any:
         if key in ("name", "schedule", "sample_shape", "scheduler_config"):
             return getattr(self, key)
+        if key == "image":  # does the model's decode give images
+            return self.name != "gmm"
         return self.extra[key]
 
     def get(self, key: str, default: Any = None) -> Any:
