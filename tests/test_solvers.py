@@ -404,3 +404,43 @@ def test_mismatched_shapes_are_rejected(mixture):
 
     with pytest.raises(ValueError, match="model returned shape"):
         solve(bad_model, sched, noise, preset("taa"))
+
+
+@pytest.mark.parametrize("window", [6, 20])
+def test_picard_equals_the_paradigms_loop_of_diffusers(mixture, window):
+    """Our Picard against a line-by-line replay of StableDiffusionParadigmsPipeline's denoising loop
+    (buffer indexing, DDPMParallelScheduler.batch_step_no_noise, inverse-variance tolerance, window moves)."""
+    from diffusers import DDPMParallelScheduler
+
+    T, tol = 20, 0.1
+    model, sched, noise = gmm_problem(mixture, steps=T, sampler="ddpm", seeds=(0,))
+    cfg = {k: v for k, v in mixture.scheduler_config.items() if k != "set_alpha_to_one"}
+    sd = DDPMParallelScheduler(**cfg)
+    sd.set_timesteps(T)
+    ts = sd.timesteps
+    x_T = noise.x_T[0]
+    buf = torch.stack([x_T] * (T + 1))
+    # pipeline: noise_array[j] = sqrt(variance(timesteps[j])) * base noise; ours: c_t xi_t with t = T-1-j
+    noise_array = torch.zeros_like(buf)
+    for j in range(T):
+        noise_array[j] = sd._get_variance(ts[j]).double() ** 0.5 * noise.xi[0, T - 1 - j]
+    inv_var = 1.0 / torch.tensor([float(sd._get_variance(t)) for t in ts] + [0.0], dtype=torch.float64)
+    inv_var = inv_var / x_T.numel()
+    begin, end, steps = 0, window, 0
+    while begin < T:
+        n = end - begin
+        blk = buf[begin:end]
+        eps = model(blk, ts[begin:end].double(), torch.zeros(n, dtype=torch.long))
+        den = sd.batch_step_no_noise(eps.float(), ts[begin:end], blk.float()).double()
+        new = buf[begin][None] + torch.cumsum(den - blk, 0) + torch.cumsum(noise_array[begin:end], 0)
+        err = torch.linalg.norm(new - buf[begin + 1 : end + 1], dim=-1).pow(2) * inv_var[begin + 1 : end + 1]
+        err = torch.nn.functional.pad(err, (0, 1), value=1e9)
+        ind = int(torch.argmax((err > tol**2).int()))
+        new_begin = begin + min(1 + ind, window)
+        new_end = min(new_begin + window, T)
+        buf[begin + 1 : end + 1] = new
+        buf[end : new_end + 1] = buf[end][None]
+        begin, end, steps = new_begin, new_end, steps + 1
+    ours = solve(model, sched, noise, preset("picard", window=window, picard_tol=tol))
+    assert int(ours.iterations[0]) == steps
+    torch.testing.assert_close(ours.x0[0], buf[T], rtol=0, atol=1e-4)
