@@ -2,7 +2,10 @@
 
 Sequential sampling calls the network with a batch of 2 rows (CFG pair) T times; eager PyTorch spends most
 of that time launching kernels. A fair sequential baseline replays a captured graph instead. One graph is
-captured per input shape; inputs are copied into static buffers before each replay. The wrapped Denoiser must
+captured per input shape; inputs are copied into static buffers before each replay. With `buckets=True` the rows
+of a call are padded (repeating the last row) to the next power of two, so the shrinking windows of a parallel
+solve share a handful of graphs; padding changes which rows share a batch, so results match eager evaluation
+only up to the kernels' batch invariance. The wrapped Denoiser must
 be graph-safe: no host synchronisation and no host-to-device copies inside its call (keep its lookup tables
 on the GPU).
 """
@@ -17,9 +20,10 @@ __all__ = ["GraphedDenoiser"]
 
 
 class GraphedDenoiser:
-    def __init__(self, inner: Denoiser, warmup: int = 3) -> None:
+    def __init__(self, inner: Denoiser, warmup: int = 3, buckets: bool = False) -> None:
         self.inner = inner
         self.warmup = warmup
+        self.buckets = buckets
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
 
     def _capture(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
@@ -40,6 +44,13 @@ class GraphedDenoiser:
             return self.inner(x, timesteps, samples)
         timesteps = timesteps.to(x.device)
         samples = samples.to(x.device)
+        n = x.shape[0]
+        if self.buckets:
+            size = 1 << (n - 1).bit_length()
+            if size != n:
+                pad = torch.full((size - n,), n - 1, device=x.device, dtype=torch.long)
+                idx = torch.cat([torch.arange(n, device=x.device), pad])
+                x, timesteps, samples = x[idx], timesteps[idx], samples[idx]
         key = (tuple(x.shape), x.dtype, timesteps.dtype, samples.dtype, x.device.index)
         if key not in self._graphs:
             self._graphs[key] = self._capture(x, timesteps, samples)
@@ -48,4 +59,4 @@ class GraphedDenoiser:
         st.copy_(timesteps)
         ss.copy_(samples)
         graph.replay()
-        return out.clone()
+        return out[:n].clone()
