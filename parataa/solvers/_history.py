@@ -24,11 +24,11 @@ def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, 
         st.hist_len = torch.zeros(n, T, dtype=torch.long, device=st.x.device)
     assert st.hist_f is not None and st.hist_len is not None
     rows, t, valid = win.rows, win.t, inp.valid
-    rr, tt = rows.expand_as(t)[valid], t[valid]
+    rr, tt = inp.vi, t[inp.vi, inp.vj]
     hx = torch.cat([inp.x[:, :, None], st.hist_x[rows, t][:, :, :-1]], dim=2)
     hf = torch.cat([inp.resid[:, :, None], st.hist_f[rows, t][:, :, :-1]], dim=2)
-    st.hist_x[rr, tt] = hx[valid]
-    st.hist_f[rr, tt] = hf[valid]
+    st.hist_x[rr, tt] = hx[inp.vi, inp.vj]
+    st.hist_f[rr, tt] = hf[inp.vi, inp.vj]
     st.hist_len[rr, tt] = torch.clamp(st.hist_len[rr, tt] + 1, max=m)
     count = torch.where(valid, st.hist_len[rows, t], torch.zeros_like(t))
     cols = torch.arange(m - 1, device=t.device)

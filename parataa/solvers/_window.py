@@ -44,6 +44,8 @@ class UpdateInput:
     below: torch.Tensor  # [N, Wmax] positions below u* (the ones the method updates)
     window: Window
     state: SolverState
+    vi: torch.Tensor  # [R] sample of each valid position (from one nonzero: masks sync the GPU)
+    vj: torch.Tensor  # [R] window position of each valid position
 
 
 # An update rule returns the new values of the positions below u* and a per-position fallback flag.
@@ -52,6 +54,34 @@ UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
 
 def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
     return inp.x + inp.resid, torch.zeros_like(inp.valid)
+
+
+def log_record(
+    iteration: int,
+    sample: torch.Tensor,
+    step: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    rho: torch.Tensor,
+    threshold: torch.Tensor,
+    converged: torch.Tensor,
+    fallback: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """One iteration's rows of the convergence log, moved to the CPU in three copies instead of nine."""
+    longs = torch.stack([sample, step, lo, hi]).cpu()
+    floats = torch.stack([rho, threshold]).cpu()
+    flags = torch.stack([converged, fallback]).cpu()
+    return {
+        "sample": longs[0],
+        "iteration": torch.full((longs.shape[1],), iteration, dtype=torch.long),
+        "step": longs[1],
+        "rho": floats[0],
+        "threshold": floats[1],
+        "converged": flags[0],
+        "window_lo": longs[2],
+        "window_hi": longs[3],
+        "fallback": flags[1],
+    }
 
 
 def new_state(noise: NoiseBundle, config: SolverConfig, init: torch.Tensor | None) -> SolverState:
@@ -124,10 +154,11 @@ def run_window_solver(
         rows, t, valid = win.rows, win.t, win.valid
         x_ext = state.x[rows, win.t_up]  # [N, Wmax+1, D]: x_{lo+j}
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        r_samples = rows.expand_as(t)[valid]
+        vi, vj = torch.nonzero(valid, as_tuple=True)
+        tv = t[vi, vj]
         eps = torch.zeros_like(x_cur)
         t_model = time.perf_counter()
-        eps[valid] = evaluate(x_up[valid], t[valid], r_samples, it)
+        eps[vi, vj] = evaluate(x_up[vi, vj], tv, vi, it)
         t_after_model = time.perf_counter()
         a_w, b_w, c_w = sched.a[t], sched.b[t], sched.c[t]
         g = b_w[..., None] * eps + c_w[..., None] * xi[rows, t]
@@ -145,11 +176,10 @@ def run_window_solver(
             resid = exact - x_cur
         else:
             resid = order_k_rhs(a_w, g, x_ext, win.width, order) - x_cur
-        new_vals, fallback = update(UpdateInput(x_cur, resid, valid, below, win, state))
+        new_vals, fallback = update(UpdateInput(x_cur, resid, valid, below, win, state, vi, vj))
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where(at[..., None], exact, x_new)
-        upd = below | at
-        state.x[rows.expand_as(t)[upd], t[upd]] = x_new[upd]
+        state.x[vi, tv] = x_new[vi, vj]  # positions above u* write back their unchanged values
 
         hi = state.frozen.clone()
         active = win.width > 0
@@ -159,26 +189,15 @@ def run_window_solver(
         state.iteration += 1
         sync(device)
         t_end = time.perf_counter()
-        state.log.append(
-            {
-                "sample": r_samples.cpu(),
-                "iteration": torch.full((int(valid.sum()),), it, dtype=torch.long),
-                "step": t[valid].cpu(),
-                "rho": rho[valid].cpu(),
-                "threshold": thr[valid].cpu(),
-                "converged": (~unconv[valid]).cpu(),
-                "window_lo": win.lo[:, None].expand_as(t)[valid].cpu(),
-                "window_hi": hi[:, None].expand_as(t)[valid].cpu(),
-                "fallback": fallback[valid].cpu(),
-            }
-        )
+        state.log.append(log_record(it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj],
+                                    ~unconv[vi, vj], fallback[vi, vj]))
         state.timings.append(
             {
                 "iteration": it,
                 "model_s": evaluate.model_s,
                 "solver_s": (t_end - t_start) - (t_after_model - t_model),
                 "comm_s": evaluate.comm_s,
-                "rows": int(valid.sum()),
+                "rows": int(vi.numel()),
             }
         )
         if callback is not None:

@@ -19,7 +19,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import make_window, rms, step_rhs
-from ._window import enter_copies, new_state
+from ._window import enter_copies, log_record, new_state
 from .base import (
     Callback,
     Denoiser,
@@ -67,10 +67,11 @@ def picard(
         rows, t, valid = win.rows, win.t, win.valid
         x_ext = state.x[rows, win.t_up]
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        r_samples = rows.expand_as(t)[valid]
+        vi, vj = torch.nonzero(valid, as_tuple=True)
+        tv = t[vi, vj]
         eps = torch.zeros_like(x_cur)
         t_model = time.perf_counter()
-        eps[valid] = evaluate(x_up[valid], t[valid], r_samples, it)
+        eps[vi, vj] = evaluate(x_up[vi, vj], tv, vi, it)
         t_after = time.perf_counter()
         a_w, b_w, c_w = sched.a[t][..., None], sched.b[t][..., None], sched.c[t][..., None]
         v = valid[..., None]
@@ -90,7 +91,7 @@ def picard(
         first_bad = torch.where(bad, from_top, torch.full_like(from_top, 10**9)).min(dim=1).values
         first_bad = torch.minimum(first_bad, win.width)
         move = torch.minimum(first_bad + 1, torch.full_like(first_bad, window))
-        state.x[rows.expand_as(t)[valid], t[valid]] = x_new[valid]
+        state.x[vi, tv] = x_new[vi, vj]
         hi = state.frozen.clone()
         state.frozen = torch.clamp(state.frozen - move, min=0)
         state.frozen = torch.where(win.width > 0, state.frozen, hi)
@@ -99,26 +100,16 @@ def picard(
         state.iteration += 1
         sync(device)
         t_end = time.perf_counter()
-        state.log.append(
-            {
-                "sample": r_samples.cpu(),
-                "iteration": torch.full((int(valid.sum()),), it, dtype=torch.long),
-                "step": t[valid].cpu(),
-                "rho": rho[valid].cpu(),
-                "threshold": (config.picard_tol / torch.sqrt(inv_var[t][valid])).cpu(),
-                "converged": (~bad[valid]).cpu(),
-                "window_lo": win.lo[:, None].expand_as(t)[valid].cpu(),
-                "window_hi": hi[:, None].expand_as(t)[valid].cpu(),
-                "fallback": torch.zeros(int(valid.sum()), dtype=torch.bool),
-            }
-        )
+        state.log.append(log_record(
+            it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], config.picard_tol / torch.sqrt(inv_var[tv]),
+            ~bad[vi, vj], torch.zeros_like(vi, dtype=torch.bool)))
         state.timings.append(
             {
                 "iteration": it,
                 "model_s": evaluate.model_s,
                 "solver_s": (t_end - t_start) - (t_after - t_model),
                 "comm_s": evaluate.comm_s,
-                "rows": int(valid.sum()),
+                "rows": int(vi.numel()),
             }
         )
         if callback is not None:

@@ -49,6 +49,7 @@ def sequential(
         state = resume
     evaluate = Evaluator(model, sched, noise, "sequential")
     samples = torch.arange(n, device=device)
+    samples_cpu = torch.arange(n)
     while int(state.frozen[0]) > 0:
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
@@ -63,16 +64,17 @@ def sequential(
         state.frozen -= 1
         state.iterations += 1
         state.nfe += 1
+        steps_cpu = torch.full((n,), t, dtype=torch.long)
         state.log.append(
             {
-                "sample": samples.cpu(),
+                "sample": samples_cpu,
                 "iteration": torch.full((n,), state.iteration, dtype=torch.long),
-                "step": steps.cpu(),
+                "step": steps_cpu,
                 "rho": torch.zeros(n, dtype=torch.float64),
                 "threshold": torch.zeros(n, dtype=torch.float64),
                 "converged": torch.ones(n, dtype=torch.bool),
-                "window_lo": steps.cpu(),
-                "window_hi": steps.cpu() + 1,
+                "window_lo": steps_cpu,
+                "window_hi": steps_cpu + 1,
                 "fallback": torch.zeros(n, dtype=torch.bool),
             }
         )
