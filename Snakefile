@@ -2,6 +2,7 @@
 #   snakemake --profile local                                # the default study on this machine
 #   snakemake --profile local --configfile config/smoke.yaml # CI smoke study
 #   snakemake --profile slurm --configfile config/paper.yaml # the paper's study on a SLURM cluster
+#   ... then python -m analysis: reports/<study>/tables/, figures/<study>/, reports/<study>/audit.{md,html}
 # See workflow/README.md.
 
 configfile: "config/study.yaml"
@@ -11,9 +12,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/noise.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:
     input:
         AGGREGATE,
+        rules.tables.output,
+        rules.audit.output,
     default_target: True

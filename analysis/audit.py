@@ -270,11 +270,13 @@ def measure(claim: Mapping[str, Any], samples: pd.DataFrame) -> tuple[Verdict, s
     verdict = decide(spec, values)
     if verdict.verdict == NOT_MEASURABLE:
         present = sorted(set(samples["model"]))
-        verdict = Verdict(
-            NOT_MEASURABLE,
-            f"{verdict.reason}: the claim is about {list(claim['models'])}, the "
-            f"stored results have models {present}" + (f" ({lines[0]})" if lines else ""),
-        )
+        if is_claim_model.any():  # the model is there, the setting (steps, cfg, solver options...) is not
+            why = f"the stored results of {sorted(set(s.loc[is_claim_model, 'model']))} have no runs with " + (
+                f"{dict(spec.get('select', {}))}"
+            )
+        else:
+            why = f"the claim is about {list(claim['models'])}, the stored results have models {present}"
+        verdict = Verdict(NOT_MEASURABLE, f"{verdict.reason}: {why}" + (f" ({lines[0]})" if lines else ""))
     measured = "; ".join(lines) if lines else "—"
     shape = ""
     if claim.get("real_models", True):

@@ -351,6 +351,15 @@ def test_real_model_claims_are_never_decided_by_embedded_models() -> None:
     assert v3.verdict == NOT_REPRODUCED
 
 
+def test_gmm_reference_needs_its_setting_and_says_which() -> None:
+    samples = load_study(MINI).samples  # the mixture at DDIM-24; the claim is about DDIM-100
+    v, measured, _ = measure(_claim("gmm-reference-shape"), samples)
+    assert v.verdict == NOT_MEASURABLE and measured == "—"
+    assert "have no runs with" in v.reason and "'steps': 100" in v.reason and "claim is about" not in v.reason
+    v2, measured2, _ = measure(_claim("gmm-reference-shape"), samples.assign(steps=100))
+    assert v2.verdict == REPRODUCED and "gmm/ddim-100" in measured2
+
+
 # ------------------------------------------------------------------------------------------------ figures
 
 

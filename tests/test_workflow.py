@@ -25,7 +25,10 @@ from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("smoke", "study", "paper")
+CONFIGS = ("smoke", "study", "paper", "authors_sd_example", "gmm_reference")
+# Dry runs: every config with the local profile, the studies meant for a cluster also with the slurm profile
+# (the smoke study goes through it for real in the `slurm` tests). Each dry run costs 4-11 s (importing torch).
+DRY_RUNS = [(c, "local") for c in CONFIGS] + [(c, "slurm") for c in ("paper", "authors_sd_example")]
 SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
 
 
@@ -191,24 +194,64 @@ def _job_counts(text: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-@pytest.mark.parametrize("profile", ["local", "slurm"])
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name, profile", DRY_RUNS, ids=[f"{c}-{p}" for c, p in DRY_RUNS])
 def test_dry_run(tmp_path, name, profile):
     p = snakemake(
         "--profile", profile, "--configfile", f"config/{name}.yaml", "-n", "--nolock",
-        "--config", f"results_dir={tmp_path}", timeout=300,
+        "--config", f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures",
+        timeout=300,
     )  # fmt: skip
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     cfg = validate_config({**yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())})
     n = plan.count(cfg)
+    # the study is the --configfile alone: nothing of config/study.yaml (the Snakefile's default) merged in
+    assert f"study {cfg['study']}: " in out and f": {n['cells']} cells, " in out, out
     counts = _job_counts(out)
     combos = len(cfg["models"]) * len(cfg["samplers"]) * len(cfg["steps"]) * n["shards"]
     assert counts["baseline"] == combos
     assert counts["baseline"] + counts["sample"] == n["jobs"]
     assert counts["noise"] == len(cfg["models"]) * len(cfg["steps"]) * n["shards"]
-    assert counts["aggregate"] == 1
+    for rule in ("aggregate", "study_config", "tables", "figures", "audit"):
+        assert counts[rule] == 1, rule
+    assert f"{tmp_path}/reports/{cfg['study']}/audit.html" in out
     assert f"executor={profile}" in out  # WHERE comes from the profile
+
+
+def test_configs_the_audit_points_to_exist_and_have_its_settings():
+    """Every `command` of analysis/paper_claims.yaml names a shipped config, and the two configs made for the
+    claims select the runs those claims look for."""
+    from analysis.loaders import expected_cells
+
+    claims = yaml.safe_load((ROOT / "analysis" / "paper_claims.yaml").read_text())["claims"]
+    for c in claims:
+        files = re.findall(r"--configfile (\S+)", c.get("command", ""))
+        assert files, c["id"]
+        for f in files:
+            assert (ROOT / f).is_file(), f"claim {c['id']}: {f} does not exist"
+            validate_config(yaml.safe_load((ROOT / f).read_text()))
+    by_id = {c["id"]: c for c in claims}
+    sd = validate_config(yaml.safe_load((ROOT / "config" / "authors_sd_example.yaml").read_text()))
+    sel = by_id["authors-sd-example-iterations"]["measure"]["select"]
+    assert sd["models"][0]["name"] == "sd-v1-5" and sd["models"][0]["cfg_scale"] == sel["cfg_scale"]
+    assert sd["samplers"] == [sel["sampler"]] and sd["steps"] == [sel["steps"]]
+    assert sd["seeds"] == sorted(by_id["authors-sd-example-iterations"]["measure"]["expected"])
+    assert set(plan.conditions_for(sd["models"][0], sd, sd["seeds"])) == {sel["condition"]}
+    (taa,) = plan.solver_runs(sd, 50)
+    assert (taa["solver"], taa["config"]["history"], taa["config"]["order"]) == ("taa", sel["history"], sel["order"])
+    assert taa["config"]["init"] == "copy" and taa["config"]["abs_tol"] == taa["config"]["rel_tol"] == 1e-3
+    assert taa["config"]["window"] is None  # the authors' W = 100 covers all 50 steps
+    gmm = validate_config(yaml.safe_load((ROOT / "config" / "gmm_reference.yaml").read_text()))
+    assert gmm["models"][0]["options"] == {"dim": 64, "classes": 10, "spread": 0.15, "seed": 0}
+    assert gmm["samplers"] == ["ddim"] and gmm["steps"] == [100] and gmm["models"][0]["cfg_scale"] == 5.0
+    tags = [r["tag"] for r in plan.solver_runs(gmm, 100)]
+    assert tags == [
+        "fp_w100_tol1e-3",
+        "fpplus_k100_w100_tol1e-3",
+        "taa_m2_k100_w100_tol1e-3",
+        "taa_m3_k100_w100_tol1e-3",
+    ]
+    assert set(expected_cells(gmm)["solver_tag"]) == {"sequential", *tags}
 
 
 # ------------------------------------------------------------------------------------ jobs in-process
@@ -343,6 +386,31 @@ def test_errors_against_the_sequential_baseline(tmp_path):
         assert (run.samples["err_max"] < 0.05).all()
 
 
+def test_manifest_holds_the_schedule_the_analysis_recounts_with(tmp_path):
+    from analysis.loaders import load_study
+    from analysis.tables import paper_rule, recount_steps, with_step_scales
+    from parataa.jobs.shard import ShardJob
+    from parataa.models.gmm import GaussianMixture
+    from parataa.schedules import from_diffusers_config
+
+    cfg, spec = _small_spec(tmp_path, solvers={"taa": {}}, steps=12)
+    _prepare(cfg)
+    ShardJob()(spec)
+    sched = from_diffusers_config(GaussianMixture(16, 10, 0.15, 0).scheduler_config, 12, sampler="ddpm")
+    study = load_study(Path(cfg["results_dir"]) / cfg["study"])
+    assert len(study.runs) == 2
+    for run in study.runs:
+        s = run.manifest["schedule"]
+        assert s["name"] == sched.name and s["num_steps"] == 12 and s["timesteps"] == sched.timesteps.tolist()
+        for k in ("alpha_in", "alpha_out", "sigma"):
+            assert s[k] == getattr(sched, k).tolist(), k
+    # the analysis derives sigma_t from alpha_in/alpha_out: the same numbers as the solver's schedule
+    np.testing.assert_allclose(study.step_scales["sigma"], sched.sigma.numpy(), rtol=1e-12, atol=1e-15)
+    conv = with_step_scales(study.convergence, study.step_scales)
+    rc = recount_steps(conv, paper_rule(1e-3, "sigma"))
+    assert rc["recounted"].all() and rc["iterations"].notna().any()
+
+
 def test_job_runs_deterministic_and_restores_the_callers_settings(tmp_path):
     import torch
 
@@ -409,21 +477,49 @@ def _check_smoke_results(root: Path) -> dict:
     assert par["err_max"].notna().all() and (par["err_max"] < 0.05).all()
     assert s.loc[s["solver"] == "sequential", "err_max"].isna().all()
     for r in agg["manifest"]["runs"]:
-        storage.read_manifest((root / "smoke" / "aggregate" / r["path"]).parent)
+        m = storage.read_manifest((root / "smoke" / "aggregate" / r["path"]).parent)
+        assert len(m["schedule"]["alpha_in"]) == len(m["schedule"]["sigma"]) == 25
     return agg
+
+
+def _check_smoke_analysis(root: Path) -> None:
+    """What the tables, figures and audit rules made of the smoke study."""
+    from analysis.loaders import expected_cells
+
+    recorded = yaml.safe_load((root / "smoke" / "config.yaml").read_text())
+    assert recorded == json.loads(json.dumps(validate_config({**smoke(), "results_dir": str(root),
+        "reports_dir": f"{root}/reports", "figures_dir": f"{root}/figures"})))  # fmt: skip
+    pd.testing.assert_frame_equal(expected_cells(recorded), expected_cells(ROOT / "config" / "smoke.yaml"))
+    tables = root / "reports" / "smoke" / "tables"
+    rc = pd.read_csv(tables / "recount.csv")
+    assert len(rc) == 14 and {"paper_sigma_mean", "paper_beta_mean"} <= set(rc.columns)  # schedule in manifests
+    first_order = rc[rc["solver"] != "picard"]
+    assert first_order["paper_sigma_mean"].notna().any()
+    # the smoke study stopped on the authors' rule: recounting under it gives back the stored counts
+    np.testing.assert_allclose(first_order["authors_mean"], first_order["stored_mean"])
+    assert (tables / "summary.md").is_file()
+    pngs = sorted((root / "figures" / "smoke").glob("*.png"))
+    assert "residual_vs_iteration.png" in {p.name for p in pngs}
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    md = (root / "reports" / "smoke" / "audit.md").read_text()
+    assert "gmm-reference-shape" in md and "authors-sd-example-iterations" in md
+    html = (root / "reports" / "smoke" / "audit.html").read_text()
+    assert "data:image/png;base64," in html  # the figures rule's PNGs, embedded
 
 
 @pytest.mark.slow
 def test_smoke_study_end_to_end_local(tmp_path):
     t0 = time.time()
-    p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    dirs = [f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures"]
+    p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", *dirs)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-5000:]
     _check_smoke_results(tmp_path)
+    _check_smoke_analysis(tmp_path)
     assert re.search(r"\[parataa\] smoke/gmm/ddpm-25/shard-0/group-0: run 6/6 picard", out)  # per-shard status
     assert "[launch]" in out and "FINISHED" in out
     print(f"smoke study (local profile): {time.time() - t0:.1f} s")
-    again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", *dirs)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -491,10 +587,12 @@ SLURM_RES = {"executor": "slurm", "runtime": 10, "gpus_per_node": 1, "poll_s": 2
 @slurm
 def test_smoke_study_through_slurm_profile(tmp_path):
     # the users' command, unchanged: every job asks for a whole node's 8 (fake) GPUs
-    p = snakemake("--profile", "slurm", "--configfile", "config/smoke.yaml", "--config", f"results_dir={tmp_path}")
+    dirs = [f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures"]
+    p = snakemake("--profile", "slurm", "--configfile", "config/smoke.yaml", "--config", *dirs)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-5000:]
     agg = _check_smoke_results(tmp_path)
+    _check_smoke_analysis(tmp_path)
     ids = re.findall(r"submitted slurm job (\d+)", out)
     assert len(ids) == 4
     assert all(_sacct(j).startswith("COMPLETED") for j in ids)

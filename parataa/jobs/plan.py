@@ -141,7 +141,14 @@ def model_spec(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 def paths(config: Mapping[str, Any]) -> dict[str, str]:
     """Snakemake path patterns (wildcards: model, sampler, steps, shard, group)."""
     base = f"{config['results_dir']}/{config['study']}"
+    reports = f"{config.get('reports_dir', 'reports')}/{config['study']}"
     return {
+        "study_config": base + "/config.yaml",
+        "reports": reports,
+        "tables": reports + "/tables",
+        "audit_md": reports + "/audit.md",
+        "audit_html": reports + "/audit.html",
+        "figures": f"{config.get('figures_dir', 'figures')}/{config['study']}",
         "noise": base + "/noise/{model}/T{steps}/shard-{shard}.safetensors",
         "baseline": base + "/runs/{model}/{sampler}-{steps}/sequential/shard-{shard}/manifest.json",
         "group": base + "/jobs/{model}/{sampler}-{steps}/shard-{shard}/group-{group}.json",
@@ -153,6 +160,8 @@ def paths(config: Mapping[str, Any]) -> dict[str, str]:
         "log_baseline": base + "/logs/baseline/{model}_{sampler}-{steps}_shard-{shard}.log",
         "log_sample": base + "/logs/sample/{model}_{sampler}-{steps}_shard-{shard}_group-{group}.log",
         "log_aggregate": base + "/logs/aggregate.log",
+        "log_study_config": base + "/logs/study_config.log",
+        "log_analysis": base + "/logs/analysis_{part}.log",
     }
 
 

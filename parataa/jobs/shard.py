@@ -359,6 +359,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 wall,
                 torch.stack(iterates, dim=1) if iterates else None,
                 den,
+                sched,
             )
             if rank == 0
             else {}
@@ -368,7 +369,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 p.unlink()
         return out
 
-    def _store(self, spec, run, res, cfg, noise_sha, info, base, world_size, wall, iterates, den=None):
+    def _store(self, spec, run, res, cfg, noise_sha, info, base, world_size, wall, iterates, den=None, sched=None):
         import pandas as pd
 
         T = int(spec["steps"])
@@ -429,7 +430,15 @@ class ShardJob(submitit.helpers.Checkpointable):
         timings = res.timings
         for k, v in ident.items():
             timings[k] = v
-        extra = {"baseline": None}
+        extra: dict[str, Any] = {"baseline": None}
+        if sched is not None:
+            # per step: lets the analysis recount steps under thresholds scaled by sigma_t or sqrt(beta_t)
+            extra["schedule"] = {
+                **sched.describe(),
+                "alpha_in": sched.alpha_in.tolist(),
+                "alpha_out": sched.alpha_out.tolist(),
+                "sigma": sched.sigma.tolist(),
+            }
         if base is not None:
             extra["baseline"] = {
                 "path": os.path.relpath(base.directory / "manifest.json", run["dir"]),

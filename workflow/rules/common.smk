@@ -1,4 +1,5 @@
 # Config validation and the study matrix. All bookkeeping lives in parataa.jobs.plan (tested on its own).
+import copy
 import json
 import shlex
 from pathlib import Path
@@ -7,6 +8,11 @@ from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, load_schema, validate_config
 
 
+# The Snakefile's `configfile: "config/study.yaml"` is loaded even when --configfile names another study, and
+# Snakemake deep-merges the two: a study without some solver (or option) would inherit study.yaml's. When
+# config files are given on the command line, they (plus --config) alone define the study.
+if workflow.config_settings.configfiles:
+    config = copy.deepcopy(dict(workflow.config_settings.overwrite_config))
 try:
     config = validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
 except ConfigError as e:
@@ -40,3 +46,16 @@ def record_path(kind, wc):
     """Where the submitit job id of a rule's job is kept (beside, not inside, its outputs)."""
     g = f"-group-{wc.group}" if kind == "group" else ""
     return f"{PATHS['records']}/{wc.model}_{wc.sampler}-{wc.steps}_shard-{wc.shard}{g}.json"
+
+
+def analysis_cmd(part):
+    """Shell command making one part of the analysis (tables, figures or audit) with python -m analysis."""
+    return (
+        "python -m analysis --results {params.results} --out {params.reports} --figures-dir {params.figures} "
+        f"--config {{input.config}} --strict --only {part} > {{log}} 2>&1"
+    )
+
+
+def results_of(wc, input):
+    """results/<study>, from the aggregate manifest results/<study>/aggregate/manifest.json."""
+    return str(Path(input.aggregate).parent.parent)
