@@ -10,9 +10,10 @@ rule aggregate:
     log:
         PATHS["log_aggregate"],
     params:
+        py=PYTHON,
         out=lambda wc, output: str(Path(output[0]).parent),
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m parataa.jobs aggregate {params.out} {input} > {log} 2>&1"
+        "{params.py} -m parataa.jobs aggregate {params.out} {input} > {log} 2>&1"

@@ -2,10 +2,15 @@
 import copy
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, load_schema, validate_config
+
+# The interpreter running Snakemake (a venv's or conda env's) runs the rules' Python commands too, also when
+# snakemake was started as .venv/bin/snakemake without activating the environment.
+PYTHON = shlex.quote(sys.executable)
 
 
 # The Snakefile's `configfile: "config/study.yaml"` is loaded even when --configfile names another study, and
@@ -51,7 +56,7 @@ def record_path(kind, wc):
 def analysis_cmd(part):
     """Shell command making one part of the analysis (tables, figures or audit) with python -m analysis."""
     return (
-        "python -m analysis --results {params.results} --out {params.reports} --figures-dir {params.figures} "
+        f"{PYTHON} -m analysis --results {{params.results}} --out {{params.reports}} --figures-dir {{params.figures}} "
         f"--config {{input.config}} --strict --only {part} > {{log}} 2>&1"
     )
 

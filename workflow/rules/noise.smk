@@ -9,11 +9,12 @@ rule noise:
     log:
         PATHS["log_noise"],
     params:
+        py=PYTHON,
         seeds=lambda wc: ",".join(map(str, shard_seeds(wc))),
         options=lambda wc: shlex.quote(json.dumps(plan.model_spec(config, wc.model)["options"])),
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m parataa.jobs noise {output} --seeds {params.seeds} --steps {wildcards.steps} "
+        "{params.py} -m parataa.jobs noise {output} --seeds {params.seeds} --steps {wildcards.steps} "
         "--model {wildcards.model} --options {params.options} > {log} 2>&1"
