@@ -55,7 +55,9 @@ def _save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
 def _facets(n: int, width: float = 5.0, height: float = 3.6) -> tuple[plt.Figure, list[plt.Axes]]:
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -305,7 +307,7 @@ def iterate_grids(
                 else:
                     ax.set_visible(False)
                     continue
-                ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1), cmap="viridis", interpolation="nearest")
+                ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1), cmap="gray", interpolation="nearest")
             axes[j, 0].set_ylabel(f"seed {seed}", fontsize=7)
         fig.suptitle(f"{_title(key)} {tag}: x0 of the iterates converging to the sequential sample", fontsize=8)
         name = f"iterates_{key[0]}_{key[1]}-{key[2]}_{tag}".replace("/", "_").replace("+", "plus")
