@@ -109,3 +109,54 @@ def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **k
             f"{name_or_path} --local-dir DIR`), copy DIR here and pass it as the model path (--model-path DIR). "
             f"Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from e
+
+
+class GuidedAdapter:
+    """What the diffusers adapters share: input checks, dtype/device casts, chunked evaluation, VAE decoding.
+
+    Subclasses set sample_shape, device, dtype, chunk_size, guided, vae, vae_scaling_factor, calls, and define
+    `_condition(samples)` (what `_eval` takes per row) and `_eval(x, tau, condition)`.
+    """
+
+    sample_shape: tuple[int, ...]
+    device: torch.device
+    dtype: torch.dtype
+    chunk_size: int | None
+    vae: Any
+    vae_scaling_factor: float
+    calls: int
+
+    @property
+    def guided(self) -> bool:
+        raise NotImplementedError
+
+    def _condition(self, samples: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _eval(self, x: torch.Tensor, tau: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}")
+        self.calls += 1
+        xm = x.to(self.device, self.dtype)
+        tau = timesteps.to(self.device).round().long()
+        cond = self._condition(samples.to(self.device).long())
+        out = run_chunked(
+            lambda s: self._eval(xm[s], tau[s], cond[s]), x.shape[0], 2 if self.guided else 1, self.chunk_size
+        )
+        return out.to(x.device, x.dtype)
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Final states -> images [B, C, H, W] in [0, 1] (float32, CPU), through the VAE if there is one."""
+        x = x0.to(self.device, self.dtype)
+        if self.vae is not None:
+            img = run_chunked(
+                lambda s: self.vae.decode(x[s] / self.vae_scaling_factor).sample, x.shape[0], 1, self.chunk_size
+            )
+        else:
+            img = x
+        return ((img.float() + 1) / 2).clamp(0, 1).cpu()

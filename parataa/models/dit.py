@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from ._common import check_chunk_size, load_part, place, resolve_device, resolve_dtype, run_chunked
+from ._common import GuidedAdapter, check_chunk_size, load_part, place, resolve_device, resolve_dtype
 
 __all__ = ["DiTDenoiser", "load_dit", "DIT_XL_2_256"]
 
 DIT_XL_2_256 = "facebook/DiT-XL-2-256"
 
 
-class DiTDenoiser:
+class DiTDenoiser(GuidedAdapter):
     """Guided eps of a class-conditional DiT for (state, model timestep, sample index) batches."""
 
     schedule = "dit"  # sample with parataa.schedules.dit_schedule (DiT's respacing), not a diffusers config
@@ -89,30 +89,8 @@ class DiTDenoiser:
             return eps
         return self.transformer(x, timestep=tau, class_labels=y).sample[:, :c]
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}")
-        self.calls += 1
-        xm = x.to(self.device, self.dtype)
-        tau = timesteps.to(self.device).round().long()
-        y = self.labels[samples.to(self.device).long()]
-        out = run_chunked(
-            lambda s: self._eval(xm[s], tau[s], y[s]), x.shape[0], 2 if self.guided else 1, self.chunk_size
-        )
-        return out.to(x.device, x.dtype)
-
-    @torch.no_grad()
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Final states -> images [B, 3 or C, H, W] in [0, 1] (float32, CPU), through the VAE if there is one."""
-        x = x0.to(self.device, self.dtype)
-        if self.vae is not None:
-            img = run_chunked(
-                lambda s: self.vae.decode(x[s] / self.vae_scaling_factor).sample, x.shape[0], 1, self.chunk_size
-            )
-        else:
-            img = x
-        return ((img.float() + 1) / 2).clamp(0, 1).cpu()
+    def _condition(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.labels[samples]
 
 
 def load_dit(

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 
 from ._common import (
+    GuidedAdapter,
     WeightsNotFoundError,
     check_chunk_size,
     load_part,
     place,
     resolve_device,
     resolve_dtype,
-    run_chunked,
 )
 from .tokenizer import CLIPTokenizer
 
@@ -30,7 +30,7 @@ __all__ = ["StableDiffusionDenoiser", "load_stable_diffusion", "SD_V1_5"]
 SD_V1_5 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-class StableDiffusionDenoiser:
+class StableDiffusionDenoiser(GuidedAdapter):
     """Guided eps of a text-conditioned UNet for (state, model timestep, sample index) batches."""
 
     schedule = "diffusers"
@@ -91,30 +91,8 @@ class StableDiffusionDenoiser:
             return eps_u + self.cfg_scale * (eps_c - eps_u)
         return self.unet(x, tau, encoder_hidden_states=cond).sample
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}")
-        self.calls += 1
-        xm = x.to(self.device, self.dtype)
-        tau = timesteps.to(self.device).round().long()
-        idx = samples.to(self.device).long()
-        out = run_chunked(
-            lambda s: self._eval(xm[s], tau[s], idx[s]), x.shape[0], 2 if self.guided else 1, self.chunk_size
-        )
-        return out.to(x.device, x.dtype)
-
-    @torch.no_grad()
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        """Final states -> images in [0, 1] (float32, CPU), through the VAE if there is one."""
-        x = x0.to(self.device, self.dtype)
-        if self.vae is not None:
-            img = run_chunked(
-                lambda s: self.vae.decode(x[s] / self.vae_scaling_factor).sample, x.shape[0], 1, self.chunk_size
-            )
-        else:
-            img = x
-        return ((img.float() + 1) / 2).clamp(0, 1).cpu()
+    def _condition(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples
 
 
 def _scheduler_config(name_or_path: str, what: str) -> dict[str, Any]:

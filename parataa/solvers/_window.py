@@ -31,6 +31,7 @@ from .base import (
     SolveResult,
     SolverState,
     check_inputs,
+    make_result,
     sync,
     tolerance_scale,
 )
@@ -189,8 +190,9 @@ def run_window_solver(
         state.iteration += 1
         sync(device)
         t_end = time.perf_counter()
-        state.log.append(log_record(it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj],
-                                    ~unconv[vi, vj], fallback[vi, vj]))
+        state.log.append(
+            log_record(it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj], ~unconv[vi, vj], fallback[vi, vj])
+        )
         state.timings.append(
             {
                 "iteration": it,
@@ -212,14 +214,4 @@ def run_window_solver(
                     state=state,
                 )
             )
-    return SolveResult(
-        trajectory=state.x.view(n, T + 1, *noise.sample_shape).clone(),
-        iterations=state.iterations.cpu().clone(),
-        nfe=state.nfe.cpu().clone(),
-        finished=(state.frozen == 0).cpu(),
-        config=config,
-        schedule=schedule.describe(),
-        seeds=noise.seeds,
-        log_records=state.log,
-        timings_records=state.timings,
-    )
+    return make_result(state, schedule, noise, config)

@@ -28,9 +28,7 @@ def anderson_update(config: SolverConfig):
         rhs = torch.einsum("nwid,nwd->ni", df * v, inp.resid * inp.valid[..., None])
         gamma, ok = ridge_solve(gram, rhs, config.ridge)
         wmax = inp.x.shape[1]
-        return anderson_step(
-            inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax)
-        )
+        return anderson_step(inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax))
 
     return update
 

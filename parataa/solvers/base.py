@@ -98,9 +98,7 @@ class SolverConfig:
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.method != "picard" and self.abs_tol == 0 and self.rel_tol == 0:
-            raise ValueError(
-                "abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0"
-            )
+            raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
         if self.freeze_from is not None:
             if self.init != "trajectory":
                 raise ValueError(f"freeze_from needs init='trajectory', got init={self.init!r}")
@@ -207,9 +205,7 @@ class SolveResult:
         """One row per iteration: model, solver and communication seconds, rows evaluated."""
         import pandas as pd
 
-        return pd.DataFrame(
-            self.timings_records, columns=["iteration", "model_s", "solver_s", "comm_s", "rows"]
-        )
+        return pd.DataFrame(self.timings_records, columns=["iteration", "model_s", "solver_s", "comm_s", "rows"])
 
     def summary(self) -> dict[str, Any]:
         t = self.timings
@@ -226,6 +222,22 @@ class SolveResult:
 
 
 Callback = Callable[[IterationInfo], None]
+
+
+def make_result(state: SolverState, schedule: Schedule, noise: NoiseBundle, config: SolverConfig) -> SolveResult:
+    """The result of a solve from its final state (a sample is finished once its frozen boundary reached 0)."""
+    n, T1 = state.x.shape[0], state.x.shape[1]
+    return SolveResult(
+        trajectory=state.x.view(n, T1, *noise.sample_shape).clone(),
+        iterations=state.iterations.cpu().clone(),
+        nfe=state.nfe.cpu().clone(),
+        finished=(state.frozen == 0).cpu(),
+        config=config,
+        schedule=schedule.describe(),
+        seeds=noise.seeds,
+        log_records=state.log,
+        timings_records=state.timings,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -281,9 +293,7 @@ def tolerance_scale(schedule: Schedule, kind: str) -> torch.Tensor:
     return torch.sqrt(1 - schedule.alpha_in / schedule.alpha_out)  # "beta": sqrt of the step's beta
 
 
-def check_inputs(
-    schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig
-) -> None:
+def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:
     if noise.num_steps != schedule.num_steps:
         raise ValueError(
             f"noise bundle has {noise.num_steps} steps but the schedule has {schedule.num_steps}; "
@@ -292,14 +302,10 @@ def check_inputs(
     if config.init == "trajectory":
         expected = (noise.num_samples, schedule.num_steps + 1, *noise.sample_shape)
         if init is None:
-            raise ValueError(
-                "init='trajectory' needs an initial trajectory: pass init=<tensor of shape [N, T+1, *S]>"
-            )
+            raise ValueError("init='trajectory' needs an initial trajectory: pass init=<tensor of shape [N, T+1, *S]>")
         if tuple(init.shape) != expected:
             raise ValueError(f"init trajectory must have shape {expected}, got {tuple(init.shape)}")
         if config.freeze_from is not None and config.freeze_from > schedule.num_steps:
             raise ValueError(f"freeze_from must be <= T={schedule.num_steps}, got {config.freeze_from}")
     elif init is not None:
-        raise ValueError(
-            f"an init trajectory was given but config.init is {config.init!r}; set init='trajectory'"
-        )
+        raise ValueError(f"an init trajectory was given but config.init is {config.init!r}; set init='trajectory'")

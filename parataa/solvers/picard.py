@@ -29,6 +29,7 @@ from .base import (
     SolveResult,
     SolverState,
     check_inputs,
+    make_result,
     sync,
 )
 
@@ -100,9 +101,19 @@ def picard(
         state.iteration += 1
         sync(device)
         t_end = time.perf_counter()
-        state.log.append(log_record(
-            it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], config.picard_tol / torch.sqrt(inv_var[tv]),
-            ~bad[vi, vj], torch.zeros_like(vi, dtype=torch.bool)))
+        state.log.append(
+            log_record(
+                it,
+                vi,
+                tv,
+                win.lo[vi],
+                hi[vi],
+                rho[vi, vj],
+                config.picard_tol / torch.sqrt(inv_var[tv]),
+                ~bad[vi, vj],
+                torch.zeros_like(vi, dtype=torch.bool),
+            )
+        )
         state.timings.append(
             {
                 "iteration": it,
@@ -124,14 +135,4 @@ def picard(
                     state,
                 )
             )
-    return SolveResult(
-        trajectory=state.x.view(n, T + 1, *noise.sample_shape).clone(),
-        iterations=state.iterations.cpu().clone(),
-        nfe=state.nfe.cpu().clone(),
-        finished=(state.frozen == 0).cpu(),
-        config=config,
-        schedule=schedule.describe(),
-        seeds=noise.seeds,
-        log_records=state.log,
-        timings_records=state.timings,
-    )
+    return make_result(state, schedule, noise, config)

@@ -12,7 +12,17 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import step_rhs
-from .base import Callback, Denoiser, Evaluator, IterationInfo, SolverConfig, SolveResult, SolverState, sync
+from .base import (
+    Callback,
+    Denoiser,
+    Evaluator,
+    IterationInfo,
+    SolverConfig,
+    SolveResult,
+    SolverState,
+    make_result,
+    sync,
+)
 
 
 def sequential(
@@ -100,14 +110,4 @@ def sequential(
                     state=state,
                 )
             )
-    return SolveResult(
-        trajectory=state.x.view(n, T + 1, *noise.sample_shape).clone(),
-        iterations=state.iterations.cpu().clone(),
-        nfe=state.nfe.cpu().clone(),
-        finished=torch.ones(n, dtype=torch.bool),
-        config=config,
-        schedule=schedule.describe(),
-        seeds=noise.seeds,
-        log_records=state.log,
-        timings_records=state.timings,
-    )
+    return make_result(state, schedule, noise, config)
