@@ -247,9 +247,13 @@ def test_configs_the_audit_points_to_exist_and_have_its_settings():
     tags = [r["tag"] for r in plan.solver_runs(gmm, 100)]
     assert tags == [
         "fp_w100_tol1e-3",
+        "fp_w100_tol1e-3_initcopy",
         "fpplus_k100_w100_tol1e-3",
+        "fpplus_k100_w100_tol1e-3_initcopy",
         "taa_m2_k100_w100_tol1e-3",
+        "taa_m2_k100_w100_tol1e-3_initcopy",
         "taa_m3_k100_w100_tol1e-3",
+        "taa_m3_k100_w100_tol1e-3_initcopy",
     ]
     assert set(expected_cells(gmm)["solver_tag"]) == {"sequential", *tags}
 
