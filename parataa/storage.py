@@ -168,6 +168,93 @@ def environment() -> dict[str, str]:
     return env
 
 
+# ------------------------------------------------------------------------------------------- run tables
+
+
+def schedule_record(schedule: Any) -> dict[str, Any]:
+    """The manifest's `schedule` entry: per-step levels that let the analysis recount steps under thresholds
+    scaled by sigma_t or sqrt(beta_t)."""
+    return {
+        **schedule.describe(),
+        "alpha_in": schedule.alpha_in.tolist(),
+        "alpha_out": schedule.alpha_out.tolist(),
+        "sigma": schedule.sigma.tolist(),
+    }
+
+
+def run_tables(
+    result: Any,
+    *,
+    study: str,
+    model: str,
+    sampler: str,
+    steps: int,
+    solver: str,
+    solver_tag: str,
+    cfg_scale: float,
+    conditions: Sequence[Any],
+    wall_s: float,
+    world_size: int,
+    device: str,
+    ref_x0: np.ndarray | None,
+    psnr: np.ndarray | None = None,
+) -> tuple[Any, Any, Any]:
+    """(samples, convergence, timings) DataFrames of one solve, in the columns docs/STORAGE.md fixes.
+
+    `ref_x0` is the sequential sample of the same seeds (None for the sequential run itself): err_max / err_rms
+    are the distances to it. Times of a batch are divided evenly among its samples.
+    """
+    import pandas as pd
+
+    cfg = result.config
+    n = len(result.seeds)
+    x0 = result.x0.detach().cpu().double().numpy()
+    if ref_x0 is not None:
+        diff = (x0 - ref_x0).reshape(n, -1)
+        err_max, err_rms = np.abs(diff).max(axis=1), np.sqrt((diff**2).mean(axis=1))
+    else:
+        err_max = err_rms = np.full(n, np.nan)
+    t = result.timings
+    model_s, solver_s, comm_s = (float(t[c].sum()) if len(t) else 0.0 for c in ("model_s", "solver_s", "comm_s"))
+    ident = {"model": model, "sampler": sampler, "steps": int(steps), "solver": solver, "solver_tag": solver_tag}
+    samples = pd.DataFrame(
+        {
+            "study": study,
+            **ident,
+            "method": cfg.method,
+            "order": cfg.order or steps,
+            "history": cfg.history,
+            "window": cfg.window or steps,
+            "ridge": cfg.ridge,
+            "abs_tol": cfg.abs_tol,
+            "rel_tol": cfg.rel_tol,
+            "tol_scale": cfg.tol_scale,
+            "init": cfg.init,
+            "picard_tol": cfg.picard_tol,
+            "cfg_scale": float(cfg_scale),
+            "seed": np.asarray(result.seeds, dtype=np.int64),
+            "condition": [str(c) for c in conditions],
+            "iterations": result.iterations.numpy().astype(np.int64),
+            "nfe": result.nfe.numpy().astype(np.int64),
+            "finished": result.finished.numpy().astype(bool),
+            "wall_s": wall_s / n,
+            "model_s": model_s / n,
+            "solver_s": solver_s / n,
+            "comm_s": comm_s / n,
+            "world_size": int(world_size),
+            "device": device,
+            "err_max": err_max,
+            "err_rms": err_rms,
+            "psnr": np.full(n, np.nan) if psnr is None else psnr,
+        }
+    )
+    convergence, timings = result.log, result.timings
+    for key, val in ident.items():
+        convergence[key] = val
+        timings[key] = val
+    return samples, convergence, timings
+
+
 # ------------------------------------------------------------------------------------------- writing
 
 

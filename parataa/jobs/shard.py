@@ -370,75 +370,29 @@ class ShardJob(submitit.helpers.Checkpointable):
         return out
 
     def _store(self, spec, run, res, cfg, noise_sha, info, base, world_size, wall, iterates, den=None, sched=None):
-        import pandas as pd
-
         T = int(spec["steps"])
-        n = len(spec["seeds"])
         m = spec["model"]
         x0 = res.x0.detach().to("cpu", torch.float64).numpy()
-        if base is not None:
-            diff = (x0 - base.x0).reshape(n, -1)
-            err_max = np.abs(diff).max(axis=1)
-            err_rms = np.sqrt((diff**2).mean(axis=1))
-            psnr = _psnr(x0, base.x0, info, den)
-        else:
-            err_max = err_rms = psnr = np.full(n, np.nan)
-        t = res.timings
-        model_s, solver_s, comm_s = (float(t[c].sum()) if len(t) else 0.0 for c in ("model_s", "solver_s", "comm_s"))
         device = _device_name(spec["device"])
-        ident = {
-            "model": m["name"],
-            "sampler": spec["sampler"],
-            "steps": T,
-            "solver": run["solver"],
-            "solver_tag": run["tag"],
-        }
-        samples = pd.DataFrame(
-            {
-                "study": spec["study"],
-                **ident,
-                "method": cfg.method,
-                "order": cfg.order or T,
-                "history": cfg.history,
-                "window": cfg.window or T,
-                "ridge": cfg.ridge,
-                "abs_tol": cfg.abs_tol,
-                "rel_tol": cfg.rel_tol,
-                "tol_scale": cfg.tol_scale,
-                "init": cfg.init,
-                "picard_tol": cfg.picard_tol,
-                "cfg_scale": float(m["cfg_scale"]),
-                "seed": np.asarray(spec["seeds"], dtype=np.int64),
-                "condition": [str(c) for c in spec["conditions"]],
-                "iterations": res.iterations.numpy().astype(np.int64),
-                "nfe": res.nfe.numpy().astype(np.int64),
-                "finished": res.finished.numpy().astype(bool),
-                "wall_s": wall / n,
-                "model_s": model_s / n,
-                "solver_s": solver_s / n,
-                "comm_s": comm_s / n,
-                "world_size": int(world_size),
-                "device": device,
-                "err_max": err_max,
-                "err_rms": err_rms,
-                "psnr": psnr,
-            }
+        samples, conv, timings = storage.run_tables(
+            res,
+            study=spec["study"],
+            model=m["name"],
+            sampler=spec["sampler"],
+            steps=T,
+            solver=run["solver"],
+            solver_tag=run["tag"],
+            cfg_scale=m["cfg_scale"],
+            conditions=spec["conditions"],
+            wall_s=wall,
+            world_size=world_size,
+            device=device,
+            ref_x0=None if base is None else base.x0,
+            psnr=None if base is None else _psnr(x0, base.x0, info, den),
         )
-        conv = res.log
-        for k, v in ident.items():
-            conv[k] = v
-        timings = res.timings
-        for k, v in ident.items():
-            timings[k] = v
         extra: dict[str, Any] = {"baseline": None}
         if sched is not None:
-            # per step: lets the analysis recount steps under thresholds scaled by sigma_t or sqrt(beta_t)
-            extra["schedule"] = {
-                **sched.describe(),
-                "alpha_in": sched.alpha_in.tolist(),
-                "alpha_out": sched.alpha_out.tolist(),
-                "sigma": sched.sigma.tolist(),
-            }
+            extra["schedule"] = storage.schedule_record(sched)
         if base is not None:
             extra["baseline"] = {
                 "path": os.path.relpath(base.directory / "manifest.json", run["dir"]),
@@ -464,7 +418,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             "dir": run["dir"],
             "iterations_max": int(res.iterations.max()),
             "iterations_mean": float(res.iterations.double().mean()),
-            "err_max": float(np.nanmax(err_max)) if base is not None else math.nan,
+            "err_max": float(np.nanmax(samples["err_max"])) if base is not None else math.nan,
             "wall_s": wall,
         }
 
