@@ -12,8 +12,7 @@ import torch
 from ..noise import draw_noise
 from ..schedules import Schedule, from_diffusers_config
 from ..solvers import preset, solve
-
-SOLVER_NAMES = ("sequential", "fp", "fp+", "aa", "taa", "picard")
+from ._solver_options import SOLVER_NAMES, add_solver_arguments, solver_config
 
 
 def _int_list(text: str) -> list[int]:
@@ -44,28 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="sequential,fp,fp+,aa,taa,picard",
         help=f"comma-separated, from {','.join(SOLVER_NAMES)}",
     )
-    p.add_argument("--window", type=int, default=None, help="window W (default: T)")
-    p.add_argument("--history", type=int, default=2, help="TAA/AA history m (default 2)")
-    p.add_argument(
-        "--order", type=int, default=None, help="order k of FP+/AA/TAA (default: T; FP is always 1)"
-    )
-    p.add_argument("--ridge", type=float, default=1e-3)
-    p.add_argument("--abs-tol", type=float, default=1e-3)
-    p.add_argument("--rel-tol", type=float, default=1e-3)
-    p.add_argument("--tol-scale", choices=("sigma", "one", "beta"), default="sigma")
-    p.add_argument("--picard-tol", type=float, default=0.1, help="ParaDiGMS tolerance (default 0.1)")
+    add_solver_arguments(p)
     p.add_argument("--cfg-scale", type=float, default=5.0)
     p.add_argument("--seeds", default="0-3", help="noise seeds, e.g. 0-7 or 1,5,9 (default 0-3)")
     p.add_argument(
         "--conditions",
         default=None,
         help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'",
-    )
-    p.add_argument(
-        "--init",
-        choices=("gaussian", "copy"),
-        default="gaussian",
-        help="initial guess of the parallel solvers (Picard always starts from copies, as ParaDiGMS)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
@@ -121,15 +105,6 @@ def run(args: argparse.Namespace) -> int:
     seeds = _int_list(args.seeds)
     den, sched, shape = build(args, len(seeds))
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
-    common = dict(
-        window=args.window,
-        history=args.history,
-        ridge=args.ridge,
-        abs_tol=args.abs_tol,
-        rel_tol=args.rel_tol,
-        tol_scale=args.tol_scale,
-        picard_tol=args.picard_tol,
-    )
     t0 = time.perf_counter()
     ref = solve(den, sched, noise, preset("sequential"))
     ref_wall = time.perf_counter() - t0
@@ -138,12 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if name == "sequential":
             res, wall = ref, ref_wall
         else:
-            over: dict[str, Any] = dict(common)
-            if name != "fp" and args.order is not None:
-                over["order"] = args.order
-            if name not in ("picard",):
-                over["init"] = args.init
-            cfg = preset(name, **over)
+            cfg = solver_config(name, args)
             t0 = time.perf_counter()
             res = solve(den, sched, noise, cfg)
             wall = time.perf_counter() - t0
@@ -179,9 +149,7 @@ def run(args: argparse.Namespace) -> int:
         f"model={args.model} sampler={args.sampler} T={args.steps} seeds={seeds} cfg={args.cfg_scale} "
         f"abs_tol={args.abs_tol} rel_tol={args.rel_tol} device={args.device}"
     )
-    head = (
-        f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
-    )
+    head = f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 
 from ..noise import draw_noise
-from ..solvers import preset, solve
-
-SOLVER_NAMES = ("sequential", "fp", "fp+", "aa", "taa", "picard")
+from ..solvers import solve
+from ._solver_options import SOLVER_NAMES, add_solver_arguments, solver_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,16 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cond.add_argument("--prompt", default=None, help="text prompt (text-conditional models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--window", type=int, default=None, help="window W (default: T)")
-    p.add_argument("--history", type=int, default=2, help="history m of AA/TAA (default 2)")
-    p.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is 1)")
-    p.add_argument("--ridge", type=float, default=1e-3)
-    p.add_argument("--abs-tol", type=float, default=1e-3)
-    p.add_argument("--rel-tol", type=float, default=1e-3)
-    p.add_argument("--tol-scale", choices=("sigma", "one", "beta"), default="sigma")
-    p.add_argument("--max-iters", type=int, default=None)
-    p.add_argument("--picard-tol", type=float, default=0.1)
-    p.add_argument("--init", choices=("gaussian", "copy"), default="gaussian")
+    add_solver_arguments(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="model dtype: float32 (default), float16, bfloat16")
     p.add_argument("--chunk-size", type=int, default=None, help="network rows per call (memory bound only)")
@@ -95,21 +85,7 @@ def run(args: argparse.Namespace) -> int:
         path=args.model_path,
     )
     sched = spec(args.steps, sampler=args.sampler)
-    over: dict[str, Any] = dict(
-        window=args.window,
-        history=args.history,
-        ridge=args.ridge,
-        abs_tol=args.abs_tol,
-        rel_tol=args.rel_tol,
-        tol_scale=args.tol_scale,
-        max_iters=args.max_iters,
-        picard_tol=args.picard_tol,
-    )
-    if args.solver not in ("fp", "sequential") and args.order is not None:
-        over["order"] = args.order
-    if args.solver not in ("picard", "sequential"):
-        over["init"] = args.init
-    config = preset(args.solver, **over)
+    config = solver_config(args.solver, args)
     noise = draw_noise([args.seed], args.steps, spec["sample_shape"]).to(args.device)
 
     bar = None
