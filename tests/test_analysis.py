@@ -390,7 +390,9 @@ def test_fidelity_of_iterates(mini: Path) -> None:
     last = df.sort_values("iteration").groupby(["solver_tag", "seed"]).tail(1).set_index(["solver_tag", "seed"])
     stored = _raw_samples().set_index(["solver_tag", "seed"])
     # the last iterate is the stored sample: its distance is the stored err_max (iterates are float32)
-    np.testing.assert_allclose(last["err_max"], stored.loc[last.index, "err_max"], atol=1e-6)
+    # float32 iterates against the float64 sample: one rounding of a state (the mixture's stay below 4 in size)
+    want = stored.loc[last.index, "err_max"]
+    np.testing.assert_allclose(last["err_max"], want, rtol=0, atol=np.finfo(np.float32).eps / 2 * 4)
     assert (last.reset_index()["iteration"].to_numpy() == stored.loc[last.index, "iterations"].to_numpy()).all()
     assert df["psnr"].isna().all()  # the mixture's state is not an image
     # with a pixel range in the manifests (not hashed: the manifest holds the hashes) PSNR is computed

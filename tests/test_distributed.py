@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import gmm_problem
 
 from parataa.distributed import (
     DistributedDenoiser,
@@ -26,6 +25,7 @@ from parataa.distributed import (
 )
 from parataa.distributed_check import InjectedOOM, free_port, problem, run_check, run_scenarios
 from parataa.solvers import preset, solve
+from tests.helpers import gmm_problem
 
 SCENARIOS = ("taa-net", "fp+-gmm", "taa-net-oom")
 CHUNK = 4
