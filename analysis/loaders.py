@@ -13,7 +13,6 @@ The expected study matrix (model x sampler x steps x solver_tag x seeds) comes f
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from parataa.solver_config import expand_solver_grid
 
 __all__ = [
     "RUN_FORMAT",
@@ -245,89 +246,9 @@ def _tag_names(v: Any) -> list[str]:
     return out
 
 
-# The workflow's solver grid (config `solvers: {name: {option: value | [grid]}}`), expanded without importing
-# parataa (which needs torch). Mirrors parataa.jobs.plan.solver_runs/solver_tag and the solver presets;
-# tests/test_analysis.py checks it against them on every config/*.yaml.
-_SOLVER_DEFAULTS = {
-    "window": None,
-    "order": 1,
-    "history": 2,
-    "ridge": 1e-3,
-    "abs_tol": 1e-3,
-    "rel_tol": 1e-3,
-    "tol_scale": "sigma",
-    "max_iters": None,
-    "init": "gaussian",
-    "picard_tol": 0.1,
-}
-_PRESETS = {
-    "fp": {"order": 1},
-    "fp+": {"order": None},
-    "aa": {"order": None},
-    "taa": {"order": None},
-    "picard": {"init": "copy"},
-}
-_PRESET_FIXED = {"fp": {"order"}, "fp+": {"order"}, "aa": {"order"}, "taa": {"order"}, "picard": {"init"}}
-
-
-def _fmt_num(v: float) -> str:
-    if v == 0:
-        return "0"
-    m, e = f"{float(v):.6e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    return f"{m}e{int(e)}" if int(e) else m
-
-
-def _solver_tag(name: str, c: Mapping[str, Any], steps: int) -> str:
-    parts = [name.replace("+", "plus")]
-    if name in ("aa", "taa"):
-        parts.append(f"m{c['history']}")
-    if name in ("fp+", "aa", "taa"):
-        parts.append(f"k{c['order'] or steps}")
-    parts.append(f"w{c['window'] or steps}")
-    if name == "picard":
-        parts.append(f"ptol{_fmt_num(c['picard_tol'])}")
-    else:
-        parts.append(f"tol{_fmt_num(c['abs_tol'])}")
-        if c["rel_tol"] != c["abs_tol"]:
-            parts.append(f"rtol{_fmt_num(c['rel_tol'])}")
-        if name in ("aa", "taa") and c["ridge"] != 1e-3:
-            parts.append(f"ridge{_fmt_num(c['ridge'])}")
-    if c["tol_scale"] != "sigma":
-        parts.append(f"g{c['tol_scale']}")
-    if c["init"] != ("copy" if name == "picard" else "gaussian"):
-        parts.append(f"init{c['init']}")
-    if c["max_iters"] is not None:
-        parts.append(f"it{c['max_iters']}")
-    return "_".join(parts)
-
-
 def workflow_solver_tags(config: Mapping[str, Any], steps: int) -> list[str]:
     """Tags of every parallel cell of a workflow study config at `steps` (grids expanded), in config order."""
-    defaults = dict(config.get("solver_defaults") or {})
-    tags: list[str] = []
-    for name, block in config["solvers"].items():
-        if name not in _PRESETS:
-            raise ValueError(f"solvers: unknown solver {name!r}; known {sorted(_PRESETS)}")
-        block = dict(block or {})
-        keys = list(block)
-        values = [v if isinstance(v, list) else [v] for v in block.values()]
-        for combo in itertools.product(*values) if keys else [()]:
-            c = {**_SOLVER_DEFAULTS, **_PRESETS[name]}
-            c.update({k: v for k, v in defaults.items() if k not in _PRESET_FIXED.get(name, set())})
-            c.update(dict(zip(keys, combo, strict=True)))
-            unknown = sorted(set(c) - set(_SOLVER_DEFAULTS) - {"method"})
-            if unknown:
-                raise ValueError(f"solvers.{name}: unknown option(s) {unknown}")
-            # W >= T and k >= T both mean "the whole trajectory": one cell
-            if c["window"] is not None and c["window"] >= steps:
-                c["window"] = None
-            if c["order"] is not None and c["order"] >= steps and name != "fp":
-                c["order"] = None
-            tag = _solver_tag(name, c, int(steps))
-            if tag not in tags:
-                tags.append(tag)
-    return tags
+    return [r["tag"] for r in expand_solver_grid(config, steps)]
 
 
 def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:

@@ -160,17 +160,13 @@ def test_a_seed_stored_twice_is_refused_in_strict_mode(mini: Path) -> None:
         load_study(mini, expected=mini / "study.yaml", strict=True)
 
 
-def test_expected_matrix_of_workflow_configs_matches_the_planner() -> None:
-    from parataa.jobs.plan import solver_runs
-
+def test_expected_matrix_of_workflow_configs() -> None:
     configs = sorted((ROOT / "config").glob("*.yaml")) + [CONFIG]
     assert configs
     for path in configs:
         import yaml
 
         cfg = yaml.safe_load(path.read_text())
-        for steps in cfg["steps"]:
-            assert workflow_solver_tags(cfg, steps) == [r["tag"] for r in solver_runs(cfg, steps)], path
         exp = expected_cells(path)
         n_tags = sum(1 + len(workflow_solver_tags(cfg, s)) for s in cfg["steps"])
         assert len(exp) == len(cfg["models"]) * len(cfg["samplers"]) * n_tags * len(cfg["seeds"])

@@ -6,25 +6,28 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..solvers import SolverConfig, preset
+from ..solver_config import TOL_SCALES, SolverConfig, preset
 
-SOLVER_NAMES = ("sequential", "fp", "fp+", "aa", "taa", "picard")
+_DEFAULT = SolverConfig()
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=None, help="window W (default: T)")
-    p.add_argument("--history", type=int, default=2, help="history m of AA/TAA (default 2)")
+    d = _DEFAULT
+    p.add_argument("--history", type=int, default=d.history, help=f"history m of AA/TAA (default {d.history})")
     p.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is always 1)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="ridge lambda of AA/TAA (default 1e-3)")
-    p.add_argument("--abs-tol", type=float, default=1e-3)
-    p.add_argument("--rel-tol", type=float, default=1e-3)
-    p.add_argument("--tol-scale", choices=("sigma", "one", "beta"), default="sigma")
+    p.add_argument("--ridge", type=float, default=d.ridge, help=f"ridge lambda of AA/TAA (default {d.ridge:g})")
+    p.add_argument("--abs-tol", type=float, default=d.abs_tol, help=f"(default {d.abs_tol:g})")
+    p.add_argument("--rel-tol", type=float, default=d.rel_tol, help=f"(default {d.rel_tol:g})")
+    p.add_argument("--tol-scale", choices=TOL_SCALES, default=d.tol_scale)
     p.add_argument("--max-iters", type=int, default=None, help="iteration cap (default: T)")
-    p.add_argument("--picard-tol", type=float, default=0.1, help="ParaDiGMS tolerance (default 0.1)")
+    p.add_argument(
+        "--picard-tol", type=float, default=d.picard_tol, help=f"ParaDiGMS tolerance (default {d.picard_tol:g})"
+    )
     p.add_argument(
         "--init",
         choices=("gaussian", "copy"),
-        default="gaussian",
+        default=d.init,
         help="initial guess of FP/FP+/AA/TAA (Picard always starts from copies, as ParaDiGMS)",
     )
 

@@ -8,12 +8,12 @@ so a cluster job does real work instead of one tiny cell.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..solvers import preset
+from ..solver_config import PARALLEL_SOLVERS as SOLVER_NAMES
+from ..solver_config import expand_solver_grid, fmt_num, preset, solver_tag
 from ..storage import run_dir
 
 __all__ = [
@@ -33,82 +33,9 @@ __all__ = [
     "absolute",
 ]
 
-SOLVER_NAMES = ("fp", "fp+", "aa", "taa", "picard")
-# Options a solver's preset fixes: study-wide `solver_defaults` do not override them (a solver's own block can).
-_PRESET_FIXED = {"fp": {"order"}, "fp+": {"order"}, "aa": {"order"}, "taa": {"order"}, "picard": {"init"}}
-
-
-def fmt_num(v: float) -> str:
-    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
-    if v == 0:
-        return "0"
-    m, e = f"{float(v):.6e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    e = int(e)
-    return f"{m}e{e}" if e else m
-
-
-def solver_tag(name: str, cfg: Any, steps: int) -> str:
-    """Directory name of a solver and its hyperparameters, e.g. taa_m2_k25_w25_tol1e-3."""
-    if name == "sequential":
-        return "sequential"
-    parts = [name.replace("+", "plus")]
-    if name in ("aa", "taa"):
-        parts.append(f"m{cfg.history}")
-    if name in ("fp+", "aa", "taa"):
-        parts.append(f"k{cfg.order or steps}")
-    parts.append(f"w{cfg.window or steps}")
-    if name == "picard":
-        parts.append(f"ptol{fmt_num(cfg.picard_tol)}")
-    else:
-        parts.append(f"tol{fmt_num(cfg.abs_tol)}")
-        if cfg.rel_tol != cfg.abs_tol:
-            parts.append(f"rtol{fmt_num(cfg.rel_tol)}")
-        if name in ("aa", "taa") and cfg.ridge != 1e-3:
-            parts.append(f"ridge{fmt_num(cfg.ridge)}")
-    if cfg.tol_scale != "sigma":
-        parts.append(f"g{cfg.tol_scale}")
-    if cfg.init != ("copy" if name == "picard" else "gaussian"):
-        parts.append(f"init{cfg.init}")
-    if cfg.max_iters is not None:
-        parts.append(f"it{cfg.max_iters}")
-    return "_".join(parts)
-
-
 def solver_runs(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
-    """Every parallel solver configuration of the study at `steps`: [{"solver", "tag", "config"}] in config
-    order; grids (lists) are expanded as a Cartesian product. Raises on clashing tags."""
-    defaults = dict(config.get("solver_defaults", {}))
-    out: list[dict[str, Any]] = []
-    seen: dict[str, dict[str, Any]] = {}
-    for name, block in config["solvers"].items():
-        block = dict(block or {})
-        keys = list(block)
-        values = [v if isinstance(v, list) else [v] for v in block.values()]
-        for combo in itertools.product(*values) if keys else [()]:
-            point = dict(zip(keys, combo, strict=True))
-            over = {k: v for k, v in defaults.items() if k not in _PRESET_FIXED.get(name, set())}
-            over.update(point)
-            try:
-                cfg = preset(name, **over)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"solvers.{name}: {e}") from e
-            # W >= T and k >= T both mean "the whole trajectory": one cell, stored as None.
-            if cfg.window is not None and cfg.window >= steps:
-                cfg = cfg.replace(window=None)
-            if cfg.order is not None and cfg.order >= steps and name != "fp":
-                cfg = cfg.replace(order=None)
-            tag = solver_tag(name, cfg, steps)
-            d = cfg.to_dict()
-            if tag in seen:
-                if seen[tag] != d:
-                    raise ValueError(
-                        f"solvers.{name}: two grid points share the tag {tag!r} but differ: {seen[tag]} vs {d}"
-                    )
-                continue
-            seen[tag] = d
-            out.append({"solver": name, "tag": tag, "config": d})
-    return out
+    """Every parallel solver configuration of the study at `steps` (parataa.solver_config.expand_solver_grid)."""
+    return expand_solver_grid(config, steps)
 
 
 def shards(config: Mapping[str, Any]) -> list[list[int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..solver_config import preset
 from .anderson import anderson
 from .base import (
     Denoiser,
@@ -37,25 +38,6 @@ SOLVERS: dict[str, Callable[..., SolveResult]] = {
 def solve(model, schedule, noise, config: SolverConfig, **kwargs) -> SolveResult:
     """Run the solver `config.method` names."""
     return SOLVERS[config.method](model, schedule, noise, config, **kwargs)
-
-
-def preset(name: str, **overrides) -> SolverConfig:
-    """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard."""
-    base = {
-        "sequential": dict(method="sequential"),
-        "fp": dict(method="fp", order=1),
-        "fp+": dict(method="fp", order=None),
-        "aa": dict(method="aa", order=None),
-        "taa": dict(method="taa", order=None),
-        "picard": dict(method="picard", init="copy"),
-    }
-    if name not in base:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(base), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"solver must be one of {sorted(base)}, got {name!r}{hint}")
-    return SolverConfig(**{**base[name], **overrides})
 
 
 __all__ = [

@@ -13,8 +13,6 @@ touch files, models' internals, randomness or distributed code.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
+from ..solver_config import INITS, METHODS, TOL_SCALES, SolverConfig
 
 __all__ = [
     "Denoiser",
@@ -37,11 +36,6 @@ __all__ = [
     "INITS",
     "TOL_SCALES",
 ]
-
-METHODS = ("sequential", "fp", "aa", "taa", "picard")
-INITS = ("gaussian", "copy", "trajectory")
-TOL_SCALES = ("sigma", "one", "beta")
-
 
 @runtime_checkable
 class Denoiser(Protocol):
@@ -57,69 +51,6 @@ class ModelOutputError(FloatingPointError):
             f"model output is not finite for sample {sample} (seed {seed}) at step t={step} "
             f"(reading state x_{step + 1}), iteration {iteration} of solver {solver!r}"
         )
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}{hint}")
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    """Every algorithmic knob of a solve. `window`/`order`/`max_iters` None mean "the whole trajectory"."""
-
-    method: str = "taa"
-    window: int | None = None  # W
-    order: int | None = 1  # k; None = T ("FP+")
-    history: int = 2  # m, stored iterates (m = 1 is plain fixed point)
-    ridge: float = 1e-3  # lambda, absolute
-    abs_tol: float = 1e-3
-    rel_tol: float = 1e-3
-    tol_scale: str = "sigma"  # g_t: posterior std, 1, or sqrt of the step's beta
-    max_iters: int | None = None
-    init: str = "gaussian"
-    freeze_from: int | None = None  # with init="trajectory": states x_t, t >= freeze_from, stay fixed
-    picard_tol: float = 0.1  # ParaDiGMS tolerance (RMS change <= picard_tol * sigma)
-
-    def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("tol_scale", self.tol_scale, TOL_SCALES)
-        for name in ("window", "order", "max_iters"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None (whole trajectory), got {v!r}")
-        if not isinstance(self.history, int) or self.history < 1:
-            raise ValueError(f"history must be an integer >= 1 (1 = plain fixed point), got {self.history!r}")
-        for name in ("ridge", "abs_tol", "rel_tol", "picard_tol"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.method != "picard" and self.abs_tol == 0 and self.rel_tol == 0:
-            raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
-        if self.freeze_from is not None:
-            if self.init != "trajectory":
-                raise ValueError(f"freeze_from needs init='trajectory', got init={self.init!r}")
-            if not isinstance(self.freeze_from, int) or self.freeze_from < 1:
-                raise ValueError(f"freeze_from must be a positive step index, got {self.freeze_from!r}")
-
-    def replace(self, **changes: Any) -> SolverConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SolverConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in d:
-            if k not in names:
-                close = difflib.get_close_matches(k, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown solver option {k!r}{hint}")
-        return cls(**dict(d))
 
 
 @dataclass

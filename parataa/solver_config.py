@@ -1,0 +1,217 @@
+"""Solver configurations, presets and the tags that name them: what the solvers, jobs, CLI and analysis share.
+
+Torch-free on purpose: the analysis (which never imports torch) expands a study's solver grid into the same tags
+the workflow stored its runs under, from this one definition. Defaults live in `SolverConfig`'s fields and
+nowhere else; a preset fixes some of them (FP is always order 1; Picard always starts from copies, as
+ParaDiGMS does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "METHODS",
+    "INITS",
+    "TOL_SCALES",
+    "PRESETS",
+    "PRESET_FIXED",
+    "SOLVER_NAMES",
+    "PARALLEL_SOLVERS",
+    "SolverConfig",
+    "check_choice",
+    "expand_solver_grid",
+    "fmt_num",
+    "preset",
+    "solver_tag",
+]
+
+METHODS = ("sequential", "fp", "aa", "taa", "picard")
+INITS = ("gaussian", "copy", "trajectory")
+TOL_SCALES = ("sigma", "one", "beta")
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}{hint}")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Every algorithmic knob of a solve. `window`/`order`/`max_iters` None mean "the whole trajectory"."""
+
+    method: str = "taa"
+    window: int | None = None  # W
+    order: int | None = 1  # k; None = T ("FP+")
+    history: int = 2  # m, stored iterates (m = 1 is plain fixed point)
+    ridge: float = 1e-3  # lambda, absolute
+    abs_tol: float = 1e-3
+    rel_tol: float = 1e-3
+    tol_scale: str = "sigma"  # g_t: posterior std, 1, or sqrt of the step's beta
+    max_iters: int | None = None
+    init: str = "gaussian"
+    freeze_from: int | None = None  # with init="trajectory": states x_t, t >= freeze_from, stay fixed
+    picard_tol: float = 0.1  # ParaDiGMS tolerance (RMS change <= picard_tol * sigma)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_choice("init", self.init, INITS)
+        check_choice("tol_scale", self.tol_scale, TOL_SCALES)
+        for name in ("window", "order", "max_iters"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None (whole trajectory), got {v!r}")
+        if not isinstance(self.history, int) or isinstance(self.history, bool) or self.history < 1:
+            raise ValueError(f"history must be an integer >= 1 (1 = plain fixed point), got {self.history!r}")
+        for name in ("ridge", "abs_tol", "rel_tol", "picard_tol"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.method != "picard" and self.abs_tol == 0 and self.rel_tol == 0:
+            raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
+        if self.freeze_from is not None:
+            if self.init != "trajectory":
+                raise ValueError(f"freeze_from needs init='trajectory', got init={self.init!r}")
+            if not isinstance(self.freeze_from, int) or isinstance(self.freeze_from, bool) or self.freeze_from < 1:
+                raise ValueError(f"freeze_from must be a positive step index, got {self.freeze_from!r}")
+
+    def replace(self, **changes: Any) -> SolverConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SolverConfig:
+        names = cls.field_names()
+        for k in d:
+            if k not in names:
+                close = difflib.get_close_matches(k, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown solver option {k!r}{hint}")
+        return cls(**dict(d))
+
+
+# The study's solver names and the options that make each what it is.
+PRESETS: dict[str, dict[str, Any]] = {
+    "sequential": {"method": "sequential"},
+    "fp": {"method": "fp", "order": 1},
+    "fp+": {"method": "fp", "order": None},
+    "aa": {"method": "aa", "order": None},
+    "taa": {"method": "taa", "order": None},
+    "picard": {"method": "picard", "init": "copy"},
+}
+# Options a study's `solver_defaults` (and the CLI's shared flags) never change for that solver; the solver's own
+# block in a study config can (the m x k grid sets TAA's order).
+PRESET_FIXED: dict[str, frozenset[str]] = {
+    "sequential": frozenset(),
+    "fp": frozenset({"order"}),
+    "fp+": frozenset({"order"}),
+    "aa": frozenset({"order"}),
+    "taa": frozenset({"order"}),
+    "picard": frozenset({"init"}),
+}
+SOLVER_NAMES = tuple(PRESETS)
+PARALLEL_SOLVERS = tuple(n for n in SOLVER_NAMES if n != "sequential")
+
+
+def _check_solver_name(name: str) -> None:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"solver must be one of {sorted(PRESETS)}, got {name!r}{hint}")
+
+
+def preset(name: str, **overrides: Any) -> SolverConfig:
+    """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard."""
+    _check_solver_name(name)
+    return SolverConfig(**{**PRESETS[name], **overrides})
+
+
+def fmt_num(v: float) -> str:
+    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
+    if v == 0:
+        return "0"
+    m, e = f"{float(v):.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    e = int(e)
+    return f"{m}e{e}" if e else m
+
+
+def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> str:
+    """Directory name of a solver and its hyperparameters, e.g. taa_m2_k25_w25_tol1e-3 (docs/STORAGE.md)."""
+    c = cfg if isinstance(cfg, Mapping) else cfg.to_dict()
+    if name == "sequential":
+        return "sequential"
+    default = SolverConfig(**PRESETS[name]).to_dict()
+    parts = [name.replace("+", "plus")]
+    if name in ("aa", "taa"):
+        parts.append(f"m{c['history']}")
+    if name in ("fp+", "aa", "taa"):
+        parts.append(f"k{c['order'] or steps}")
+    parts.append(f"w{c['window'] or steps}")
+    if name == "picard":
+        parts.append(f"ptol{fmt_num(c['picard_tol'])}")
+    else:
+        parts.append(f"tol{fmt_num(c['abs_tol'])}")
+        if c["rel_tol"] != c["abs_tol"]:
+            parts.append(f"rtol{fmt_num(c['rel_tol'])}")
+        if name in ("aa", "taa") and c["ridge"] != default["ridge"]:
+            parts.append(f"ridge{fmt_num(c['ridge'])}")
+    if c["tol_scale"] != default["tol_scale"]:
+        parts.append(f"g{c['tol_scale']}")
+    if c["init"] != default["init"]:
+        parts.append(f"init{c['init']}")
+    if c["max_iters"] is not None:
+        parts.append(f"it{c['max_iters']}")
+    return "_".join(parts)
+
+
+def expand_solver_grid(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
+    """Every parallel solver configuration of a study config at `steps`: [{"solver", "tag", "config"}] in config
+    order. A solver block `{option: value | [grid]}` is expanded as a Cartesian product over its lists; the study's
+    `solver_defaults` apply except where the preset fixes an option. W >= T and k >= T both mean "the whole
+    trajectory" and are one cell, stored as None. Raises ValueError naming the solver on a bad option or on two
+    grid points that share a tag but differ."""
+    defaults = dict(config.get("solver_defaults") or {})
+    out: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
+    for name, block in config["solvers"].items():
+        _check_solver_name(name)
+        block = dict(block or {})
+        keys = list(block)
+        values = [v if isinstance(v, list) else [v] for v in block.values()]
+        for combo in itertools.product(*values) if keys else [()]:
+            over = {k: v for k, v in defaults.items() if k not in PRESET_FIXED[name]}
+            over.update(dict(zip(keys, combo, strict=True)))
+            try:
+                cfg = preset(name, **over)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"solvers.{name}: {e}") from e
+            if cfg.window is not None and cfg.window >= steps:
+                cfg = cfg.replace(window=None)
+            if cfg.order is not None and cfg.order >= steps and name != "fp":
+                cfg = cfg.replace(order=None)
+            tag = solver_tag(name, cfg, steps)
+            d = cfg.to_dict()
+            if tag in seen:
+                if seen[tag] != d:
+                    raise ValueError(
+                        f"solvers.{name}: two grid points share the tag {tag!r} but differ: {seen[tag]} vs {d}"
+                    )
+                continue
+            seen[tag] = d
+            out.append({"solver": name, "tag": tag, "config": d})
+    return out
