@@ -5,6 +5,7 @@
 - "docs/FILE.md section N" / "FILE.md section N" references name a file of the repository with a heading
   numbered N;
 - upper-case document names (README.md, METHOD.md, ...) name files of the repository;
+- the tests the documents cite by name exist;
 - no file points outside the repository (to a sibling checkout or a machine's absolute path).
 
 The file set is what git would commit: tracked plus untracked-but-not-ignored files (generated reports under
@@ -94,15 +95,15 @@ def read_text(rel: str) -> str | None:
 
 
 def linked_docs(files: set[str]) -> list[str]:
-    return sorted(f for f in files if any(PurePosixPath(f).match(g) and f.count("/") == g.count("/") for g in LINKED_DOCS))
+    return sorted(
+        f for f in files if any(PurePosixPath(f).match(g) and f.count("/") == g.count("/") for g in LINKED_DOCS)
+    )
 
 
 def text_files(files: set[str]) -> list[str]:
     """Files scanned for references; this file is left out, as it holds broken examples on purpose."""
     own = Path(__file__).resolve().relative_to(ROOT).as_posix()
-    return sorted(
-        f for f in files if (f.endswith(TEXT_SUFFIXES) or PurePosixPath(f).name in TEXT_NAMES) and f != own
-    )
+    return sorted(f for f in files if (f.endswith(TEXT_SUFFIXES) or PurePosixPath(f).name in TEXT_NAMES) and f != own)
 
 
 def normalise(base_dir: str, target: str) -> str | None:
@@ -228,7 +229,7 @@ def broken_links(doc: str, text: str, files: set[str], dirs: set[str]) -> list[s
 # ------------------------------------------------------------------------------------------------ references
 
 SECTION_REF = re.compile(
-    r"(?P<file>(?:[\w.-]+/)*[A-Za-z][\w-]*\.md)\s+sections?\s+"
+    r"(?P<file>(?:[\w.-]+/)*[A-Za-z][\w-]*\.md)(?:\s*\n\s*#)?\s+sections?\s+"
     r"(?P<nums>\d+(?:\s*(?:-|–|,|and|or|to)\s*\d+)*)"
 )
 DOC_NAME = re.compile(r"(?<![\w./<>-])(?P<path>(?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)\b")
@@ -268,19 +269,21 @@ def reference_problems(rel: str, text: str, files: set[str]) -> tuple[list[str],
     """Broken section references and document names in one file, and the PENDING entries it still has."""
     problems, pending = [], set()
     basenames = {PurePosixPath(f).name for f in files}
+    for m in SECTION_REF.finditer(text):  # over the whole text: a reference may wrap onto the next line
+        n = text.count("\n", 0, m.start()) + 1
+        ref = " ".join(m.group(0).split())
+        if (rel, ref) in PENDING:
+            pending.add((rel, ref))
+            continue
+        doc = resolve_doc(rel, m.group("file"), files)
+        if doc is None:
+            problems.append(f"{rel}:{n}: {ref!r}: {m.group('file')} is not a file of the repository")
+            continue
+        have = numbered_headings(doc)
+        missing = [k for k in section_numbers(m.group("nums")) if k not in have]
+        if missing:
+            problems.append(f"{rel}:{n}: {ref!r}: {doc} has no heading numbered {missing}")
     for n, line in enumerate(text.splitlines(), 1):
-        for m in SECTION_REF.finditer(line):
-            if (rel, m.group(0)) in PENDING:
-                pending.add((rel, m.group(0)))
-                continue
-            doc = resolve_doc(rel, m.group("file"), files)
-            if doc is None:
-                problems.append(f"{rel}:{n}: {m.group(0)!r}: {m.group('file')} is not a file of the repository")
-                continue
-            have = numbered_headings(doc)
-            missing = [k for k in section_numbers(m.group("nums")) if k not in have]
-            if missing:
-                problems.append(f"{rel}:{n}: {m.group(0)!r}: {doc} has no heading numbered {missing}")
         pending_here = [p for f, p in PENDING if f == rel and p in line]
         for m in DOC_NAME.finditer(line):
             name = m.group("path")
@@ -324,6 +327,22 @@ def test_section_references_and_document_names_resolve(files: set[str]) -> None:
     assert not problems, "unresolved references:\n" + "\n".join(problems)
 
 
+TEST_NAME = re.compile(r"(?<![\w/.])(test_\w+)(?![\w.])")
+TEST_DEF = re.compile(r"^\s*(?:async\s+)?def\s+(test_\w+)\s*\(", re.MULTILINE)
+
+
+def test_tests_the_documents_cite_exist(files: set[str]) -> None:
+    defined: set[str] = set()
+    for f in files:
+        if f.startswith("tests/") and f.endswith(".py"):
+            defined.update(TEST_DEF.findall((ROOT / f).read_text(encoding="utf-8")))
+    problems = []
+    for doc in linked_docs(files):
+        for n, line in enumerate((ROOT / doc).read_text(encoding="utf-8").splitlines(), 1):
+            problems += [f"{doc}:{n}: {t} is not a test in tests/" for t in TEST_NAME.findall(line) if t not in defined]
+    assert not problems, "\n".join(problems)
+
+
 def test_nothing_points_outside_the_repository(files: set[str]) -> None:
     problems = []
     for rel in sorted(files):
@@ -359,7 +378,7 @@ def test_the_checks_catch_what_they_are_for(files: set[str], dirs: set[str]) -> 
     assert len(problems) == 3, problems
     assert "MISSING.md" in problems[0] and "no-such-heading" in problems[1] and "leaves" in problems[2]
     src = (
-        "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md section 12,\n"
+        "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md\n# section 12,\n"
         "NOTES.md section 1, docs/STORAGE.md, GONE.md\n"
     )
     problems, _ = reference_problems("parataa/example.py", src, files)
