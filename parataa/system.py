@@ -1,4 +1,4 @@
-"""The triangular system of ALGORITHM.md sections 1-2: residuals of order k over a padded window.
+"""The triangular system of docs/METHOD.md sections 1-2 and 8: residuals of order k over a padded window.
 
 No model, no I/O, no randomness: pure tensor algebra in float64.
 

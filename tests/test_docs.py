@@ -42,15 +42,7 @@ OUTSIDE = ("../" + "shared", "/" + "work" + "/")
 
 # Known stale references to a design note that docs/METHOD.md replaces: (file, text). Each entry must still
 # occur; once its line cites docs/METHOD.md instead, the test asks for the entry to be removed.
-PENDING: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("parataa/system.py", "ALGORITHM.md sections 1-2"),
-        ("parataa/solvers/_window.py", "ALGORITHM.md sections 3-5"),
-        ("parataa/solvers/fixed_point.py", "ALGORITHM.md sections 2-3"),
-        ("parataa/solvers/picard.py", "ALGORITHM.md section 3"),
-        ("parataa/solvers/taa.py", "ALGORITHM.md section 3"),
-    }
-)
+PENDING: frozenset[tuple[str, str]] = frozenset()
 
 
 # ------------------------------------------------------------------------------------------------ file set

@@ -1,4 +1,4 @@
-"""Triangular Anderson Acceleration (TAA), the paper's method (ALGORITHM.md section 3).
+"""Triangular Anderson Acceleration (TAA), the paper's method (docs/METHOD.md section 3).
 
 Step t gets its own coefficients, fitted only on the sub-system that determines x_t (step t and the noisier
 steps above it in the window):
