@@ -99,11 +99,16 @@ class ModelSpec:
     scheduler_config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, num_steps: int, sampler: str = "ddim", eta: float | None = None) -> Schedule:
+    def __call__(
+        self, num_steps: int, sampler: str = "ddim", eta: float | None = None, final_noise: str | None = None
+    ) -> Schedule:
+        """The schedule; final_noise None is the family's own rule ("none" for DiT, "diffusers" otherwise)."""
         if self.schedule == "dit":
-            return dit_schedule(num_steps, sampler=sampler, eta=eta)
+            return dit_schedule(num_steps, sampler=sampler, eta=eta, final_noise=final_noise or "none")
         assert self.scheduler_config is not None
-        return from_diffusers_config(self.scheduler_config, num_steps, sampler=sampler, eta=eta)
+        return from_diffusers_config(
+            self.scheduler_config, num_steps, sampler=sampler, eta=eta, final_noise=final_noise or "diffusers"
+        )
 
     def __getitem__(self, key: str) -> Any:
         if key in ("name", "schedule", "sample_shape", "scheduler_config"):
