@@ -107,18 +107,19 @@ def load_dit(
     *,
     with_vae: bool = True,
     hub: bool = True,
+    repo: str | None = DIT_XL_2_256,
     **kwargs: Any,
 ) -> DiTDenoiser:
     """A DiTDenoiser from a diffusers-format snapshot (hub id or local folder with transformer/ and vae/).
 
-    hub=False: `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`).
+    hub=False: `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the
+    published hub id named in the advice of error messages (None: no advice).
     The published DiT config names the class `Transformer2DModel`; diffusers maps it to `DiTTransformer2DModel`.
     """
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
     what = f"DiT model {name_or_path}"
     parts = ("transformer", "vae") if with_vae else ("transformer",)
-    repo = DIT_XL_2_256 if with_vae else None
     source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
     transformer = load_part(DiTTransformer2DModel, source, "transformer", what)
     vae = load_part(AutoencoderKL, source, "vae", what) if with_vae else None

@@ -185,12 +185,14 @@ def build_denoiser(
         from .dit import load_dit
 
         if name == "tiny-dit":
-            den = load_dit(src, _labels(name, conditions, 10), with_vae=False, guided_channels=None, hub=hub, **kw)
+            labels = _labels(name, conditions, 10)
+            den = load_dit(src, labels, with_vae=False, guided_channels=None, hub=hub, repo=None, **kw)
         else:
-            den = load_dit(src, _labels(name, conditions, 1000), with_vae=True, guided_channels=3, hub=hub, **kw)
+            labels = _labels(name, conditions, 1000)
+            den = load_dit(src, labels, with_vae=True, guided_channels=3, hub=hub, repo=HUB_IDS[name], **kw)
         return den, ModelSpec(name, "dit", den.sample_shape, None, {"source": src, "weights": den.source.record()})
     from .stable_diffusion import load_stable_diffusion
 
-    den = load_stable_diffusion(src, _prompts(name, conditions), hub=hub, **kw)
+    den = load_stable_diffusion(src, _prompts(name, conditions), hub=hub, repo=HUB_IDS.get(name), **kw)
     extra = {"source": src, "weights": den.source.record()}
     return den, ModelSpec(name, "diffusers", den.sample_shape, den.scheduler_config, extra)

@@ -130,6 +130,7 @@ def load_stable_diffusion(
     *,
     with_vae: bool | None = None,
     hub: bool = True,
+    repo: str | None = SD_V1_5,
     **kwargs: Any,
 ) -> StableDiffusionDenoiser:
     """A StableDiffusionDenoiser from a diffusers-format snapshot (unet/, text_encoder/, scheduler/, vae/).
@@ -137,14 +138,15 @@ def load_stable_diffusion(
     with_vae None: use the VAE when the snapshot has one (SD v1.5), run in pixel space otherwise (tiny-sd). Only
     these components are read (and tokenizer/vocab.json, checked against parataa's CLIP tokenizer when present):
     the safety checker and feature extractor that SD's model_index.json lists are not used. hub=False:
-    `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`).
+    `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the published hub
+    id named in the advice of error messages (None: no advice).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     what = f"Stable Diffusion model {name_or_path}"
     parts = ("unet", "text_encoder", "scheduler")
-    source = resolve_weights(name_or_path, what, parts, repo=SD_V1_5 if hub else None, hub=hub)
+    source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
     if with_vae is None:
         with_vae = source.root is None or (source.root / "vae").is_dir()
     tokenizer = CLIPTokenizer()
