@@ -264,6 +264,7 @@ def load_part(cls: Any, source: WeightsSource, subfolder: str, what: str, **kwar
             f"DIR here and pass it as the model path (--model-path DIR)"
         ) from e
 
+
 class GuidedAdapter:
     """What the diffusers adapters share: input checks, dtype/device casts, chunked evaluation, VAE decoding.
 
