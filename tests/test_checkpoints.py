@@ -426,3 +426,15 @@ def test_file_hash_is_cached_but_follows_changes(tmp_path):
     f.write_bytes(b"two!")
     os.utime(f, ns=(time.time_ns(), time.time_ns() + 1))
     assert file_sha256(f) == hashlib.sha256(b"two!").hexdigest()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model, cond", [("dit-xl-2-256", 207), ("sd-v1-5", "a cat")])
+def test_synthetic_checkpoint_built_on_the_gpu_loads_and_runs_there(tmp_path, model, cond):
+    path = write_synthetic(model, tmp_path / model, size="tiny", seed=0, device="cuda")
+    assert json.loads((path / MARKER).read_text())["init_device"] == "cuda"
+    den, spec = build_denoiser(model, [cond], path=path, device="cuda")
+    x = torch.randn(2, *spec["sample_shape"], dtype=torch.float64, device="cuda")
+    out = den(x, torch.tensor([900.0, 10.0], device="cuda"), torch.tensor([0, 0], device="cuda"))
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+    assert bool(torch.isfinite(den.decode(x)).all())

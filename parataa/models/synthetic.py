@@ -197,13 +197,13 @@ def _build(comp: Component, cfg: dict[str, Any], device: torch.device) -> torch.
         return getattr(transformers, comp.cls)(config)
 
 
-def _randomise_zero_weights(module: torch.nn.Module, generator: torch.Generator | None) -> None:
+def _randomise_zero_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Parameters a library initialises to zero (output projections of some versions) get small random values,
     so that every layer changes the output: a synthetic model must depend on its whole input."""
     with torch.no_grad():
         for p in module.parameters():
             if p.ndim >= 2 and not bool(p.any()):
-                p.normal_(0.0, 0.02, generator=generator)
+                p.normal_(0.0, 0.02, generator=generator if p.device.type == generator.device.type else None)
 
 
 def _save_weights(module: torch.nn.Module, path: Path, dtype: torch.dtype) -> int:
