@@ -62,7 +62,7 @@ class Component:
 @dataclass(frozen=True)
 class Checkpoint:
     repo_id: str
-    revision: str  # the published revision the configs were checked against (see assets/configs/README.md)
+    revision: str  # the published revision the configs were checked against (see parataa/assets/configs/README.md)
     components: tuple[Component, ...]
     files: tuple[str, ...]  # config files copied verbatim (relative to CONFIGS/<name>)
     omitted: dict[str, str]
