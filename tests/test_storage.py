@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 
 from parataa import storage
+from parataa.manifest import DIGEST_KEY, seal
 from parataa.storage import CorruptRunError
+
+SCHEDULE = {"name": "ddim-5", "num_steps": 5, "alpha_in": [0.1, 0.3, 0.5, 0.7, 0.9], "sigma": [0.0, 0.1, 0.2, 0.3, 0.4]}
 
 
 def _write(directory: Path, seeds=(3, 5), iterates: bool = True) -> dict:
@@ -30,6 +33,7 @@ def _write(directory: Path, seeds=(3, 5), iterates: bool = True) -> dict:
         devices=["cpu"],
         world_size=1,
         iterates=rng.standard_normal((1, 3, 4)) if iterates else None,
+        extra={"schedule": SCHEDULE, "baseline": None},
     )
 
 
@@ -37,8 +41,9 @@ def test_round_trip_and_manifest(tmp_path):
     m = _write(tmp_path / "run")
     assert m["format"] == storage.RUN_FORMAT
     assert set(m["files"]) == set(storage.DATA_FILES) | {"iterates.safetensors"}
-    for key in ("created", "config", "git_sha", "environment", "devices", "world_size", "noise_sha256"):
+    for key in ("created", "config", "git_sha", "environment", "devices", "world_size", "noise_sha256", DIGEST_KEY):
         assert key in m
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text()) == m
     assert m["environment"]["python"] and "torch" in m["environment"]
     run = storage.load_run(tmp_path / "run")
     assert run.seeds == (3, 5)
@@ -104,19 +109,50 @@ def test_rewriting_a_run_drops_the_old_manifest_first(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda m: "{not json", "unreadable manifest"),
-        (lambda m: json.dumps({**m, "format": "other/1"}), "format"),
-        (lambda m: json.dumps({**m, "files": {}}), "files"),
-        (lambda m: json.dumps({**m, "files": {**m["files"], "samples.parquet": "0" * 64}}), "samples.parquet"),
-        (lambda m: json.dumps({k: v for k, v in m.items() if k != "files"}), "files"),
+        (lambda m: {**m, "format": "other/1"}, "format"),
+        (lambda m: {**m, "files": {}}, "files"),
+        (lambda m: {**m, "files": {**m["files"], "samples.parquet": "0" * 64}}, "samples.parquet"),
+        (lambda m: {k: v for k, v in m.items() if k != "files"}, "files"),
+        (lambda m: {**m, "files": {**m["files"], "../x.parquet": "0" * 64}}, "outside the directory"),
     ],
 )
 def test_bad_manifest_is_refused(tmp_path, edit, match):
+    """Each check on its own: the edited manifest is re-sealed, so its own hash matches."""
     d = tmp_path / "run"
     m = _write(d)
-    (d / "manifest.json").write_text(edit(m))
+    (d / "manifest.json").write_text(json.dumps(seal(edit(m))))
     with pytest.raises(CorruptRunError, match=match):
         storage.load_run(d)
+
+
+def test_unreadable_manifest_is_refused(tmp_path):
+    d = tmp_path / "run"
+    _write(d)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptRunError, match="unreadable manifest"):
+        storage.load_run(d)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["schedule"]["alpha_in"].__setitem__(2, m["schedule"]["alpha_in"][2] + 1e-12),
+        lambda m: m["config"].__setitem__("steps", 6),
+        lambda m: m.__setitem__("baseline", {"path": "elsewhere/manifest.json", "sha256": "0" * 64}),
+        lambda m: m.pop(DIGEST_KEY),
+        lambda m: m.__setitem__(DIGEST_KEY, "0" * 64),
+    ],
+    ids=["schedule-coefficient", "config", "baseline", "no-self-hash", "wrong-self-hash"],
+)
+def test_every_manifest_field_is_covered_by_its_own_hash(tmp_path, edit):
+    """One changed schedule coefficient (or any other field) and the run does not exist for any reader."""
+    d = tmp_path / "run"
+    m = _write(d)
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m, indent=2))
+    with pytest.raises(CorruptRunError, match=DIGEST_KEY):
+        storage.read_manifest(d)
+    assert not storage.is_complete(d)
 
 
 def test_manifest_listing_too_few_files_is_refused(tmp_path):
@@ -124,7 +160,7 @@ def test_manifest_listing_too_few_files_is_refused(tmp_path):
     m = _write(d)
     files = dict(m["files"])
     files.pop("trajectory.safetensors")
-    (d / "manifest.json").write_text(json.dumps({**m, "files": files}))
+    (d / "manifest.json").write_text(json.dumps(seal({**m, "files": files})))
     with pytest.raises(CorruptRunError, match="required files"):
         storage.load_run(d)
 

@@ -374,7 +374,7 @@ class ShardJob(submitit.helpers.Checkpointable):
         m = spec["model"]
         x0 = res.x0.detach().to("cpu", torch.float64).numpy()
         device = _device_name(spec["device"])
-        samples, conv, timings = storage.run_tables(
+        samples, conv, timings, _ = storage.run_tables(
             res,
             study=spec["study"],
             model=m["name"],
