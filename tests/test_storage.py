@@ -190,7 +190,7 @@ def test_aggregate_verifies_every_run(tmp_path):
 
 def test_solver_checkpoint_corrupt_is_ignored(tmp_path):
     torch = pytest.importorskip("torch")
-    from parataa.jobs.shard import load_state, save_state
+    from parataa.jobs.checkpoint import load_state, save_state
 
     p = tmp_path / "state.pt"
     payload = {"state": {"x": torch.arange(6.0)}, "iterates": [], "wall_s": 1.0}

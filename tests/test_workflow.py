@@ -23,6 +23,7 @@ import yaml
 from parataa import storage
 from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, validate_config
+from parataa.jobs.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("smoke", "study", "paper", "authors_sd_example", "gmm_reference")
@@ -162,10 +163,42 @@ def test_conditions_do_not_depend_on_sharding():
 
 def test_job_paths_are_made_absolute(tmp_path):
     cfg = validate_config(smoke())
-    spec = plan.absolute(plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0), cwd=tmp_path)
-    paths = [spec["noise"], spec["baseline"], spec["state_dir"], spec["results_dir"]] + [r["dir"] for r in spec["runs"]]
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0).absolute(cwd=tmp_path)
+    paths = [spec.noise, spec.baseline, spec.state_dir, spec.results_dir] + [r.dir for r in spec.runs]
     assert all(Path(p).is_absolute() and Path(p).is_relative_to(tmp_path.resolve()) for p in paths)
-    assert spec["runs"][0]["dir"].endswith("results/smoke/runs/gmm/ddpm-25/fp_w25_tol1e-3/shard-0")
+    assert spec.runs[0].dir.endswith("results/smoke/runs/gmm/ddpm-25/fp_w25_tol1e-3/shard-0")
+
+
+def test_job_spec_is_typed_and_round_trips_through_a_dict():
+    cfg = validate_config(smoke())
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0)
+    assert isinstance(spec, JobSpec) and spec.model.name == "gmm" and spec.seeds == (0, 1)
+    assert [r.tag for r in spec.runs][:2] == ["fp_w25_tol1e-3", "fpplus_k25_w25_tol1e-3"]
+    d = json.loads(json.dumps(spec.to_dict()))  # what Snakemake keeps as the rule's parameter
+    assert JobSpec.from_dict(d) == spec
+    base = plan.baseline_spec(cfg, "gmm", "ddpm", 25, 0)
+    assert base.baseline is None and [r.solver for r in base.runs] == ["sequential"]
+    assert spec.baseline == str(Path(spec.runs[0].dir).parents[1] / "sequential" / "shard-0")
+    with pytest.raises(ValueError, match=r"unknown keys \['wrold_size'\], missing keys \['world_size'\]"):
+        JobSpec.from_dict({**{k: v for k, v in d.items() if k != "world_size"}, "wrold_size": 2})
+    with pytest.raises(ValueError, match="unknown solver option 'histroy'"):
+        JobSpec.from_dict({**d, "runs": [{**d["runs"][0], "config": {"histroy": 2}}]})
+    # the manifest config of a run is keyed by everything that changes its numbers
+    assert spec.run_key(spec.runs[0]) != spec.replace(seeds=(0, 2)).run_key(spec.runs[0])
+    assert spec.run_config(spec.runs[0])["solver_config"] == spec.runs[0].config.to_dict()
+
+
+def test_the_registry_builds_gmm_with_the_study_options():
+    from parataa.models.registry import build_denoiser, sample_shape
+
+    opts = {"dim": 12, "classes": 3, "spread": 0.2, "seed": 4}
+    den, info = build_denoiser("gmm", [0, 2], options=opts)
+    assert sample_shape("gmm", opts) == info.sample_shape == (12,) and den.mixture.num_classes == 3
+    assert sample_shape("gmm") == (64,) and sample_shape("dit-xl-2-256", {"sample_shape": [4, 64, 64]}) == (4, 64, 64)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dimm'\].*did you mean 'dim'"):
+        sample_shape("gmm", {"dimm": 3})
+    with pytest.raises(ValueError, match=r"class labels in \[0, 3\), got 3"):
+        build_denoiser("gmm", [3], options=opts)  # a label the mixture does not have is refused, not wrapped
 
 
 def test_paper_config_has_the_paper_settings():
@@ -261,7 +294,7 @@ def test_configs_the_audit_points_to_exist_and_have_its_settings():
 # ------------------------------------------------------------------------------------ jobs in-process
 
 
-def _small_spec(tmp_path: Path, solvers: dict | None = None, steps: int = 25, dim: int = 16) -> tuple[dict, dict]:
+def _small_spec(tmp_path: Path, solvers: dict | None = None, steps: int = 25, dim: int = 16) -> tuple[dict, JobSpec]:
     cfg = validate_config(
         {
             **smoke(),
@@ -284,8 +317,8 @@ def _prepare(cfg: dict) -> None:
 
     spec = plan.baseline_spec(cfg, "gmm", "ddpm", cfg["steps"][0], 0)
     opts = json.dumps(cfg["models"][0]["options"])
-    seeds = ",".join(map(str, spec["seeds"]))
-    assert jobs_main(["noise", spec["noise"], "--seeds", seeds, "--steps", str(spec["steps"]), "--model", "gmm",
+    seeds = ",".join(map(str, spec.seeds))
+    assert jobs_main(["noise", spec.noise, "--seeds", seeds, "--steps", str(spec.steps), "--model", "gmm",
                       "--options", opts]) == 0  # fmt: skip
     ShardJob()(spec)
 
@@ -300,6 +333,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     import submitit
 
     from parataa.jobs import shard as shard_mod
+    from parataa.jobs.checkpoint import load_state
 
     cfg_a, spec_a = _small_spec(tmp_path / "a")
     cfg_b, spec_b = _small_spec(tmp_path / "b")
@@ -307,13 +341,13 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
         _prepare(c)
     shard_mod.ShardJob()(spec_a)  # uninterrupted reference
 
-    real_build = shard_mod.build_model
+    real_build = shard_mod.build_denoiser
     calls = {"n": 0}
     job = shard_mod.ShardJob()
     holder = {}
 
     def killing_build(*a, **k):
-        den, sched, shape, info = real_build(*a, **k)
+        den, info = real_build(*a, **k)
 
         def model(x, t, s):
             calls["n"] += 1
@@ -322,19 +356,19 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
                 raise _Killed
             return den(x, t, s)
 
-        return model, sched, shape, info
+        return model, info
 
-    monkeypatch.setattr(shard_mod, "build_model", killing_build)
+    monkeypatch.setattr(shard_mod, "build_denoiser", killing_build)
     holder["kill_at"] = 7
     with pytest.raises(_Killed):
         job(spec_b)
     delayed = holder["delayed"]
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert isinstance(delayed.function, shard_mod.ShardJob) and delayed.args == (spec_b,)
-    run = spec_b["runs"][0]
-    state_file = shard_mod.state_path(spec_b, run)
-    assert state_file.is_file() and not storage.is_complete(run["dir"])
-    saved = shard_mod.load_state(state_file, shard_mod.run_key(spec_b, run), "cpu")
+    run = spec_b.runs[0]
+    state_file = spec_b.state_path(run)
+    assert state_file.is_file() and not storage.is_complete(run.dir)
+    saved = load_state(state_file, spec_b.run_key(run), "cpu")
     assert saved["state"]["iteration"] == 6  # the last completed iteration, not the half-done 7th
 
     holder["kill_at"] = None
@@ -343,7 +377,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     resumed_calls = calls["n"]
     assert not state_file.exists()  # cleaned up after the run was stored
 
-    ra, rb = storage.load_run(spec_a["runs"][0]["dir"]), storage.load_run(run["dir"])
+    ra, rb = storage.load_run(spec_a.runs[0].dir), storage.load_run(run.dir)
     np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
     np.testing.assert_array_equal(ra.x0, rb.x0)
     np.testing.assert_array_equal(ra.iterates, rb.iterates)
@@ -362,7 +396,7 @@ def test_finished_runs_are_not_redone_and_corrupt_ones_are(tmp_path, monkeypatch
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
     _prepare(cfg)
     ShardJob()(spec)
-    a, b = (Path(r["dir"]) for r in spec["runs"])
+    a, b = (Path(r.dir) for r in spec.runs)
     ma = json.loads((a / "manifest.json").read_text())
     before = storage.load_run(b)
     f = b / "timings.parquet"
@@ -380,10 +414,10 @@ def test_errors_against_the_sequential_baseline(tmp_path):
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
     _prepare(cfg)
     ShardJob()(spec)
-    base = storage.load_run(spec["baseline"])
+    base = storage.load_run(spec.baseline)
     assert base.samples["err_max"].isna().all()
-    for r in spec["runs"]:
-        run = storage.load_run(r["dir"])
+    for r in spec.runs:
+        run = storage.load_run(r.dir)
         diff = np.abs(run.x0 - base.x0).reshape(len(run.seeds), -1).max(axis=1)
         np.testing.assert_allclose(run.samples["err_max"], diff)
         assert run.manifest["baseline"]["path"].endswith("sequential/shard-0/manifest.json")
@@ -435,16 +469,16 @@ def test_job_runs_deterministic_and_restores_the_callers_settings(tmp_path):
     Spy()(spec)
     assert seen == {"det": True, "tf32": False}
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
-    assert storage.read_manifest(spec["runs"][0]["dir"])["config"]["deterministic"] is True
+    assert storage.read_manifest(spec.runs[0].dir)["config"]["deterministic"] is True
 
 
 def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     from parataa.jobs import shard as shard_mod
 
     cfg, spec = _small_spec(tmp_path)
-    spec = {**spec, "world_size": 2}
+    spec = spec.replace(world_size=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(shard_mod, "build_model", lambda *a, **k: pytest.fail("model built before the check"))
+    monkeypatch.setattr(shard_mod, "build_denoiser", lambda *a, **k: pytest.fail("model built before the check"))
     monkeypatch.setattr(shard_mod, "load_noise", lambda *a, **k: pytest.fail("noise loaded before the check"))
     with pytest.raises(shard_mod.WorldSizeError, match=r"world_size: .* 2 process\(es\) but this job has 1"):
         shard_mod.ShardJob()(spec)
@@ -453,19 +487,18 @@ def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
 def test_executor_parameters_come_from_resources():
     from parataa.jobs.launch import executor_params
 
-    spec = {"world_size": 8, "threads": 4}
     r = {"executor": "slurm", "partition": "gpu", "account": "proj", "qos": "high", "gpus_per_node": 8,
          "tasks_per_node": 0, "cpus_per_task": 0, "runtime": 240, "mem_mb": 64000, "signal_delay_s": 180,
          "slurm_extra": "constraint=h100,exclusive=user"}  # fmt: skip
-    p = executor_params("slurm", r, spec, "job")
+    p = executor_params("slurm", r, world_size=8, threads=4, name="job")
     assert p["slurm_partition"] == "gpu" and p["slurm_account"] == "proj" and p["slurm_qos"] == "high"
     assert p["gpus_per_node"] == 8 and p["tasks_per_node"] == 8 and p["cpus_per_task"] == 4
     assert p["timeout_min"] == 240 and p["mem_gb"] == 62 and p["slurm_signal_delay_s"] == 180
     assert p["slurm_additional_parameters"] == {"constraint": "h100", "exclusive": "user"}
-    local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, {"world_size": 1}, "job")
+    local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, world_size=1, threads=1, name="job")
     assert "gpus_per_node" not in local and not any(k.startswith("slurm_") for k in local)
     with pytest.raises(ValueError, match="resources.executor"):
-        executor_params("slurmm", {}, spec, "job")
+        executor_params("slurmm", {}, world_size=8, threads=4, name="job")
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -554,7 +587,7 @@ def _sacct(job_id: str) -> str:
     return out
 
 
-def _slow_spec(tmp_path: Path) -> tuple[dict, dict]:
+def _slow_spec(tmp_path: Path) -> tuple[dict, JobSpec]:
     # ~10 s of solving on one core: enough to cancel or preempt it mid-solve
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}}, steps=200, dim=1024)
     cfg["progress"] = True
@@ -562,10 +595,10 @@ def _slow_spec(tmp_path: Path) -> tuple[dict, dict]:
     return cfg, spec
 
 
-def _driver(spec: dict, folder: Path, record: Path, resources: dict) -> subprocess.Popen:
+def _driver(spec: JobSpec, folder: Path, record: Path, resources: dict) -> subprocess.Popen:
     code = (
         "import json, sys; from parataa.jobs.launch import submit_and_wait; "
-        f"r = submit_and_wait(json.loads({json.dumps(json.dumps(spec))}), resources={resources!r}, "
+        f"r = submit_and_wait(json.loads({json.dumps(json.dumps(spec.to_dict()))}), resources={resources!r}, "
         f"folder={str(folder)!r}, record={str(record)!r}, name='drv'); print('RESULT', json.dumps(r))"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -618,7 +651,7 @@ def test_slurm_cancel_from_the_driver(tmp_path):
     drv.wait(timeout=60)
     assert drv.returncode != 0
     assert _sacct(jid).startswith("CANCELLED")
-    assert not storage.is_complete(spec["runs"][0]["dir"])
+    assert not storage.is_complete(spec.runs[0].dir)
 
 
 @pytest.mark.slurm
@@ -651,7 +684,7 @@ def test_slurm_preempted_job_requeues_and_resumes_bitwise(tmp_path):
     cfg_b, spec_b = _slow_spec(tmp_path / "b")
     _prepare(cfg_b)
     ShardJob()(spec_b)
-    ra, rb = storage.load_run(spec["runs"][0]["dir"]), storage.load_run(spec_b["runs"][0]["dir"])
+    ra, rb = storage.load_run(spec.runs[0].dir), storage.load_run(spec_b.runs[0].dir)
     np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
     np.testing.assert_array_equal(ra.x0, rb.x0)
     assert list(ra.samples["iterations"]) == list(rb.samples["iterations"])
@@ -671,5 +704,5 @@ def test_restarted_driver_reattaches_instead_of_resubmitting(tmp_path):
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     assert f"re-attached to SLURM job {jid}" in out and "submitted" not in out
-    assert storage.is_complete(spec["runs"][0]["dir"])
+    assert storage.is_complete(spec.runs[0].dir)
     assert _sacct(jid).startswith("COMPLETED")
