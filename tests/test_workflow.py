@@ -561,6 +561,40 @@ def test_smoke_study_end_to_end_local(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+def _stored_runs(results: Path) -> dict[str, storage.Run]:
+    runs = sorted(p.parent for p in (results / "smoke" / "runs").glob("*/*/*/shard-*/manifest.json"))
+    return {str(d.relative_to(results)): storage.load_run(d) for d in runs}
+
+
+@pytest.mark.slow
+def test_smoke_study_with_two_processes_equals_one_bitwise(tmp_path):
+    """world_size: 2 through the local profile (two gloo processes on the CPU per job, the model calls split
+    between them) finishes every job and stores exactly what world_size: 1 stores."""
+    stored = {}
+    for w in (1, 2):
+        root = tmp_path / f"ws{w}"
+        p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={root}",
+                      f"world_size={w}", "--", f"{root}/smoke/aggregate/manifest.json")  # fmt: skip
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out[-5000:]
+        assert f"world size {w}, restart 0" in out
+        stored[w] = _stored_runs(root)
+    assert len(stored[1]) == plan.count(validate_config(smoke()))["runs"] == 14
+    assert sorted(stored[1]) == sorted(stored[2])
+    timing = ["wall_s", "model_s", "solver_s", "comm_s"]
+    for name, one in stored[1].items():
+        two = stored[2][name]
+        assert two.manifest["world_size"] == 2 and two.manifest["config"]["world_size"] == 2, name
+        np.testing.assert_array_equal(one.trajectory, two.trajectory, err_msg=name)
+        np.testing.assert_array_equal(one.x0, two.x0, err_msg=name)
+        if one.iterates is not None:
+            np.testing.assert_array_equal(one.iterates, two.iterates, err_msg=name)
+        differ = [*timing, "world_size"]
+        pd.testing.assert_frame_equal(one.samples.drop(columns=differ), two.samples.drop(columns=differ))
+        pd.testing.assert_frame_equal(one.convergence, two.convergence)
+        assert list(one.timings["rows"]) == list(two.timings["rows"]), name
+
+
 # ------------------------------------------------------------------------------------------- SLURM
 
 

@@ -63,8 +63,7 @@ def remove_state(path: str | Path) -> None:
     """Delete a run's checkpoint (after the run was stored)."""
     path = Path(path)
     for p in (path, _side(path)):
-        if p.exists():
-            p.unlink()
+        p.unlink(missing_ok=True)
 
 
 def snapshot(state: SolverState) -> dict[str, Any]:

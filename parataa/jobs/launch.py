@@ -138,6 +138,7 @@ class _Follower:
 
     def __init__(self, job: Any, name: str, log: Callable[[str], None]) -> None:
         self.job, self.name, self.log = job, name, log
+        self.task0 = job.task(0)  # a job of several processes: rank 0's log (the job itself when it has one)
         self.state = ""
         self.pos = 0
 
@@ -147,7 +148,7 @@ class _Follower:
             self.log(f"[launch] {self.name}: job {self.job.job_id} {st}")
             self.state = st
         try:
-            path = Path(self.job.paths.stdout)
+            path = Path(self.task0.paths.stdout)
             if path.exists():
                 with open(path, errors="replace") as f:
                     f.seek(self.pos)
@@ -224,7 +225,8 @@ def submit_and_wait(
                 _force_state(job)  # a cancelled or killed job writes no result: ask sacct, not just the file
                 last_force = time.monotonic()
         follow.step()
-        result = job.result()
+        # every process of a multi-process job returns the same summary; rank 0 is the one that stored the runs
+        result = job.results()[0]
     except KeyboardInterrupt:
         if not cancelled.is_set():
             job.cancel(check=False)

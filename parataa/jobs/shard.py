@@ -56,6 +56,15 @@ class Shard:
     rank: int
 
 
+@dataclass
+class Solved:
+    """A finished solve and what the callback kept beside it."""
+
+    result: SolveResult
+    iterates: torch.Tensor | None  # [K, I, *S] float32
+    wall_s: float
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """One solved run, for the job's status line and summary."""
@@ -67,17 +76,24 @@ class RunOutcome:
     err_max: float  # max distance of x0 to the baseline's over the shard (NaN without a baseline)
     wall_s: float
 
+    @classmethod
+    def of(cls, run: RunSpec, solved: Solved, baseline: storage.Run | None) -> RunOutcome:
+        res = solved.result
+        err = math.nan
+        if baseline is not None:
+            x0 = res.x0.detach().to("cpu", torch.float64).numpy()
+            err = float(np.abs(x0 - baseline.x0).max())
+        return cls(
+            tag=run.tag,
+            dir=run.dir,
+            iterations_max=int(res.iterations.max()),
+            iterations_mean=float(res.iterations.double().mean()),
+            err_max=err,
+            wall_s=solved.wall_s,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@dataclass
-class Solved:
-    """A finished solve and what the callback kept beside it."""
-
-    result: SolveResult
-    iterates: torch.Tensor | None  # [K, I, *S] float32
-    wall_s: float
 
 
 class ShardJob(submitit.helpers.Checkpointable):
@@ -139,15 +155,16 @@ class ShardJob(submitit.helpers.Checkpointable):
             shard = self._load(spec, device, world_size, rank)
             for i, run in enumerate(todo):
                 solved = self._solve(spec, run, shard)
-                out = self._store(spec, run, shard, solved) if rank == 0 else {}
-                remove_state(spec.state_path(run))
+                if rank == 0:  # every rank holds the same result; one writes it
+                    self._store(spec, run, shard, solved)
+                    remove_state(spec.state_path(run))
+                out = RunOutcome.of(run, solved, shard.baseline)
                 status(
                     spec,
-                    f"run {i + 1}/{len(todo)} {run.tag}: iterations max {out['iterations_max']}, "
-                    f"mean {out['iterations_mean']:.2f}, err_max {out['err_max']:.2e}, "
-                    f"{out['wall_s']:.2f} s",
+                    f"run {i + 1}/{len(todo)} {run.tag}: iterations max {out.iterations_max}, "
+                    f"mean {out.iterations_mean:.2f}, err_max {out.err_max:.2e}, {out.wall_s:.2f} s",
                 )
-                summary["runs"].append(out)
+                summary["runs"].append(out.to_dict())
         summary["runs_dirs"] = [r.dir for r in spec.runs]
         summary["wall_s"] = time.perf_counter() - t_job
         status(spec, f"done in {summary['wall_s']:.1f} s")
@@ -259,8 +276,8 @@ class ShardJob(submitit.helpers.Checkpointable):
         self._live = None
         return Solved(res, torch.stack(iterates, dim=1) if iterates else None, wall)
 
-    def _store(self, spec: JobSpec, run: RunSpec, shard: Shard, solved: Solved) -> dict[str, Any]:
-        """Write the run's directory (parataa.storage.write_run) and return its outcome."""
+    def _store(self, spec: JobSpec, run: RunSpec, shard: Shard, solved: Solved) -> None:
+        """Write the run's directory (parataa.storage.write_run)."""
         res, base = solved.result, shard.baseline
         m = spec.model
         x0 = res.x0.detach().to("cpu", torch.float64).numpy()
@@ -302,14 +319,6 @@ class ShardJob(submitit.helpers.Checkpointable):
             iterates=solved.iterates.numpy() if solved.iterates is not None else None,
             extra=extra,
         )
-        return RunOutcome(
-            tag=run.tag,
-            dir=run.dir,
-            iterations_max=int(res.iterations.max()),
-            iterations_mean=float(res.iterations.double().mean()),
-            err_max=float(np.nanmax(samples["err_max"])) if base is not None else math.nan,
-            wall_s=solved.wall_s,
-        ).to_dict()
 
 
 def _decoder(model: Any) -> Any:
