@@ -42,6 +42,7 @@ __all__ = [
     "problem",
     "main",
     "run_check",
+    "run_job",
     "run_scenarios",
 ]
 
@@ -223,6 +224,32 @@ def run_check(world_size: int, chunk_size: int = 4) -> dict[str, dict[str, Any]]
             start_method="spawn",
         )
         return torch.load(path, weights_only=False)
+
+
+def _job_worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+    from parataa.jobs.shard import ShardJob
+
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+        }
+    )
+    try:
+        ShardJob()(spec)
+    finally:
+        cleanup()
+
+
+def run_job(spec: dict[str, Any], world_size: int) -> None:
+    """Run a job spec (`JobSpec.to_dict()`) as `world_size` gloo processes on this machine, as torchrun would."""
+    worker = importlib.import_module("tests.distributed_harness")._job_worker
+    torch.multiprocessing.start_processes(
+        worker, args=(world_size, free_port(), spec), nprocs=world_size, join=True, start_method="spawn"
+    )
 
 
 def _digest(t: torch.Tensor) -> str:

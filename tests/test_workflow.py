@@ -341,24 +341,21 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
         _prepare(c)
     shard_mod.ShardJob()(spec_a)  # uninterrupted reference
 
-    real_build = shard_mod.build_denoiser
     calls = {"n": 0}
     job = shard_mod.ShardJob()
     holder = {}
 
-    def killing_build(*a, **k):
-        den, info = real_build(*a, **k)
+    class KilledInCall(shard_mod.DistributedDenoiser):
+        """The job's model; the process dies in its kill_at-th call (one call per solver iteration)."""
 
-        def model(x, t, s):
+        def __call__(self, x, t, s):
             calls["n"] += 1
             if holder.get("kill_at") == calls["n"]:
                 holder["delayed"] = job.checkpoint(spec_b)  # what submitit's signal handler calls
                 raise _Killed
-            return den(x, t, s)
+            return super().__call__(x, t, s)
 
-        return model, info
-
-    monkeypatch.setattr(shard_mod, "build_denoiser", killing_build)
+    monkeypatch.setattr(shard_mod, "DistributedDenoiser", KilledInCall)
     holder["kill_at"] = 7
     with pytest.raises(_Killed):
         job(spec_b)
@@ -482,6 +479,78 @@ def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(shard_mod, "load_noise", lambda *a, **k: pytest.fail("noise loaded before the check"))
     with pytest.raises(shard_mod.WorldSizeError, match=r"world_size: .* 2 process\(es\) but this job has 1"):
         shard_mod.ShardJob()(spec)
+
+
+class _RowCounter:
+    """A real Denoiser wrapper that records how many rows each network call has."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.rows = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, timesteps, samples):
+        self.rows.append(int(x.shape[0]))
+        return self.inner(x, timesteps, samples)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_world_size_one_evaluates_the_same_fixed_chunks_as_n(tmp_path, monkeypatch, chunk_size):
+    """Every network call of a job has exactly chunk_size rows (8 when the config says null), at world size 1 as
+    at N: the rounding of every call, and so the result, cannot depend on the number of processes."""
+    from parataa.jobs import shard as shard_mod
+    from parataa.jobs.spec import DEFAULT_CHUNK_SIZE
+
+    cfg, spec = _small_spec(tmp_path, solvers={"taa": {}})
+    cfg["models"][0]["chunk_size"] = chunk_size
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0)
+    _prepare(cfg)
+    counters = []
+    real = shard_mod.build_denoiser
+
+    def counting(*a, **k):
+        den, info = real(*a, **k)
+        counters.append(_RowCounter(den))
+        return counters[-1], info
+
+    monkeypatch.setattr(shard_mod, "build_denoiser", counting)
+    shard_mod.ShardJob()(spec)
+    want = chunk_size or DEFAULT_CHUNK_SIZE
+    (counter,) = counters
+    assert len(counter.rows) > 25 and set(counter.rows) == {want}
+    assert storage.read_manifest(spec.runs[0].dir)["config"]["chunk_size"] == want
+
+
+@pytest.mark.slow
+def test_a_float32_network_gives_the_same_bits_with_one_and_two_processes(tmp_path):
+    """tiny-dit (float32 kernels, not batch-invariant) through the job at world size 1 and as two gloo processes."""
+    from parataa.jobs.shard import ShardJob
+    from tests.distributed_harness import run_job
+
+    stored = []
+    for w in (1, 2):
+        cfg = validate_config({**smoke(), "results_dir": str(tmp_path / f"ws{w}"), "samplers": ["ddim"], "steps": [8],
+                               "solvers": {"taa": {}}, "models": [{"name": "tiny-dit", "conditions": [3, 7]}],
+                               "progress": False, "save_iterates": 2, "checkpoint_every_s": 0})  # fmt: skip
+        base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
+        from parataa.jobs.__main__ import main as jobs_main
+
+        seeds = ",".join(map(str, base.seeds))
+        assert jobs_main(["noise", base.noise, "--seeds", seeds, "--steps", "8", "--model", "tiny-dit"]) == 0
+        ShardJob()(base)
+        group = plan.group_spec({**cfg, "world_size": w}, "tiny-dit", "ddim", 8, 0, 0)
+        if w == 1:
+            ShardJob()(group)
+        else:
+            run_job(group.to_dict(), w)
+        stored.append(storage.load_run(group.runs[0].dir))
+    one, two = stored
+    assert (one.manifest["world_size"], two.manifest["world_size"]) == (1, 2)
+    np.testing.assert_array_equal(one.trajectory, two.trajectory)
+    np.testing.assert_array_equal(one.x0, two.x0)
+    np.testing.assert_array_equal(one.iterates, two.iterates)
+    assert list(one.samples["iterations"]) == list(two.samples["iterations"])
 
 
 def test_executor_parameters_come_from_resources():

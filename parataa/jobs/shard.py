@@ -26,6 +26,7 @@ import submitit
 import torch
 
 from .. import storage
+from ..distributed import DistributedDenoiser
 from ..models.registry import build_denoiser
 from ..noise import NoiseBundle, load_noise
 from ..schedules import Schedule
@@ -188,14 +189,13 @@ class ShardJob(submitit.helpers.Checkpointable):
             cfg_scale=m.cfg_scale,
             device=device,
             dtype=m.dtype,
-            chunk_size=m.chunk_size if world_size == 1 else None,
+            chunk_size=None,  # the wrapper below hands it calls of exactly m.rows_per_call rows
             path=m.path,
             options=m.options,
         )
-        if world_size > 1:
-            from ..distributed import DistributedDenoiser
-
-            den = DistributedDenoiser(den, chunk_size=int(m.chunk_size or 8))
+        # At every world size, 1 included: the same fixed-size chunks, so the same float32 rounding in every
+        # network call and results that do not depend on the number of processes (parataa.distributed).
+        den = DistributedDenoiser(den, chunk_size=m.rows_per_call)
         if tuple(info.sample_shape) != tuple(noise.sample_shape):
             raise ValueError(
                 f"model {m.name} has state shape {tuple(info.sample_shape)} but the noise bundle has "

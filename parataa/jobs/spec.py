@@ -18,7 +18,10 @@ from typing import Any
 
 from ..solver_config import SolverConfig
 
-__all__ = ["ModelConfig", "RunSpec", "JobSpec"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ModelConfig", "RunSpec", "JobSpec"]
+
+# Rows per network call when a study config leaves a model's `chunk_size` null.
+DEFAULT_CHUNK_SIZE = 8
 
 
 def _fields(cls: type, d: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -46,7 +49,12 @@ class ModelConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     path: str | None = None
     dtype: str | None = None
-    chunk_size: int | None = None  # rows per network call
+    chunk_size: int | None = None  # rows per network call (None: DEFAULT_CHUNK_SIZE)
+
+    @property
+    def rows_per_call(self) -> int:
+        """Rows of every network call of a job, at every world size (parataa.distributed.DistributedDenoiser)."""
+        return int(self.chunk_size or DEFAULT_CHUNK_SIZE)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,7 +187,7 @@ class JobSpec:
             "model_options": dict(m.options),
             "model_path": m.path,
             "dtype": m.dtype,
-            "chunk_size": m.chunk_size,
+            "chunk_size": m.rows_per_call,  # the size in use: it decides the float32 rounding of every call
             "cfg_scale": float(m.cfg_scale),
             "sampler": self.sampler,
             "steps": int(self.steps),
