@@ -33,6 +33,7 @@ def _write(directory: Path, seeds=(3, 5), iterates: bool = True) -> dict:
         devices=["cpu"],
         world_size=1,
         iterates=rng.standard_normal((1, 3, 4)) if iterates else None,
+        fidelity=pd.DataFrame({"sample": [0, 1], "iteration": [1, 1], "psnr_db": [30.0, 40.0]}) if iterates else None,
         extra={"schedule": SCHEDULE, "baseline": None},
     )
 
@@ -40,7 +41,7 @@ def _write(directory: Path, seeds=(3, 5), iterates: bool = True) -> dict:
 def test_round_trip_and_manifest(tmp_path):
     m = _write(tmp_path / "run")
     assert m["format"] == storage.RUN_FORMAT
-    assert set(m["files"]) == set(storage.DATA_FILES) | {"iterates.safetensors"}
+    assert set(m["files"]) == set(storage.DATA_FILES) | {"iterates.safetensors", "fidelity.parquet"}
     for key in ("created", "config", "git_sha", "environment", "devices", "world_size", "noise_sha256", DIGEST_KEY):
         assert key in m
     assert json.loads((tmp_path / "run" / "manifest.json").read_text()) == m
@@ -51,6 +52,7 @@ def test_round_trip_and_manifest(tmp_path):
     assert run.x0.dtype == np.float64
     assert list(run.samples["seed"]) == [3, 5]
     assert run.iterates.shape == (1, 3, 4)
+    assert list(run.fidelity["psnr_db"]) == [30.0, 40.0]
     assert storage.is_complete(tmp_path / "run", {"model": "gmm", "steps": 5, "seeds": [3, 5]})
     assert not storage.is_complete(tmp_path / "run", {"model": "gmm", "steps": 6, "seeds": [3, 5]})
 
@@ -62,7 +64,7 @@ def test_x0_is_stored_exactly(tmp_path):
     np.testing.assert_array_equal(storage.load_run(tmp_path / "run").x0, traj[:, 0])
 
 
-@pytest.mark.parametrize("name", list(storage.DATA_FILES) + ["iterates.safetensors"])
+@pytest.mark.parametrize("name", list(storage.DATA_FILES) + ["iterates.safetensors", "fidelity.parquet"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_corrupt_or_truncated_file_is_refused(tmp_path, name, damage):
     d = tmp_path / "run"
@@ -95,6 +97,15 @@ def test_manifest_is_written_last(tmp_path, monkeypatch):
     with pytest.raises(CorruptRunError, match="no manifest"):
         storage.load_run(d)
     assert not storage.is_complete(d)
+
+
+def test_rewriting_a_run_without_the_optional_files_removes_them(tmp_path):
+    d = tmp_path / "run"
+    _write(d)
+    m = _write(d, iterates=False)
+    assert set(m["files"]) == set(storage.DATA_FILES)
+    assert not (d / "fidelity.parquet").exists() and not (d / "iterates.safetensors").exists()
+    assert storage.load_run(d).fidelity is None
 
 
 def test_rewriting_a_run_drops_the_old_manifest_first(tmp_path, monkeypatch):

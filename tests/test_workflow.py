@@ -106,6 +106,7 @@ BAD = [
     (_set("study", "has space"), ["config.study", "does not match"]),
     (_set("models", []), ["config.models", "non-empty"]),
     (_set("study", _DELETE), ["'study' is a required property"]),
+    (_set("fidelity_decode", "yes"), ["config.fidelity_decode", "'yes' is not of type 'boolean'"]),
 ]
 
 
@@ -382,6 +383,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     pd_eq = pd.testing.assert_frame_equal
     pd_eq(ra.samples.drop(columns=timing_cols), rb.samples.drop(columns=timing_cols))
     pd_eq(ra.convergence, rb.convergence)
+    pd_eq(ra.fidelity, rb.fidelity)  # the recorder's rows travel in the checkpoint
     assert len(ra.timings) == len(rb.timings)
     total_iters = int(ra.samples["iterations"].max())
     assert resumed_calls == total_iters - 6  # it really resumed instead of starting over
@@ -419,6 +421,42 @@ def test_errors_against_the_sequential_baseline(tmp_path):
         np.testing.assert_allclose(run.samples["err_max"], diff)
         assert run.manifest["baseline"]["path"].endswith("sequential/shard-0/manifest.json")
         assert (run.samples["err_max"] < 0.05).all()
+
+
+def test_parallel_runs_store_every_iterations_fidelity(tmp_path):
+    """fidelity.parquet: each iteration's x0 against the baseline's, in the columns docs/STORAGE.md fixes."""
+    import torch
+
+    from parataa.jobs.shard import ShardJob
+    from tests.helpers import rounding_tol
+
+    cfg, spec = _small_spec(tmp_path, solvers={"fp+": {}, "taa": {}})
+    _prepare(cfg)
+    ShardJob()(spec)
+    base = storage.load_run(spec.baseline)
+    assert base.fidelity is None and "fidelity.parquet" not in base.manifest["files"]
+    for r in spec.runs:
+        run = storage.load_run(r.dir)
+        f = run.fidelity
+        assert list(f.columns) == ["study", "model", "sampler", "steps", "solver", "solver_tag", "sample", "seed",
+            "condition", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db"]  # fmt: skip
+        assert "fidelity.parquet" in run.manifest["files"]
+        n_iter = int(run.samples["iterations"].max())
+        assert len(f) == n_iter * len(run.seeds)
+        for k, g in f.groupby("sample"):
+            assert list(g["iteration"]) == list(range(1, n_iter + 1))
+            assert g["seed"].iloc[0] == run.seeds[k] and g["condition"].iloc[0] == run.samples["condition"][k]
+        # the last row of a sample is its stored x0: the samples table's distances (the mean of the d squares
+        # summed in another order by torch and numpy: float64 rounding of a d-term sum)
+        last = f.groupby("sample").tail(1).reset_index(drop=True)
+        np.testing.assert_array_equal(last["err_max"], run.samples["err_max"])
+        rel = rounding_tol(torch.float64, base.x0.shape[1])
+        np.testing.assert_allclose(last["err_rms"], run.samples["err_rms"], rtol=rel, atol=0)
+        mse = ((run.x0 - base.x0) ** 2).reshape(len(run.seeds), -1).mean(axis=1)
+        db_tol = 10 / np.log(10) * rel  # a relative error rel of the MSE moves 10 log10 by this many dB
+        np.testing.assert_allclose(last["psnr_db"], 10 * np.log10(4 / mse), rtol=0, atol=db_tol)  # data range 2
+        assert f["image_psnr_db"].isna().all()  # the mixture has no image
+        assert (f.groupby("sample")["err_max"].first() > last["err_max"].to_numpy()).all()
 
 
 def test_manifest_holds_the_schedule_the_analysis_recounts_with(tmp_path):
@@ -525,14 +563,18 @@ def test_world_size_one_evaluates_the_same_fixed_chunks_as_n(tmp_path, monkeypat
 @pytest.mark.slow
 def test_a_float32_network_gives_the_same_bits_with_one_and_two_processes(tmp_path):
     """tiny-dit (float32 kernels, not batch-invariant) through the job at world size 1 and as two gloo processes."""
+    import torch
+
     from parataa.jobs.shard import ShardJob
     from tests.distributed_harness import run_job
+    from tests.helpers import rounding_tol
 
     stored = []
     for w in (1, 2):
         cfg = validate_config({**smoke(), "results_dir": str(tmp_path / f"ws{w}"), "samplers": ["ddim"], "steps": [8],
                                "solvers": {"taa": {}}, "models": [{"name": "tiny-dit", "conditions": [3, 7]}],
-                               "progress": False, "save_iterates": 2, "checkpoint_every_s": 0})  # fmt: skip
+                               "progress": False, "save_iterates": 2, "checkpoint_every_s": 0,
+                               "fidelity_decode": True})  # fmt: skip
         base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
         from parataa.jobs.__main__ import main as jobs_main
 
@@ -551,6 +593,12 @@ def test_a_float32_network_gives_the_same_bits_with_one_and_two_processes(tmp_pa
     np.testing.assert_array_equal(one.x0, two.x0)
     np.testing.assert_array_equal(one.iterates, two.iterates)
     assert list(one.samples["iterations"]) == list(two.samples["iterations"])
+    pd.testing.assert_frame_equal(one.fidelity, two.fidelity)
+    img = one.fidelity["image_psnr_db"]  # fidelity_decode: tiny-dit's images, every iteration
+    assert img.notna().all() and np.isfinite(img).any()  # +inf once the decoded images are equal
+    last = one.fidelity.groupby("sample").tail(1)
+    db_tol = 10 / np.log(10) * rounding_tol(torch.float64, 16 * 16)  # the same MSE summed by torch and numpy
+    np.testing.assert_allclose(last["image_psnr_db"], one.samples["psnr"], rtol=0, atol=db_tol)
 
 
 def test_executor_parameters_come_from_resources():
@@ -661,6 +709,8 @@ def test_smoke_study_with_two_processes_equals_one_bitwise(tmp_path):
         differ = [*timing, "world_size"]
         pd.testing.assert_frame_equal(one.samples.drop(columns=differ), two.samples.drop(columns=differ))
         pd.testing.assert_frame_equal(one.convergence, two.convergence)
+        if one.fidelity is not None or two.fidelity is not None:
+            pd.testing.assert_frame_equal(one.fidelity, two.fidelity)
         assert list(one.timings["rows"]) == list(two.timings["rows"]), name
 
 

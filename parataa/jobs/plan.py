@@ -132,6 +132,7 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
         "threads": int(config["threads"]),
         "checkpoint_every_s": float(config["checkpoint_every_s"]),
         "save_iterates": int(config["save_iterates"]),
+        "fidelity_decode": bool(config["fidelity_decode"]),
         "progress": bool(config["progress"]),
         "deterministic": bool(config["deterministic"]),
         "state_dir": paths(config)["state"],
@@ -147,11 +148,13 @@ def _run(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard:
 def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> JobSpec:
     """The job of the sequential run of one (model, sampler, steps, seed shard)."""
     seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()}
+    common = _common(config, model, sampler, steps, shard)
+    common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
     return JobSpec(
         name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential",
         baseline=None,
         runs=(_run(config, model, sampler, steps, shard, seq),),
-        **_common(config, model, sampler, steps, shard),
+        **common,
     )
 
 

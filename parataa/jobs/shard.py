@@ -26,7 +26,8 @@ import submitit
 import torch
 
 from .. import storage
-from ..distributed import DistributedDenoiser
+from ..distributed import DistributedDenoiser, init_from_env
+from ..fidelity import FidelityRecorder
 from ..models.registry import build_denoiser
 from ..noise import NoiseBundle, load_noise
 from ..schedules import Schedule
@@ -52,7 +53,7 @@ class Shard:
     noise: NoiseBundle
     noise_sha256: str
     baseline: storage.Run | None  # the sequential run of the same seeds (None for the sequential job itself)
-    device: str
+    device: str  # this process's device (cuda:<local rank> in a multi-GPU job)
     world_size: int
     rank: int
 
@@ -63,6 +64,7 @@ class Solved:
 
     result: SolveResult
     iterates: torch.Tensor | None  # [K, I, *S] float32
+    fidelity: dict[str, np.ndarray] | None  # FidelityRecorder rows (parallel runs), None for the baseline
     wall_s: float
 
 
@@ -135,8 +137,6 @@ class ShardJob(submitit.helpers.Checkpointable):
         device_check(device)
         if world_size > 1:
             # Every rank runs the same solver; only the model calls are spread (parataa.distributed).
-            from ..distributed import init_from_env
-
             device = str(init_from_env(device="cpu" if device == "cpu" else None).device)
         torch.set_num_threads(max(1, spec.threads))
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
@@ -215,7 +215,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             noise=noise.to(device),
             noise_sha256=noise.sha256(),
             baseline=base,
-            device=spec.device,
+            device=device,
             world_size=world_size,
             rank=rank,
         )
@@ -225,10 +225,13 @@ class ShardJob(submitit.helpers.Checkpointable):
         cfg = run.config
         key = spec.run_key(run)
         spath = spec.state_path(run)
-        payload = load_state(spath, key, spec.device)
+        payload = load_state(spath, key, shard.device)
         resume = SolverState.from_state_dict(payload["state"]) if payload else None
         wall_before = float(payload["wall_s"]) if payload else 0.0
         iterates: list[torch.Tensor] = list(payload["iterates"]) if payload else []
+        recorder = self._recorder(spec, shard)
+        if recorder is not None and payload:
+            recorder.load_state_dict(payload["fidelity"])
         n_iter = spec.save_iterates
         total = spec.steps if run.solver == "sequential" else (cfg.max_iters or spec.steps)
         bar = None
@@ -256,11 +259,15 @@ class ShardJob(submitit.helpers.Checkpointable):
             nonlocal last_save
             if n_iter > 0:
                 iterates.append(it_info.trajectory[:n_iter, 0].detach().to("cpu", torch.float32).clone())
+            if recorder is not None:
+                recorder(it_info)
             snap = {
                 "state": snapshot(it_info.state),
                 "iterates": list(iterates),
                 "wall_s": wall_before + time.perf_counter() - t0,
             }
+            if recorder is not None:
+                snap["fidelity"] = recorder.state_dict()
             self._live["snapshot"] = snap  # one assignment: a signal sees the old or the new copy, both whole
             if bar is not None:
                 bar.update(1)
@@ -274,7 +281,22 @@ class ShardJob(submitit.helpers.Checkpointable):
         if bar is not None:
             bar.close()
         self._live = None
-        return Solved(res, torch.stack(iterates, dim=1) if iterates else None, wall)
+        return Solved(
+            result=res,
+            iterates=torch.stack(iterates, dim=1) if iterates else None,
+            fidelity=recorder.rows if recorder is not None else None,
+            wall_s=wall,
+        )
+
+    @staticmethod
+    def _recorder(spec: JobSpec, shard: Shard) -> FidelityRecorder | None:
+        """For a parallel run: every iteration's x0 against the baseline's (states in [-1, 1]: data range 2),
+        the decoded images too when the config asks (fidelity_decode) and the model has a decoder."""
+        if shard.baseline is None:
+            return None
+        decode = _decoder(shard.model) if spec.fidelity_decode else None
+        ref = torch.from_numpy(shard.baseline.x0).to(shard.noise.x_T.device)
+        return FidelityRecorder(ref, data_range=2.0, decode=decode)
 
     def _store(self, spec: JobSpec, run: RunSpec, shard: Shard, solved: Solved) -> None:
         """Write the run's directory (parataa.storage.write_run)."""
@@ -282,7 +304,7 @@ class ShardJob(submitit.helpers.Checkpointable):
         m = spec.model
         x0 = res.x0.detach().to("cpu", torch.float64).numpy()
         device = device_name(spec.device)
-        samples, conv, timings, _ = storage.run_tables(
+        samples, conv, timings, fidelity = storage.run_tables(
             res,
             study=spec.study,
             model=m.name,
@@ -297,6 +319,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             device=device,
             ref_x0=None if base is None else base.x0,
             psnr=None if base is None else _psnr(x0, base.x0, shard.model),
+            fidelity=solved.fidelity,
         )
         extra: dict[str, Any] = {"baseline": None, "schedule": storage.schedule_record(shard.schedule)}
         if base is not None:
@@ -317,6 +340,7 @@ class ShardJob(submitit.helpers.Checkpointable):
             devices=[device],
             world_size=shard.world_size,
             iterates=solved.iterates.numpy() if solved.iterates is not None else None,
+            fidelity=fidelity,
             extra=extra,
         )
 

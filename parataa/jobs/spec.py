@@ -99,7 +99,9 @@ class RunSpec:
 @dataclass(frozen=True)
 class JobSpec:
     """Everything one job needs: the shard (model, sampler, steps, seeds and their conditions), where it runs
-    (device, world size, threads), what it keeps (checkpoints, iterates, fidelity decoding) and its runs."""
+    (device, world size, threads), what it keeps (checkpoints, iterates, fidelity decoding) and its runs.
+    Parallel runs (a spec with a `baseline`) also store fidelity.parquet: every iteration's x0 against the
+    baseline's (parataa.fidelity)."""
 
     name: str  # <study>/<model>/<sampler>-<steps>/shard-<k>/(sequential|group-<g>), for status lines
     study: str
@@ -115,6 +117,7 @@ class JobSpec:
     threads: int
     checkpoint_every_s: float
     save_iterates: int  # samples whose x0 of every iteration is stored
+    fidelity_decode: bool  # decode every iteration's x0 for fidelity.parquet's image_psnr_db
     progress: bool
     deterministic: bool
     state_dir: str  # solver-state checkpoints
@@ -148,6 +151,7 @@ class JobSpec:
                 "threads": int(d["threads"]),
                 "checkpoint_every_s": float(d["checkpoint_every_s"]),
                 "save_iterates": int(d["save_iterates"]),
+                "fidelity_decode": bool(d["fidelity_decode"]),
                 "progress": bool(d["progress"]),
                 "deterministic": bool(d["deterministic"]),
                 "runs": tuple(r if isinstance(r, RunSpec) else RunSpec.from_dict(r) for r in d["runs"]),
@@ -200,6 +204,7 @@ class JobSpec:
             "device": self.device,
             "world_size": int(self.world_size),
             "save_iterates": int(self.save_iterates),
+            "fidelity_decode": bool(self.fidelity_decode),
             "deterministic": bool(self.deterministic),
         }
 
