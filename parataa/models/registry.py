@@ -19,7 +19,7 @@ a path that does not exist fails at once (see `_common.resolve_weights`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,14 @@ from ..schedules import Schedule, dit_schedule, from_diffusers_config
 
 __all__ = [
     "MODELS",
+    "GMM_OPTIONS",
     "HUB_IDS",
     "ModelSpec",
     "build_denoiser",
     "default_weights",
     "is_class_conditional",
     "default_cfg_scale",
+    "model_options",
     "sample_shape",
 ]
 
@@ -78,9 +80,36 @@ def is_class_conditional(name: str) -> bool:
     return _CLASS_CONDITIONAL[name]
 
 
-def sample_shape(name: str) -> tuple[int, ...]:
-    """The state shape of model `name` at its default weights, without loading them (noise can be drawn first)."""
+# The analytic mixture's options (a study config's `models[].options`) and their defaults. Network models take
+# only `sample_shape`: the state shape of weights other than the defaults (e.g. a local snapshot at another
+# resolution), so noise can be drawn before they are loaded.
+GMM_OPTIONS: dict[str, Any] = {"dim": 64, "classes": 10, "spread": 0.15, "seed": 0}
+
+
+def model_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`options` of model `name` checked (unknown keys refused, with the allowed ones named) and, for gmm, with
+    every default filled in."""
     _check_name(name)
+    options = dict(options or {})
+    allowed = GMM_OPTIONS if name == "gmm" else {"sample_shape": None}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"model {name} options: unknown key(s) {unknown}; allowed: {sorted(allowed)}{hint}")
+    if name == "gmm":
+        return {**GMM_OPTIONS, **options}
+    return options
+
+
+def sample_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+    """The state shape of model `name` with these options, without loading weights (noise can be drawn first):
+    gmm (dim,); a network model its `sample_shape` option, else its default weights' shape."""
+    options = model_options(name, options)
+    if name == "gmm":
+        return (int(options["dim"]),)
+    if options.get("sample_shape") is not None:
+        return tuple(int(s) for s in options["sample_shape"])
     return _SHAPES[name]
 
 
@@ -164,9 +193,11 @@ def build_denoiser(
     dtype: Any = None,
     chunk_size: int | None = None,
     path: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, ModelSpec]:
-    """(denoiser, spec) for model `name`, one condition per sample; `path` overrides the weights' location."""
-    _check_name(name)
+    """(denoiser, spec) for model `name`, one condition per sample; `path` overrides the weights' location,
+    `options` are the model's options (`model_options`: gmm dim, classes, spread, seed)."""
+    options = model_options(name, options)
     conditions = list(conditions)
     cfg = _DEFAULT_CFG[name] if cfg_scale is None else float(cfg_scale)
     if name == "gmm":
@@ -174,7 +205,8 @@ def build_denoiser(
 
         if path is not None:
             raise ValueError("model gmm is analytic and takes no path; drop --model-path")
-        mix = GaussianMixture()
+        o = options
+        mix = GaussianMixture(int(o["dim"]), int(o["classes"]), float(o["spread"]), int(o["seed"]))
         den = GaussianMixtureDenoiser(mix, _labels(name, conditions, mix.num_classes), cfg)
         return den, ModelSpec(name, "diffusers", (mix.dim,), dict(mix.scheduler_config))
     kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size)
