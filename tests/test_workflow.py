@@ -421,6 +421,7 @@ def test_errors_against_the_sequential_baseline(tmp_path):
         np.testing.assert_allclose(run.samples["err_max"], diff)
         assert run.manifest["baseline"]["path"].endswith("sequential/shard-0/manifest.json")
         assert (run.samples["err_max"] < 0.05).all()
+        assert run.manifest["weights"]["source"] == {"kind": "analytic"} and not run.manifest["weights"]["synthetic"]
 
 
 def test_parallel_runs_store_every_iterations_fidelity(tmp_path):

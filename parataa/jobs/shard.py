@@ -28,6 +28,7 @@ import torch
 from .. import storage
 from ..distributed import DistributedDenoiser, init_from_env
 from ..fidelity import FidelityRecorder
+from ..models import weights_identity
 from ..models.registry import build_denoiser
 from ..noise import NoiseBundle, load_noise
 from ..schedules import Schedule
@@ -56,6 +57,7 @@ class Shard:
     device: str  # this process's device (cuda:<local rank> in a multi-GPU job)
     world_size: int
     rank: int
+    weights: dict[str, Any]  # parataa.models.weights_identity: source, file hashes, synthetic or not
 
 
 @dataclass
@@ -210,6 +212,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                     f"{list(spec.seeds)}; rerun the baseline"
                 )
         return Shard(
+            weights=weights_identity(m.name, m.path) if rank == 0 else {},
             model=den,
             schedule=info(spec.steps, sampler=spec.sampler),
             noise=noise.to(device),
@@ -321,7 +324,11 @@ class ShardJob(submitit.helpers.Checkpointable):
             psnr=None if base is None else _psnr(x0, base.x0, shard.model),
             fidelity=solved.fidelity,
         )
-        extra: dict[str, Any] = {"baseline": None, "schedule": storage.schedule_record(shard.schedule)}
+        extra: dict[str, Any] = {
+            "baseline": None,
+            "schedule": storage.schedule_record(shard.schedule),
+            "weights": shard.weights,
+        }
         if base is not None:
             extra["baseline"] = {
                 "path": os.path.relpath(base.directory / "manifest.json", run.dir),
