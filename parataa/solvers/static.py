@@ -146,6 +146,8 @@ class StaticSolver:
         if engine not in ENGINES[1:]:
             raise ValueError(f"engine must be one of {ENGINES[1:]} for StaticSolver, got {engine!r}")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if engine != "static":
             if self.device.type != "cuda":
                 raise ValueError(
@@ -484,7 +486,10 @@ class StaticSolver:
                     if name == "model"
                     else f"capturing the solver's {name!r} segment failed"
                 )
-                raise GraphCaptureError(f"{what} (window bucket {B}; cause: {type(err).__name__}: {err})") from err
+                raise GraphCaptureError(
+                    f"{what} (window bucket {B}; cause: {type(err).__name__}: {err}). A failed capture can leave "
+                    "this process's CUDA context unusable: run the other engine in a new process"
+                ) from err
             graphs.append(g)
         self._graphs[B] = graphs
         torch.cuda.synchronize(dev)
@@ -521,7 +526,7 @@ class StaticSolver:
                 f"this StaticSolver was built for {self.N} samples of shape {self.shape}, got a noise bundle of "
                 f"{noise.num_samples} samples of shape {tuple(noise.sample_shape)}; build another solver"
             )
-        if noise.x_T.device != self.device:
+        if noise.x_T.device != self.device and not (noise.x_T.device.type == self.device.type == "cpu"):
             raise ValueError(f"noise is on {noise.x_T.device} but the solver on {self.device}; use noise.to(...)")
         T, n = self.T, self.N
         if self.method == "sequential":
@@ -593,10 +598,10 @@ class StaticSolver:
         if self.engine != "static" and B not in self._graphs:
             self._capture(B)
 
-    def replay(self, noise: NoiseBundle, widths: Sequence[int]) -> list[float]:
+    def replay(self, noise: NoiseBundle, widths: Sequence[int]) -> list[dict[str, float]]:
         """Benchmarks only: run one iteration per entry of `widths` with every sample's window forced to that
-        width (frozen boundary set to it), whatever the iterates; returns each iteration's seconds. Replays the
-        window sequence of another solve on this model (the iterates are not a solve of anything)."""
+        width (the frozen boundary set to it), whatever the iterates, and time each: the window sequence of another
+        solve replayed on this model (the iterates solve nothing). Rows: width, bucket, wall_s, model_s, comm_s."""
         if self.method == "sequential":
             raise ValueError("replay applies to the parallel solvers; sequential has no window to replay")
         if self.config.init == "trajectory":
@@ -605,7 +610,7 @@ class StaticSolver:
         self.seeds = noise.seeds
         out = []
         for w in widths:
-            if not 1 <= int(w) <= min(self.W, self.T):
+            if not 1 <= int(w) <= self.W:
                 raise ValueError(f"replay widths must lie in [1, W={self.W}], got {w}")
             B = self._bucket(int(w))
             self._ready(B)
@@ -613,9 +618,11 @@ class StaticSolver:
             self.it_dev.zero_()
             self._sync()
             t0 = time.perf_counter()
-            self._iterate(B)
-            self.pack.cpu()
-            out.append(time.perf_counter() - t0)
+            comm, model = self._iterate(B)
+            self.pack.to("cpu", copy=True)
+            wall = time.perf_counter() - t0
+            out.append({"width": int(w), "bucket": B, "wall_s": wall, "model_s": _seconds(model) - comm,
+                        "comm_s": comm})
         return out
 
     # ---------------------------------------------------------------------------------------------- results
