@@ -3,8 +3,8 @@
 # report. Writes the JSON into $OUT (default benchmarks/results), regenerates benchmarks/RESULTS.md, the figures
 # and benchmarks/results/summary.json:
 #
-#   bash benchmarks/gpu_all.sh                 # full run (about 5-6 minutes on 2 H200)
-#   QUICK=1 bash benchmarks/gpu_all.sh         # fewer seeds and iterations: checks every code path (2-3 minutes)
+#   bash benchmarks/gpu_all.sh                 # full run (expected 5-6 minutes on 2 H200)
+#   QUICK=1 bash benchmarks/gpu_all.sh         # fewer seeds and iterations: every code path (about 3-4 minutes)
 #
 # Order: tiny-dit on GPU 0 and tiny-sd on GPU 1 side by side (each section times its own baselines and solvers
 # in one process, so every ratio comes from one run), then the DiT-XL/2- and SD-UNet-shaped window sweeps on one
@@ -22,27 +22,31 @@ else
 fi
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-log "tiny-dit (GPU 0) and tiny-sd (GPU 1)"
-CUDA_VISIBLE_DEVICES=0 "$PY" benchmarks/wallclock.py tiny "${SEEDS[@]}" --out "$OUT/tiny.json" > "$OUT/tiny.log" 2>&1 &
-p1=$!
-CUDA_VISIBLE_DEVICES=1 "$PY" benchmarks/wallclock.py sd --seeds "$SD_SEEDS" --out "$OUT/sd.json" > "$OUT/sd.log" 2>&1 &
-p2=$!
-wait $p1 || { tail -30 "$OUT/tiny.log"; exit 1; }
-wait $p2 || { tail -30 "$OUT/sd.log"; exit 1; }
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+G1=1; [ "$NGPU" -ge 2 ] || G1=0   # one GPU: the sections run one after the other on GPU 0, no 2-GPU sweep
+run() {  # run GPU NAME ARGS...: one section in the background, its log next to its JSON
+  local gpu=$1 name=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$gpu "$PY" benchmarks/wallclock.py "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
+  [ "$G1" = 1 ] || wait $! || { tail -30 "$OUT/$name.log"; exit 1; }
+}
+finish() { for _ in "$@"; do wait -n || { for n in "$@"; do tail -20 "$OUT/$n.log"; done; exit 1; }; done; }
+log "tiny-dit (GPU 0) and tiny-sd (GPU $G1)"
+run 0 tiny tiny "${SEEDS[@]}"
+run "$G1" sd sd --seeds "$SD_SEEDS"
+[ "$G1" = 0 ] || finish tiny sd
 SEQ="$OUT/tiny.json,$OUT/sd.json"
-log "window sweeps, one GPU each (XL on GPU 0, SD-UNet on GPU 1)"
-CUDA_VISIBLE_DEVICES=0 "$PY" benchmarks/wallclock.py windows --models xl --sequences "$SEQ" "${WIN[@]}" \
-  --out "$OUT/windows1_xl.json" > "$OUT/windows1_xl.log" 2>&1 &
-p1=$!
-CUDA_VISIBLE_DEVICES=1 "$PY" benchmarks/wallclock.py windows --models sd --sequences "$SEQ" "${WIN[@]}" \
-  --out "$OUT/windows1_sd.json" > "$OUT/windows1_sd.log" 2>&1 &
-p2=$!
-wait $p1 || { tail -30 "$OUT/windows1_xl.log"; exit 1; }
-wait $p2 || { tail -30 "$OUT/windows1_sd.log"; exit 1; }
-log "window sweeps on 2 GPUs (torchrun, NCCL)"
-"$PY" -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/wallclock.py windows --models xl,sd \
-  --sequences "$SEQ" "${WIN[@]}" --out "$OUT/windows2.json" > "$OUT/windows2.log" 2>&1 \
-  || { tail -30 "$OUT/windows2.log"; exit 1; }
+log "window sweeps, one GPU each (XL on GPU 0, SD-UNet on GPU $G1)"
+run 0 windows1_xl windows --models xl --sequences "$SEQ" "${WIN[@]}"
+run "$G1" windows1_sd windows --models sd --sequences "$SEQ" "${WIN[@]}"
+[ "$G1" = 0 ] || finish windows1_xl windows1_sd
+if [ "$NGPU" -ge 2 ]; then
+  log "window sweeps on 2 GPUs (torchrun, NCCL)"
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/wallclock.py windows --models xl,sd \
+    --sequences "$SEQ" "${WIN[@]}" --out "$OUT/windows2.json" > "$OUT/windows2.log" 2>&1 \
+    || { tail -30 "$OUT/windows2.log"; exit 1; }
+else
+  log "one GPU only: no 2-GPU sweep"
+fi
 log "report"
 "$PY" benchmarks/report.py --dir "$OUT"
 log "done"

@@ -136,6 +136,7 @@ def test_default_buckets_and_replay(mixture):
     solver = StaticSolver(model, sched, preset("taa-euler"), num_samples=1, sample_shape=noise.sample_shape,
                           device="cpu", buckets=[5, 10])
     assert solver.buckets == (5, 10, 20)
+    assert solver.prepare(noise) == 0.0  # the static engine captures nothing
     rows = solver.replay(noise, [20, 20, 13, 4])
     assert [r["bucket"] for r in rows] == [20, 20, 20, 5] and all(r["wall_s"] >= r["model_s"] > 0 for r in rows)
     with pytest.raises(ValueError, match="replay widths"):
@@ -242,3 +243,17 @@ def test_graphed_engine_refuses_models_that_are_not_graph_safe():
     run = subprocess.run([sys.executable, "-c", SYNCING_MODEL_SCRIPT], capture_output=True, text=True, env=env,
                          timeout=600)
     assert "REFUSED True" in run.stdout, run.stdout + run.stderr[-3000:]
+
+
+def test_warm_up_before_a_late_capture_stays_inside_the_log():
+    """The warm-up iterations run before capturing a bucket first needed in the last iterations count past the
+    solve's last iteration: their log writes must stay inside the buffers (they are restored afterwards)."""
+    from parataa.models import GaussianMixture
+
+    mix = GaussianMixture(dim=16, num_classes=4, spread=0.15, seed=0)
+    model, sched, noise = gmm_problem(mix, steps=10, seeds=(0,))
+    solver = StaticSolver(model, sched, preset("taa"), num_samples=1, sample_shape=noise.sample_shape, device="cpu")
+    solver.it_dev.fill_(solver.cap + 3)  # as after warm-up runs at the last iteration
+    solver._buffers(solver.W)
+    solver._post(solver.W)  # would index past the log buffers without the clamp
+    assert_same_solve(solve(model, sched, noise, preset("taa")), solver.solve(noise))

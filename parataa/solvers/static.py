@@ -332,7 +332,9 @@ class StaticSolver:
         self.nfe += 1
 
     def _log(self, B: int, rho, thr, conv, fb, lo, hi, width) -> None:
-        k = self.it_dev.view(1)
+        # a solve makes at most `cap` iterations; the warm-up runs before a capture (on a copy of the state, restored
+        # afterwards) can count past it, and write into the last slot instead
+        k = torch.clamp(self.it_dev, max=self.cap - 1).view(1)
         self.log_rho[:, :, :B].index_copy_(0, k, rho[None])
         self.log_thr[:, :, :B].index_copy_(0, k, thr[None])
         self.log_conv[:, :, :B].index_copy_(0, k, conv[None])
@@ -597,6 +599,16 @@ class StaticSolver:
         self._buffers(B)
         if self.engine != "static" and B not in self._graphs:
             self._capture(B)
+
+    def prepare(self, noise: NoiseBundle, init: torch.Tensor | None = None) -> float:
+        """Capture every bucket's graphs now (graphed engines), so that no later solve pays for a capture; returns the
+        seconds spent. The warm-up iterations run on `noise`'s initial state, which `solve` reloads anyway."""
+        self._load(noise, init)
+        self.seeds = noise.seeds
+        t0 = self.capture_s
+        for B in self.buckets:
+            self._ready(B)
+        return self.capture_s - t0
 
     def replay(self, noise: NoiseBundle, widths: Sequence[int]) -> list[dict[str, float]]:
         """Benchmarks only: run one iteration per entry of `widths` with every sample's window forced to that
