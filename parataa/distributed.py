@@ -115,6 +115,8 @@ class DistributedDenoiser:
     the solver's `Evaluator` subtracts it from the model time), `chunk_size`, `calls`, `network_calls`.
     """
 
+    graph_safe = False  # agrees with the other ranks through host-side checks: not capturable in a CUDA graph
+
     def __init__(self, inner: Denoiser, *, chunk_size: int, cfg_pairs_together: bool = True, group: Any = None) -> None:
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
