@@ -17,8 +17,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NCCL_NVLS
 PY="${PYTHON:-python3}"
 if [ "${QUICK:-0}" = 1 ]; then
   SEEDS=(--seeds 2 --batch 1,8); SD_SEEDS=2; WIN=(--iters 1 --replay-seeds 1)
-else
-  SEEDS=(--seeds 8 --batch 1,2,4,8); SD_SEEDS=4; WIN=(--iters 3 --replay-seeds 3)
+else  # each overridable: TINY_SEEDS, BATCHES, SD_SEEDS, WIN_ITERS, REPLAY_SEEDS
+  SEEDS=(--seeds "${TINY_SEEDS:-8}" --batch "${BATCHES:-1,2,4,8}"); SD_SEEDS="${SD_SEEDS:-4}"
+  WIN=(--iters "${WIN_ITERS:-3}" --replay-seeds "${REPLAY_SEEDS:-3}")
 fi
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 )) s] $*"; }

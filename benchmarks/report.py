@@ -3,7 +3,7 @@
     python benchmarks/report.py --dir DIR
 
 Reads, where present: tiny.json, sd.json, windows1_xl.json, windows1_sd.json, windows2.json (benchmarks/wallclock.py,
-run by benchmarks/gpu_all.sh), iterations_explore.jsonl (benchmarks/iterations.py), and the earlier runs'
+run by benchmarks/gpu_all.sh), iterations.jsonl (benchmarks/iterations.py, also from benchmarks/results/), and the earlier runs'
 overhead.json, single.json, world1.json, world2.json (benchmarks/solver_overhead.py, benchmarks/speedup.py).
 """
 
@@ -70,8 +70,13 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
+    from iterations_report import markdown as iterations_markdown
     from wallclock_report import wallclock_sections
 
+    for it_path in (d / "iterations.jsonl", Path(__file__).parent / "results" / "iterations.jsonl"):
+        if it_path.exists():
+            lines += [iterations_markdown(it_path), ""]
+            break
     lines += wallclock_sections(d, Path(args.out).parent)
     if over or single or w1:
         lines += ["# Earlier runs (the eager engine)", "",

@@ -78,9 +78,10 @@ def wallclock_sections(d: Path, figdir: Path) -> list[str]:
 
 
 def _explore(d: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """iterations_explore.jsonl rows of the 100-step DDIM cells, by (model, variant)."""
+    """benchmarks/iterations.py rows of the 100-step DDIM cells, by (model, variant)."""
     out = {}
-    for path in (d / "iterations_explore.jsonl", Path(__file__).parent / "results" / "iterations_explore.jsonl"):
+    here = Path(__file__).parent / "results"
+    for path in (d / "iterations.jsonl", here / "iterations.jsonl", d / "iterations_explore.jsonl"):
         if path.exists():
             for line in path.read_text().splitlines():
                 r = json.loads(line)
@@ -227,7 +228,7 @@ def _window_sections(w1, w2, tiny, sd, explore, summary, figdir) -> tuple[list[s
              "iteration) of the embedded model's taa-euler solve at that W (tiny-dit for DiT, tiny-sd for SD; seeds "
              "as listed), replayed on the large model with the static engine, iteration by iteration: the iterates "
              "of random weights solve nothing, the timing is that of the embedded solve's windows. Iterations: the "
-             "embedded solves' (this run) and `benchmarks/results/iterations_explore.jsonl`'s where present.", ""]
+             "embedded solves' (this run) and `benchmarks/results/iterations.jsonl`'s where present.", ""]
     choice: dict[str, Any] = {}
     seqsrc = {"xl": (tiny, "tiny-dit"), "sd": (sd, "tiny-sd")}
     figdata = {}
