@@ -43,7 +43,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import Window, rms, splitting_rhs, step_rhs
 from ._history import ridge_solve
-from ._window import new_state, stop_test, stop_thresholds
+from ._window import new_state, stop_test, stop_thresholds, updated_positions
 from .base import (
     Callback,
     Denoiser,
@@ -361,7 +361,7 @@ class StaticSolver:
         win = Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=self.T)
         u_star, accepted = stop_test(cfg, rho, valid, win, thr, self.spent)
         j = self.pos[B][:B]
-        below = valid & (j[None, :] < u_star[:, None])
+        below = updated_positions(cfg, valid, u_star, accepted)
         new_vals, fallback = self._update(x_cur, rhs - x_cur, valid, below, t)
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
