@@ -206,8 +206,11 @@ def test_sum_rule_accepts_the_whole_window_or_nothing():
     rho = torch.tensor([[0.1, 0.05, 0.03, 0.01]], dtype=torch.float64)  # 0.19
     spent = torch.tensor([0.1], dtype=torch.float64)
     assert stop_test(cfg, rho, win.valid, win, thr, spent)[0].tolist() == [-1]  # 0.29 <= 0.3
+    # over budget (0.31 > 0.3): this window does not reach x_0, so the states within their share 0.4 / 8 = 0.05
+    # are accepted as measured and the window moves on below them
     spent = torch.tensor([0.12], dtype=torch.float64)
-    assert stop_test(cfg, rho, win.valid, win, thr, spent)[0].tolist() == [3]  # 0.31 > 0.3
+    u_star, accepted = stop_test(cfg, rho, win.valid, win, thr, spent)
+    assert u_star.tolist() == [0] and accepted.tolist() == [[False, True, True, True]]
 
 
 def test_sum_rule_stops_later_for_a_smaller_budget(mixture):

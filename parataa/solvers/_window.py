@@ -99,12 +99,14 @@ def stop_test(
     ones just measured), so at the end every state meets the rule or is an exact step from the state above it.
 
     "sum": the whole window is accepted at once when the residual already accepted (`spent`) plus the window's
-    rho sum stays within the budget of the steps from T down to the window's bottom, sum_tol (T - lo) / T;
-    otherwise nothing is and u* is the window's top. No state is frozen with a residual while the rest still
-    moves: a small residual kept early can be amplified by expansive steps below it. An accepted window then
-    takes the method's update once more before it freezes (the caller does that): the measured iterate met the
-    budget, and the one after the update is, where the method contracts, closer still (docs/METHOD.md
-    section 9 has the measurements). x_{u*} always takes the exact step (residual 0).
+    rho sum stays within the budget of the steps from T down to the window's bottom, sum_tol (T - lo) / T; it then
+    takes the method's update once more before it freezes (the caller does that: the measured iterate met the
+    budget, the one after the update is, where the method contracts, closer still). Otherwise u* is the highest
+    state whose own residual exceeds its share sum_tol / T, and the states above it are accepted as measured, but
+    only while the window does not reach x_0 (lo > 0): such a window must freeze states to move on. The window
+    that reaches x_0 (every window when W = T) is accepted only as a whole: a small residual frozen early can be
+    amplified by expansive steps below it (docs/METHOD.md section 9 has the measurements). Either way the accepted
+    residuals add up to at most sum_tol. x_{u*} always takes the exact step (residual 0).
     """
     j = torch.arange(win.size, device=rho.device)
     if config.stop == "step":
@@ -112,7 +114,9 @@ def stop_test(
     else:
         total = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
         whole = total <= config.sum_tol * (win.num_steps - win.lo).to(rho.dtype) / win.num_steps
-        bad = valid & ~whole[:, None]
+        # a window that does not reach x_0 must freeze states to move on: those within their share of the budget
+        moving = (win.lo > 0)[:, None] & (rho <= config.sum_tol / win.num_steps)
+        bad = valid & ~whole[:, None] & ~moving
     u_star = torch.where(bad, j[None, :], torch.full_like(win.t, -1)).max(dim=1).values
     return u_star, valid & (j[None, :] > u_star[:, None])
 
@@ -124,7 +128,9 @@ def updated_positions(
     too (it takes its last update before it freezes, docs/METHOD.md section 9)."""
     j = torch.arange(valid.shape[1], device=valid.device)
     below = valid & (j[None, :] < u_star[:, None])
-    return below | accepted if config.stop == "sum" else below
+    if config.stop == "sum":
+        below = below | (accepted & (u_star < 0)[:, None])
+    return below
 
 
 @dataclass
