@@ -460,7 +460,8 @@ def main() -> None:
         return
     dev = torch.device(args.device) if args.section != "windows" else None
     data["setting"] = {k: v for k, v in vars(args).items() if k != "out"}
-    data["setting"].update(torch=torch.__version__, wall_s=time.perf_counter() - t0,
+    # the summed rule's version: since it has one, windows that do not reach x_0 freeze states within their share
+    data["setting"].update(sum_rule=2, torch=torch.__version__, wall_s=time.perf_counter() - t0,
                            device_name=data.get("device") or device_name(dev or torch.device(args.device)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(data, indent=1, default=float))

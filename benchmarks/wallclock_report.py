@@ -220,7 +220,7 @@ def _sd_section(sd: dict[str, Any]) -> list[str]:
 
 def _window_sections(w1, w2, tiny, sd, explore, summary, figdir) -> tuple[list[str], dict[str, Any]]:
     lines = ["## Window size W on the DiT-XL/2- and SD-v1.5-UNet-shaped models (random weights, fp16)", "",
-             "Per-iteration time of TAA on the Euler splitting (m = 3) at full window W: `eager` = the reference loop "
+             "Per-iteration time of the taa-euler preset at full window W: `eager` = the reference loop "
              "(its model call eager), `graphed` = the static engine's bucket W (1 GPU: whole iteration in CUDA graphs; "
              "2 GPUs: solver in CUDA graphs, the model call spread over the ranks by DistributedDenoiser over NCCL, "
              "one "
@@ -229,6 +229,12 @@ def _window_sections(w1, w2, tiny, sd, explore, summary, figdir) -> tuple[list[s
              "as listed), replayed on the large model with the static engine, iteration by iteration: the iterates "
              "of random weights solve nothing, the timing is that of the embedded solve's windows. Iterations: the "
              "embedded solves' (this run) and `benchmarks/results/iterations.jsonl`'s where present.", ""]
+    if tiny is not None and "sum_rule" not in tiny.get("setting", {}):
+        lines += ["Note: this run's embedded solves used the summed rule before a window that does not reach x_0 "
+                  "could freeze states within their share of the budget (docs/METHOD.md section 9): at W < T they "
+                  "slid one state per iteration, so their W < T window sequences, and the replays of them, are longer "
+                  "than the current rule's (the second iterations column, from iterations.jsonl, has the current "
+                  "counts). W = T is the same under both.", ""]
     choice: dict[str, Any] = {}
     seqsrc = {"xl": (tiny, "tiny-dit"), "sd": (sd, "tiny-sd")}
     figdata = {}
