@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "sha256_file",
     "atomic_write_bytes",
     "atomic_write_json",
+    "remove_stale_temporaries",
     "git_sha",
     "environment",
     "write_run",
@@ -84,12 +86,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: leave no partial temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     return hashlib.sha256(data).hexdigest()
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files atomic_write_bytes leaves when its process is killed mid-write (kill -9).
+    Call it only where no other process is writing: before a job (re)writes its own directories."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if _TEMPORARY.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> str:
@@ -283,6 +307,7 @@ def write_run(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     manifest_path = directory / "manifest.json"
     # An old manifest must not vouch for the new files while they are being written.
     if manifest_path.exists():
@@ -454,6 +479,7 @@ def write_aggregate(out_dir: str | Path, run_dirs: Iterable[str | Path], root: s
         sources.append({"path": rel, "sha256": sha256_file(d / "manifest.json")})
     if (out_dir / "manifest.json").exists():
         (out_dir / "manifest.json").unlink()
+    remove_stale_temporaries(out_dir)
     files = {}
     for t in TABLES:
         frames = [f for f in parts[t] if len(f)]
