@@ -146,6 +146,7 @@ def _run(config: Mapping[str, Any], spec: dict[str, Any], r: Mapping[str, Any]) 
 
 def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> dict[str, Any]:
     spec = _common(config, model, sampler, steps, shard)
+    spec["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
     spec["name"] = f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential"
     spec["baseline"] = None
     spec["runs"] = [
