@@ -588,6 +588,11 @@ def test_smoke_study_end_to_end_local(tmp_path):
     replan = subprocess.run([str(other), "-m", "snakemake", *args, "-n"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env=_env())  # fmt: skip
     assert "Nothing to be done" in replan.stdout + replan.stderr, replan.stdout + replan.stderr
+    changed = tmp_path / "changed.yaml"  # while a changed solver option still re-plans its jobs
+    changed.write_text(yaml.safe_dump({**smoke(), "solvers": {**smoke()["solvers"], "aa": {"history": 3}}}))
+    p_changed = snakemake(*[str(changed) if a == "config/smoke.yaml" else a for a in args], "-n")
+    counts = _job_counts(p_changed.stdout + p_changed.stderr)
+    assert counts["sample"] == 2 and "baseline" not in counts, p_changed.stdout + p_changed.stderr
 
     # Damage: a run directory deleted, a byte flipped in another run, a baseline's manifest deleted, and a
     # temporary file left by a writer killed mid-write.

@@ -44,6 +44,12 @@ print(
 )
 
 
+def canonical(spec):
+    """A job spec with every mapping's keys sorted: Snakemake compares parameters by their repr, and the order in
+    which a config file lists a model's options changes no result, so it must not re-plan a job."""
+    return json.loads(json.dumps(spec, sort_keys=True))
+
+
 def gpus_for(processes):
     """GPUs of a job with this many processes: one each on a CUDA study (device cuda:N needs GPUs 0..N to be
     visible), none on the CPU. submitit's local executor shows a job only the GPUs it asked for."""

@@ -10,7 +10,8 @@ rule noise:
         PATHS["log_noise"],
     params:
         seeds=lambda wc: ",".join(map(str, shard_seeds(wc))),
-        options=lambda wc: json.dumps(plan.model_spec(config, wc.model)["options"]),
+        # sorted: the order a config lists options in changes no noise
+        options=lambda wc: json.dumps(plan.model_spec(config, wc.model)["options"], sort_keys=True),
     localrule: True
     conda:
         "../../environment.yml"

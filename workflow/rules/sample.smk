@@ -15,7 +15,7 @@ rule baseline:
     log:
         PATHS["log_baseline"],
     params:
-        spec=lambda wc: plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard)),
+        spec=lambda wc: canonical(plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard))),
         record=lambda wc: record_path("baseline", wc),
         receipt=lambda wc: baseline_record(wc),
         folder=PATHS["submitit"],
@@ -37,8 +37,8 @@ rule sample:
     log:
         PATHS["log_sample"],
     params:
-        spec=lambda wc: plan.group_spec(
-            config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group)
+        spec=lambda wc: canonical(
+            plan.group_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group))
         ),
         record=lambda wc: record_path("group", wc),
         folder=PATHS["submitit"],
