@@ -31,6 +31,7 @@ from analysis import (
 from analysis.audit import NOT_MEASURABLE, NOT_REPRODUCED, REPRODUCED, decide, load_claims, measure
 from analysis.figures import history_order_grid, speedup_vs_gpus, window_study
 from analysis.loaders import workflow_solver_tags
+from parataa.manifest import seal
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests" / "fixtures" / "results_mini"
@@ -125,6 +126,33 @@ def test_damaged_run_does_not_exist(mini: Path, damage: str) -> None:
     assert e.value.missing == [
         f"model=gmm sampler=ddim steps=24 solver_tag={TAA}: no verified run (runs/gmm/ddim-24/{TAA}/)"
     ]
+
+
+def test_changed_schedule_coefficient_is_refused_in_strict_mode(mini: Path) -> None:
+    """Every manifest field is under the manifest's own hash: one coefficient of the schedule changed and the
+    run is rejected (the recount would otherwise use it)."""
+    run = mini / "runs" / "gmm" / "ddim-24" / TAA / "shard-0"
+    m = json.loads((run / "manifest.json").read_text())
+    m["schedule"]["alpha_in"][3] *= 1 + 1e-9
+    (run / "manifest.json").write_text(json.dumps(m, indent=2))
+    with pytest.raises(ResultError, match="manifest_sha256"):
+        verify_run(run)
+    with pytest.raises(IncompleteStudyError):
+        load_study(mini, expected=mini / "study.yaml", strict=True)
+
+
+def test_each_run_is_scaled_by_its_own_schedule(mini: Path) -> None:
+    """Two runs of one cell group with different schedules: each convergence row gets its own run's sigma_t."""
+    run = mini / "runs" / "gmm" / "ddim-24" / TAA / "shard-0"
+    m = json.loads((run / "manifest.json").read_text())
+    m["schedule"]["sigma"] = [0.5] * len(m["schedule"]["sigma"])
+    m["schedule"].pop("alpha_in")
+    (run / "manifest.json").write_text(json.dumps(seal(m)))
+    study = load_study(mini)
+    conv = with_step_scales(study.convergence, study.step_scales)
+    assert len(conv) == len(study.convergence)
+    mine = conv["run"] == f"runs/gmm/ddim-24/{TAA}/shard-0"
+    assert (conv.loc[mine, "sigma"] == 0.5).all() and (conv.loc[~mine, "sigma"] < 0.5).any()
 
 
 def test_strict_names_every_missing_cell(mini: Path) -> None:
@@ -257,8 +285,10 @@ def test_recount_by_hand() -> None:
 def test_step_scales_and_paper_threshold() -> None:
     study = load_study(MINI)
     scales = study.step_scales
+    assert set(scales["run"]) == {str(r.path.relative_to(MINI)) for r in study.runs}  # every run, its own schedule
     manifest = json.loads((CELL / TAA / "shard-0" / "manifest.json").read_text())
-    np.testing.assert_allclose(scales["sigma"].to_numpy(), manifest["schedule"]["sigma"], rtol=1e-12, atol=1e-15)
+    taa = scales[scales["run"] == f"runs/gmm/ddim-24/{TAA}/shard-0"]
+    np.testing.assert_allclose(taa["sigma"].to_numpy(), manifest["schedule"]["sigma"], rtol=1e-12, atol=1e-15)
     conv = with_step_scales(study.convergence, scales)
     thr = paper_rule(1e-3, "sigma")(conv)
     np.testing.assert_allclose(thr, 1e-3 * conv["sigma"].to_numpy())
@@ -391,9 +421,9 @@ def test_fidelity_of_iterates(mini: Path) -> None:
     np.testing.assert_allclose(last["err_max"], want, rtol=0, atol=np.finfo(np.float32).eps / 2 * 4)
     assert (last.reset_index()["iteration"].to_numpy() == stored.loc[last.index, "iterations"].to_numpy()).all()
     assert df["psnr"].isna().all()  # the mixture's state is not an image
-    # with a pixel range in the manifests (not hashed: the manifest holds the hashes) PSNR is computed
+    # with a pixel range in the manifests PSNR is computed
     for m in mini.glob("runs/*/*/*/shard-*/manifest.json"):
         d = json.loads(m.read_text())
-        m.write_text(json.dumps({**d, "pixel_range": [-3.0, 3.0]}))
+        m.write_text(json.dumps(seal({**d, "pixel_range": [-3.0, 3.0]})))  # re-sealed: its own hash matches
     psnr = fidelity_frame(load_study(mini))["psnr"]
     assert np.isfinite(psnr).any() and (psnr[np.isfinite(psnr)] > 0).all()

@@ -150,6 +150,7 @@ HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
     "threads": [(0, ["config.threads", "minimum of 1"])],
     "checkpoint_every_s": [(NAN, ["config.checkpoint_every_s", "not a finite number"])],
     "save_iterates": [(-1, ["config.save_iterates", "minimum of 0"])],
+    "fidelity_decode": [("no", ["config.fidelity_decode", "boolean"])],
     "deterministic": [("yes", ["config.deterministic", "boolean"])],
     "progress": [(1, ["config.progress", "boolean"])],
 }
@@ -198,9 +199,9 @@ def test_nan_in_solver_defaults_is_blamed_on_solver_defaults():
 
 def test_conditions_are_checked_against_each_model():
     from parataa.conditions import GMM_DEFAULT_CLASSES, check_conditions
-    from parataa.models import GaussianMixture
+    from parataa.models import GaussianMixture, registry
 
-    assert GMM_DEFAULT_CLASSES == GaussianMixture().num_classes
+    assert GMM_DEFAULT_CLASSES == GaussianMixture().num_classes == registry.GMM_OPTIONS["classes"]
     ok = {"gmm": [0, 9], "tiny-dit": [0, 9], "dit-xl-2-256": [0, 999], "tiny-sd": [3, "a digit"],
           "sd-v1-5": ["black duck"]}  # fmt: skip
     bad = {"gmm": [10, -1, "a"], "tiny-dit": [10, -1], "dit-xl-2-256": [1000, -1, "cat"], "tiny-sd": [10, "", " "],

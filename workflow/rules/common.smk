@@ -45,9 +45,10 @@ print(
 
 
 def canonical(spec):
-    """A job spec with every mapping's keys sorted: Snakemake compares parameters by their repr, and the order in
-    which a config file lists a model's options changes no result, so it must not re-plan a job."""
-    return json.loads(json.dumps(spec, sort_keys=True))
+    """A job spec (parataa.jobs.spec.JobSpec) as a plain dict with every mapping's keys sorted. Snakemake
+    compares parameters by their repr, and the order in which a config file lists a model's options changes no
+    result, so it must not re-plan a job."""
+    return json.loads(json.dumps(spec.to_dict(), sort_keys=True))
 
 
 def gpus_for(processes):

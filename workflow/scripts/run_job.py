@@ -4,12 +4,12 @@ import sys
 from pathlib import Path
 
 from parataa.jobs.launch import submit_and_wait
-from parataa.jobs.plan import absolute
+from parataa.jobs.spec import JobSpec
 from parataa.jobs.verify import job_record
 from parataa.storage import atomic_write_json
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-spec = absolute(dict(sm.params.spec))  # the cluster job may start in another directory
+spec = JobSpec.from_dict(sm.params.spec).absolute()  # the cluster job may start in another directory
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 logfile = open(sm.log[0], "a", buffering=1)  # noqa: SIM115 - open for the whole script
 
@@ -31,7 +31,7 @@ try:
         resources=sm.resources,
         folder=sm.params.folder,
         record=sm.params.record,
-        name=spec["name"].replace("/", "_"),
+        name=spec.name.replace("/", "_"),
         log=log,
     )
 except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the launcher cancelled the job; no output is written
@@ -41,6 +41,6 @@ except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the launcher cancelled the j
 # plan check it cheaply (parataa.jobs.verify). A group's record is the rule's output; a baseline's output is
 # its run's manifest, and its record lies beside the group records.
 record = job_record(
-    summary["runs_dirs"], name=spec["name"], job_id=summary.get("job_id"), wall_s=summary.get("wall_s")
+    summary["runs_dirs"], name=spec.name, job_id=summary.get("job_id"), wall_s=summary.get("wall_s")
 )
 atomic_write_json(sm.params.receipt if out.name == "manifest.json" else out, record)
