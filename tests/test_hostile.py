@@ -294,7 +294,9 @@ CLI_BAD = [
     (["sample", "--model", "gmm", "--class", "99", "--out", "OUT"], "model gmm has 10 classes"),
     (["sample", "--seed", "-3", "--out", "OUT"], "--seed: seeds must be integers 0 .. 2^63-1, got -3"),
     (["sample", "--device", "tpu", "--out", "OUT"], "--device 'tpu' is not a device"),
-    (["sample", "--out", "FILE/out"], "cannot write there"),
+    (["sample", "--out", "FILE/out"], "cannot write there (Not a directory)"),
+    (["sample", "--out", "FILE"], "cannot write there (Not a directory)"),
+    (["sample", "--out", "/proc/parataa/out"], "cannot write there"),
 ]
 
 
@@ -305,6 +307,7 @@ def test_cli_refuses_before_compute(argv, expect, tmp_path, monkeypatch, capsys)
     rc, err = _cli(argv, monkeypatch, capsys)
     assert rc == 2 and expect in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # a refused command leaves nothing behind
 
 
 def test_cli_accepts_what_it_should(capsys):

@@ -67,13 +67,25 @@ def check_device(device: str) -> None:
 
 
 def check_out_dir(path: str) -> Path:
-    """Create the output folder now and prove it writable, so a bad --out costs no solve."""
+    """Prove the output folder writable before anything is computed, leaving nothing behind: the folders that
+    do not exist yet are made, a probe file is written and removed, and so are the folders made for it (a run
+    that fails later must not leave an empty output folder)."""
     out = Path(path)
+    made: list[Path] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".parataa-write-check")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise ValueError(f"--out {path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
     return out

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     wall = time.perf_counter() - t0
 
+    out.mkdir(parents=True, exist_ok=True)
     torch.save(res.x0.cpu(), out / "x0.pt")
     files = {"x0": "x0.pt"}
     if hasattr(den, "decode"):
