@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "sha256_file",
     "atomic_write_bytes",
     "atomic_write_json",
+    "remove_stale_temporaries",
     "to_json",
     "canonical_json",
     "manifest_digest",
@@ -78,12 +80,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: leave no partial temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     return sha256_bytes(data)
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files atomic_write_bytes leaves when its process is killed mid-write (kill -9).
+    Call it only where no other process is writing: before a job (re)writes its own directories."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if _TEMPORARY.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _json_default(o: Any) -> Any:

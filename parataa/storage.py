@@ -34,6 +34,7 @@ from .manifest import (
     ManifestError,
     atomic_write_bytes,
     atomic_write_json,
+    remove_stale_temporaries,
     seal,
     sha256_file,
     to_json,
@@ -50,6 +51,7 @@ __all__ = [
     "sha256_file",
     "atomic_write_bytes",
     "atomic_write_json",
+    "remove_stale_temporaries",
     "git_sha",
     "environment",
     "write_run",
@@ -283,6 +285,7 @@ def write_run(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     manifest_path = directory / MANIFEST
     # An old manifest must not vouch for the new files while they are being written.
     if manifest_path.exists():
@@ -436,6 +439,7 @@ def write_aggregate(out_dir: str | Path, run_dirs: Iterable[str | Path], root: s
         sources.append({"path": rel, "sha256": sha256_file(d / "manifest.json")})
     if (out_dir / MANIFEST).exists():
         (out_dir / MANIFEST).unlink()
+    remove_stale_temporaries(out_dir)
     files = {}
     for t in TABLES:
         frames = [f for f in parts[t] if len(f)]

@@ -250,6 +250,21 @@ def test_dry_run(tmp_path, name, profile):
         assert counts[rule] == 1, rule
     assert f"{tmp_path}/reports/{cfg['study']}/audit.html" in out
     assert f"executor={profile}" in out  # WHERE comes from the profile
+    # each job asks for what it uses: a baseline one process (one GPU on a CUDA study), a group world_size
+    gpu = 1 if cfg["device"].startswith("cuda") else 0
+    assert _rule_resources(out) == {
+        "baseline": {(1, gpu)},
+        "sample": {(cfg["world_size"], gpu * cfg["world_size"])},
+    }
+
+
+def _rule_resources(text: str) -> dict[str, set[tuple[int, int]]]:
+    """(tasks_per_node, gpus_per_node) of every baseline and sample job a dry run lists."""
+    out: dict[str, set[tuple[int, int]]] = {}
+    for rule, body in re.findall(r"^(?:local)?rule (baseline|sample):\n((?: {4}.*\n)+)", text, re.M):
+        m = re.search(r"tasks_per_node=(\d+), gpus_per_node=(\d+)", body)
+        out.setdefault(rule, set()).add((int(m.group(1)), int(m.group(2))))
+    return out
 
 
 def test_configs_the_audit_points_to_exist_and_have_its_settings():
@@ -405,6 +420,42 @@ def test_finished_runs_are_not_redone_and_corrupt_ones_are(tmp_path, monkeypatch
     after = storage.load_run(b)  # truncated: redone, verifies again, same numbers
     np.testing.assert_array_equal(before.trajectory, after.trajectory)
     assert after.manifest["created"] >= before.manifest["created"]
+
+
+def test_job_records_find_deleted_touched_and_corrupt_runs(tmp_path):
+    from parataa.jobs import verify
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
+    _prepare(cfg)
+    ShardJob()(spec)
+    a, b = (Path(r.dir) for r in spec.runs)
+    rec = tmp_path / "group-0.json"
+    storage.atomic_write_json(rec, verify.job_record([a, b], name="g"))
+    assert verify.check_record(rec) == []
+    os.utime(a / "samples.parquet", ns=(0, 0))  # touched (copied without -p): re-hashed, still intact
+    assert verify.check_record(rec) == []
+    raw = bytearray((b / "convergence.parquet").read_bytes())
+    raw[-20] ^= 1
+    (b / "convergence.parquet").write_bytes(bytes(raw))
+    (problem,) = verify.check_record(rec)
+    assert problem.startswith(f"{b}: sha256 mismatch for convergence.parquet") and "corrupt" in problem
+    base_manifest = Path(spec.baseline) / "manifest.json"
+    base_rec = tmp_path / "baseline.json"
+    storage.atomic_write_json(base_rec, verify.job_record([spec.baseline]))
+    lines = verify.invalidate_damaged([(base_manifest, base_rec)], [rec, tmp_path / "group-1.json"])
+    assert not rec.exists() and base_manifest.exists()  # only the damaged job's output goes
+    assert lines == [f"[verify] job group {rec}: {problem}; the job is planned again"]
+    shutil.rmtree(spec.baseline)
+    assert "no manifest.json (the run is missing" in verify.check_record(base_rec)[0]
+    rec_a = tmp_path / "a.json"
+    storage.atomic_write_json(rec_a, verify.job_record([a]))
+    from parataa.manifest import seal
+
+    manifest = json.loads((a / "manifest.json").read_text())  # another valid manifest, sealed with its own hash
+    (a / "manifest.json").write_text(json.dumps(seal({**manifest, "created": "2000-01-01T00:00:00Z"})))
+    (problem,) = verify.check_record(rec_a)  # every file still verifies, but this is not the manifest the job wrote
+    assert "differs from the one the job wrote" in problem
 
 
 def test_errors_against_the_sequential_baseline(tmp_path):
@@ -613,6 +664,12 @@ def test_executor_parameters_come_from_resources():
     assert p["gpus_per_node"] == 8 and p["tasks_per_node"] == 8 and p["cpus_per_task"] == 4
     assert p["timeout_min"] == 240 and p["mem_gb"] == 62 and p["slurm_signal_delay_s"] == 180
     assert p["slurm_additional_parameters"] == {"constraint": "h100", "exclusive": "user"}
+    paper = validate_config(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()))
+    base = plan.baseline_spec(paper, "dit-xl-2-256", "ddim", 25, 0)
+    assert base.world_size == 1 and plan.group_spec(paper, "dit-xl-2-256", "ddim", 25, 0, 0).world_size == 8
+    rb = {**r, "tasks_per_node": 1, "gpus_per_node": 1}
+    p = executor_params("slurm", rb, world_size=base.world_size, threads=base.threads, name="baseline")
+    assert p["tasks_per_node"] == 1 and p["gpus_per_node"] == 1
     local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, world_size=1, threads=1, name="job")
     assert "gpus_per_node" not in local and not any(k.startswith("slurm_") for k in local)
     with pytest.raises(ValueError, match="resources.executor"):
@@ -665,18 +722,67 @@ def _check_smoke_analysis(root: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_study_end_to_end_local(tmp_path):
+    """The smoke study in a results path with a space (every shell command quotes it), then on the same results:
+    re-planned from another interpreter path (nothing to do), and three kinds of damage found and repaired."""
     t0 = time.time()
-    dirs = [f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures"]
-    p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", *dirs)
+    root = tmp_path / "my results"
+    dirs = [f"results_dir={root}", f"reports_dir={root}/reports", f"figures_dir={root}/figures"]
+    args = ["--profile", "local", "--configfile", "config/smoke.yaml", "--config", *dirs]
+    p = snakemake(*args)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-5000:]
-    _check_smoke_results(tmp_path)
-    _check_smoke_analysis(tmp_path)
+    _check_smoke_results(root)
+    _check_smoke_analysis(root)
     assert re.search(r"\[parataa\] smoke/gmm/ddpm-25/shard-0/group-0: run 6/6 picard", out)  # per-shard status
     assert "[launch]" in out and "FINISHED" in out
     print(f"smoke study (local profile): {time.time() - t0:.1f} s")
-    again = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", *dirs)
-    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # Another path to the same interpreter (as after venv -> conda, or `python -m snakemake`): nothing to redo.
+    (tmp_path / "env").symlink_to(sys.prefix)
+    other = tmp_path / "env" / Path(sys.executable).relative_to(sys.prefix)
+    replan = subprocess.run([str(other), "-m", "snakemake", *args, "-n"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=_env())  # fmt: skip
+    assert "Nothing to be done" in replan.stdout + replan.stderr, replan.stdout + replan.stderr
+    changed = tmp_path / "changed.yaml"  # while a changed solver option still re-plans its jobs
+    changed.write_text(yaml.safe_dump({**smoke(), "solvers": {**smoke()["solvers"], "aa": {"history": 3}}}))
+    p_changed = snakemake(*[str(changed) if a == "config/smoke.yaml" else a for a in args], "-n")
+    counts = _job_counts(p_changed.stdout + p_changed.stderr)
+    assert counts["sample"] == 2 and "baseline" not in counts, p_changed.stdout + p_changed.stderr
+
+    # Damage: a run directory deleted, a byte flipped in another run, a baseline's manifest deleted, and a
+    # temporary file left by a writer killed mid-write.
+    runs = root / "smoke" / "runs" / "gmm"
+    gone = runs / "ddim-25" / "taa_m2_k25_w25_tol1e-3" / "shard-0"
+    flipped = runs / "ddpm-25" / "fp_w25_tol1e-3" / "shard-0"
+    base = runs / "ddpm-25" / "sequential" / "shard-0"
+    before = {d: storage.load_run(d).x0 for d in (gone, flipped, base)}
+    shutil.rmtree(gone)
+    traj = flipped / "trajectory.safetensors"
+    raw = bytearray(traj.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    traj.write_bytes(bytes(raw))
+    (base / "manifest.json").unlink()
+    (flipped / ".samples.parquet.tmp4242").write_text("left by a killed writer")
+    plan_ = snakemake(*args, "-n")
+    text = plan_.stdout + plan_.stderr
+    assert plan_.returncode == 0, text
+    jobs = root / "smoke" / "jobs" / "gmm"
+    assert f"[verify] job group {jobs}/ddim-25/shard-0/group-0.json: {gone}: no manifest.json" in text, text
+    assert f"[verify] job group {jobs}/ddpm-25/shard-0/group-0.json: {flipped}: sha256 mismatch for trajectory" in text
+    assert f"Missing output files: {base}/manifest.json" in text
+    assert _job_counts(text)["baseline"] == 1 and _job_counts(text)["sample"] == 2
+
+    repair = snakemake("--until", "aggregate", *args)  # the analysis' rerun is tested above
+    out = repair.stdout + repair.stderr
+    assert repair.returncode == 0, out[-5000:]
+    assert "5 already done" in out and f"removed {flipped}/.samples.parquet.tmp4242" in out
+    _check_smoke_results(root)
+    for d, x0 in before.items():
+        np.testing.assert_array_equal(storage.load_run(d).x0, x0)  # recomputed, bit for bit
+    assert not list(flipped.glob(".*.tmp*"))
+    final = snakemake("--until", "aggregate", "-n", *args)
+    text = final.stdout + final.stderr
+    assert "Nothing to be done" in text or re.search(r"^total\s+0$", text, re.M), text  # no job left
 
 
 def _stored_runs(results: Path) -> dict[str, storage.Run]:
@@ -702,7 +808,8 @@ def test_smoke_study_with_two_processes_equals_one_bitwise(tmp_path):
     timing = ["wall_s", "model_s", "solver_s", "comm_s"]
     for name, one in stored[1].items():
         two = stored[2][name]
-        assert two.manifest["world_size"] == 2 and two.manifest["config"]["world_size"] == 2, name
+        w = 1 if "/sequential/" in name else 2  # the sequential baseline is one process at every world size
+        assert two.manifest["world_size"] == w and two.manifest["config"]["world_size"] == w, name
         np.testing.assert_array_equal(one.trajectory, two.trajectory, err_msg=name)
         np.testing.assert_array_equal(one.x0, two.x0, err_msg=name)
         if one.iterates is not None:
@@ -778,7 +885,7 @@ SLURM_RES = {"executor": "slurm", "runtime": 10, "gpus_per_node": 1, "poll_s": 2
 @pytest.mark.slow
 @slurm
 def test_smoke_study_through_slurm_profile(tmp_path):
-    # the users' command, unchanged: every job asks for a whole node's 8 (fake) GPUs
+    # the users' command, unchanged (a CPU study: its jobs ask for processes and no GPU; SLURM is checked first)
     dirs = [f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures"]
     p = snakemake("--profile", "slurm", "--configfile", "config/smoke.yaml", "--config", *dirs)
     out = p.stdout + p.stderr

@@ -16,6 +16,7 @@ from ..noise import draw_noise
 from ..schedules import Schedule, from_diffusers_config
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
+from . import _checks
 from ._solver_options import add_solver_arguments, solver_config
 
 
@@ -71,12 +72,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any]]:
+    """Every value checked before a model is built or a step solved: (solver names, seeds, conditions)."""
+    from ..conditions import MODELS, is_class_conditional
+
+    names = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"--solvers names no solver; choose from {','.join(SOLVER_NAMES)}")
+    for s in names:
+        if s not in SOLVER_NAMES:
+            raise ValueError(f"--solvers: unknown solver {s!r}; choose from {','.join(SOLVER_NAMES)}")
+        try:
+            solver_config(s, args)
+        except ValueError as e:  # name the flag: "abs_tol must be ..." comes from --abs-tol
+            raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
+    if args.model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
+    _checks.check_steps(args.steps)
+    try:
+        seeds = _int_list(args.seeds)
+    except ValueError:
+        raise ValueError(f"--seeds: expected integers or ranges such as 0-7 or 1,5,9, got {args.seeds!r}") from None
+    _checks.check_seeds(seeds)
+    _checks.check_number("--cfg-scale", args.cfg_scale)
+    options = None
+    if args.model == "gmm":
+        for flag, v in (("--dim", args.dim), ("--classes", args.classes)):
+            if v < 1:
+                raise ValueError(f"{flag} must be an integer >= 1, got {v}")
+        if not (math.isfinite(args.spread) and args.spread > 0):
+            raise ValueError(f"--spread must be a finite number > 0, got {args.spread}")
+        _checks.check_seeds([args.gmm_seed], "--gmm-seed")
+        options = {"classes": args.classes}
+    conds = _conditions(args.conditions, len(seeds), numeric=is_class_conditional(args.model))
+    _checks.check_conditions(args.model, conds, "--conditions", options)
+    _checks.check_device(args.device)
+    return names, seeds, conds
+
+
 def _conditions(text: str | None, n: int, numeric: bool) -> list[Any]:
     if text is None:
         return list(range(n)) if numeric else ["a handwritten digit"] * n
     parts = [s.strip() for s in text.split("|" if not numeric else ",")]
     if numeric:
-        vals: list[Any] = [int(s) for s in parts]
+        try:
+            vals: list[Any] = [int(s) for s in parts]
+        except ValueError:
+            raise ValueError(f"--conditions: class labels must be integers, got {text!r}") from None
     else:
         vals = parts
     if len(vals) == 1:
@@ -92,7 +134,7 @@ def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, .
         from ..models.gmm import GaussianMixture, GaussianMixtureDenoiser
 
         mix = GaussianMixture(args.dim, args.classes, args.spread, args.gmm_seed)
-        labels = [c % args.classes for c in _conditions(args.conditions, n, numeric=True)]
+        labels = _conditions(args.conditions, n, numeric=True)  # in range: check_args
         den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
         sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
         return den, sched, (args.dim,)
@@ -136,13 +178,7 @@ def _solve_one(name: str, args: argparse.Namespace, den, sched: Schedule, noise,
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    for s in names:
-        if s not in SOLVER_NAMES:
-            raise ValueError(f"--solvers: unknown solver {s!r}; choose from {','.join(SOLVER_NAMES)}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    seeds = _int_list(args.seeds)
+    names, seeds, _ = check_args(args)
     den, sched, shape = build(args, len(seeds))
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
     seq = _solve_one("sequential", args, den, sched, noise, None)

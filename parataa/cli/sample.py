@@ -14,6 +14,7 @@ import torch
 from ..noise import draw_noise
 from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
+from . import _checks
 from ._solver_options import add_solver_arguments, solver_config
 
 
@@ -51,6 +52,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> tuple[Any, Path]:
+    """Every value checked before a model is built or a step solved: (the condition, the output folder)."""
+    from ..conditions import MODELS, is_class_conditional
+
+    if args.model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
+    _checks.check_steps(args.steps)
+    _checks.check_seeds([args.seed], "--seed")
+    _checks.check_number("--cfg-scale", args.cfg_scale)
+    if args.dtype is not None and args.dtype not in _checks.DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(_checks.DTYPES)}, got {args.dtype!r}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be an integer >= 1, got {args.chunk_size}")
+    try:
+        solver_config(args.solver, args)
+    except ValueError as e:  # name the flag: "abs_tol must be ..." comes from --abs-tol
+        raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
+    cond = _condition(args, is_class_conditional(args.model))
+    _checks.check_conditions(args.model, [cond], "--class" if args.label is not None else "--prompt")
+    _checks.check_device(args.device)
+    return cond, _checks.check_out_dir(args.out)
+
+
 def _condition(args: argparse.Namespace, class_conditional: bool) -> Any:
     if class_conditional:
         if args.prompt is not None:
@@ -60,7 +84,9 @@ def _condition(args: argparse.Namespace, class_conditional: bool) -> Any:
         if args.model == "tiny-sd":
             return args.label  # the registry turns a digit into its training prompt
         raise ValueError(f"--class: model {args.model} is text-conditional; pass --prompt TEXT instead")
-    return args.prompt if args.prompt is not None else ""
+    if args.prompt is None:
+        raise ValueError(f"--prompt: model {args.model} is text-conditional; pass --prompt TEXT")
+    return args.prompt
 
 
 def _write_table(df: Any, path: Path) -> Path:
@@ -76,10 +102,8 @@ def _write_table(df: Any, path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from ..models.registry import build_denoiser, default_cfg_scale, is_class_conditional
 
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    cond, out = check_args(args)
     class_conditional = is_class_conditional(args.model)
-    cond = _condition(args, class_conditional)
     cfg_scale = default_cfg_scale(args.model) if args.cfg_scale is None else args.cfg_scale
     den, spec = build_denoiser(
         args.model,
@@ -114,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     wall = time.perf_counter() - t0
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(res.x0.cpu(), out / "x0.pt")
     files = {"x0": "x0.pt"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,35 @@ def _messages(schema: dict[str, Any], errors: list[Any]) -> list[str]:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msgs.append(f"{where}: {e.instance!r} is not one of {e.validator_value}{hint}")
             continue
-        desc = e.schema.get("description") if isinstance(e.schema, dict) else None
-        msgs.append(f"{where}: {e.message}" + (f" ({desc})" if desc else ""))
+        desc = _description(schema, e)
+        if e.validator == "pattern":
+            msgs.append(f"{where}: {e.instance!r} does not match the allowed form: {desc or e.validator_value}")
+        elif e.validator in ("anyOf", "oneOf"):
+            msgs.append(f"{where}: {e.instance!r} is not allowed; {desc}" if desc else f"{where}: {e.message}")
+        else:
+            msgs.append(f"{where}: {e.message}" + (f" ({desc})" if desc else ""))
     return msgs
+
+
+def _description(schema: dict[str, Any], e: Any) -> str | None:
+    """The description of the schema node that failed, else of the property it belongs to."""
+    for node in (e.schema, *(c.schema for c in (e.parent,) if c is not None)):
+        if isinstance(node, dict):
+            node = _resolve(schema, node)
+            if node.get("description"):
+                return str(node["description"])
+    return None
+
+
+def _leaf(e: Any) -> Any:
+    """anyOf/oneOf failures report the whole alternative set; descend to the error at the deepest path (the
+    list element or option that failed), and stop at the node where every alternative failed at once."""
+    while e.validator in ("anyOf", "oneOf") and e.context:
+        best = max(e.context, key=lambda c: len(c.absolute_path))
+        if len(best.absolute_path) <= len(e.absolute_path):
+            break
+        e = best
+    return e
 
 
 def _with_defaults(validator_class: Any) -> Any:
@@ -76,7 +103,12 @@ def _with_defaults(validator_class: Any) -> Any:
                     instance[name] = copy.deepcopy(sub["default"])
         yield from validate_props(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
+    # An integer field takes Python ints only: 25.0 would pass JSON Schema's integer test and then break the
+    # job (seeds on a command line, step counts in paths).
+    checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    return validators.extend(validator_class, {"properties": set_defaults}, type_checker=checker)
 
 
 def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,16 +118,10 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
     schema = schema or load_schema()
     cfg = copy.deepcopy(dict(config))
     v = _with_defaults(Draft7Validator)(schema)
-    errors = sorted(v.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
-    # anyOf failures report the whole alternative set; show the deepest, most specific cause instead.
-    flat = []
-    for e in errors:
-        if e.validator in ("anyOf", "oneOf") and e.context:
-            best = max(e.context, key=lambda c: len(c.absolute_path))
-            flat.append(best if len(best.absolute_path) > len(e.absolute_path) else e)
-        else:
-            flat.append(e)
-    msgs = _messages(schema, flat)
+    msgs = _matrix_size(cfg, schema)  # first: validating 200,000 seeds alone takes seconds
+    if not msgs:
+        errors = sorted(v.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+        msgs = _messages(schema, [_leaf(e) for e in errors]) + _non_finite(cfg)
     if not msgs:
         msgs = _semantic(cfg)
     if msgs:
@@ -103,7 +129,56 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
     return cfg
 
 
+def _non_finite(cfg: Any, path: tuple[Any, ...] = ()) -> list[str]:
+    """NaN and infinities pass JSON Schema's minimum/maximum tests; no field of a study takes them. Named at the
+    field where they are written (solver_defaults, not the solver that inherits them)."""
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        return [f"{_where(path)}: {cfg!r} is not a finite number"]
+    if isinstance(cfg, Mapping):
+        return [m for k, v in cfg.items() for m in _non_finite(v, (*path, k))]
+    if isinstance(cfg, list):
+        return [m for i, v in enumerate(cfg) for m in _non_finite(v, (*path, i))]
+    return []
+
+
+def _matrix_size(cfg: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Refuse a study whose plan would be too large for Snakemake (minutes and GBs to build the DAG) before
+    anything is validated or expanded. Counts are upper bounds from the list lengths alone (grid points that
+    coincide are counted once only after expansion). Values of the wrong type are left to the schema."""
+    default = {k: schema["properties"][k]["default"] for k in ("seeds_per_shard", "runs_per_job", "max_jobs")}
+    get = {k: cfg.get(k, d) for k, d in default.items()}
+    lists = [cfg.get(k) for k in ("seeds", "models", "samplers", "steps")]
+    solvers = cfg.get("solvers")
+    if not (all(isinstance(v, int) and v >= 1 for v in get.values()) and all(isinstance(v, list) for v in lists)):
+        return []
+    if not isinstance(solvers, dict) or not all(isinstance(b, dict) or b is None for b in solvers.values()):
+        return []
+    limit = get["max_jobs"]
+    n_shards = -(-len(cfg["seeds"]) // get["seeds_per_shard"])
+    per_shard = len(cfg["models"]) * len(cfg["samplers"])
+    runs = 1
+    for block in solvers.values():
+        runs_block = 1
+        for v in (block or {}).values():
+            runs_block *= len(v) if isinstance(v, list) else 1
+        runs += runs_block
+    groups = -(-(runs - 1) // get["runs_per_job"])
+    jobs = n_shards * per_shard * len(cfg["steps"]) * (1 + groups)
+    if jobs <= limit:
+        return []
+    cfg = {**cfg, **get}
+    return [
+        f"config: the study plans up to {jobs:,} jobs, above max_jobs = {limit:,}: {n_shards:,} seed shard(s) "
+        f"({len(cfg['seeds']):,} seeds, seeds_per_shard {cfg['seeds_per_shard']}) x {per_shard} model/sampler "
+        f"pair(s) x {len(cfg['steps'])} step count(s) x {1 + groups} job(s) (the baseline and {groups} group(s) "
+        f"of up to runs_per_job = {cfg['runs_per_job']} of {runs - 1} solver cells). Snakemake takes minutes and "
+        f"GBs to plan 100,000 jobs: raise seeds_per_shard or runs_per_job, or set max_jobs: {jobs} in the config "
+        f"(or --config max_jobs={jobs}) if you mean it"
+    ]
+
+
 def _semantic(cfg: dict[str, Any]) -> list[str]:
+    from ..conditions import check_conditions
     from .plan import solver_runs
 
     msgs = []
@@ -111,24 +186,8 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
     for n in sorted({n for n in names if names.count(n) > 1}):
         msgs.append(f"config.models: model {n!r} listed twice; list each model once")
     for i, m in enumerate(cfg["models"]):
-        if m["name"] == "gmm":
-            bad = [c for c in m["conditions"] if not isinstance(c, int)]
-            if bad:
-                msgs.append(f"config.models[{i}].conditions: gmm takes class labels (integers), got {bad}")
-            if m["name"] == "gmm" and m["options"].get("classes") is not None:
-                if not isinstance(m["options"]["classes"], int) or m["options"]["classes"] < 1:
-                    msgs.append(
-                        f"config.models[{i}].options.classes: must be an integer >= 1, got {m['options']['classes']!r}"
-                    )
-            unknown = sorted(set(m["options"]) - {"dim", "classes", "spread", "seed"})
-            for k in unknown:
-                close = difflib.get_close_matches(k, ["dim", "classes", "spread", "seed"], n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else "; allowed: dim, classes, spread, seed"
-                msgs.append(f"config.models[{i}].options.{k}: unknown gmm option{hint}")
-        elif set(m["options"]) - {"sample_shape"}:
-            msgs.append(
-                f"config.models[{i}].options: {m['name']} takes only 'sample_shape' here, got {sorted(m['options'])}"
-            )
+        for problem in check_conditions(m["name"], m["conditions"], m["options"]):
+            msgs.append(f"config.models[{i}].conditions{problem}")
     for steps in cfg["steps"]:
         try:
             solver_runs(cfg, steps)

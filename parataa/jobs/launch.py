@@ -15,14 +15,22 @@ size come from the rule's Snakemake `resources`, which the profile sets (local/c
 Re-attachment: the submitit job id is stored in `record` (a JSON file beside the rule's output, not the output
 itself, which Snakemake deletes before a rerun) together with a hash of the spec and the executor parameters.
 A driver restarted after a crash finds the record and, if that SLURM job is still queued or running (or has
-finished with a result), waits on it instead of submitting a duplicate. Ctrl-C / SIGTERM of the driver cancel
-the job; a hard kill of the driver (SIGKILL, lost login session) leaves it running for the next driver.
+finished with a result), waits on it instead of submitting a duplicate.
+
+Cancellation. SIGINT / SIGTERM of this launcher cancel its job (Snakemake passes SIGINT on to its rule jobs:
+parataa.jobs.preflight.forward_interrupts). The handlers are installed before the job starts, so that a local
+job's processes do not inherit an ignored SIGINT (a POSIX shell starts `snakemake ... &` with SIGINT ignored,
+and submitit cancels a local job with SIGINT); a local job that still does not stop within seconds is killed.
+When the Snakemake process itself disappears (SIGKILL, lost login session), the launcher notices within two
+seconds: it cancels a local job (nothing could re-attach to it) and leaves a SLURM job running for the next
+driver to re-attach to; either way it writes no output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -33,6 +41,7 @@ from typing import Any
 
 import submitit
 
+from . import preflight
 from .shard import ShardJob
 from .spec import JobSpec
 
@@ -162,6 +171,42 @@ class _Follower:
             pass
 
 
+def _cancel_job(job: Any, kind: str, log: Callable[[str], None], grace_s: float = 5.0) -> None:
+    """Cancel a job and, for a local one, make sure its processes are gone: submitit's cancel sends SIGINT to
+    the local controller, which a process started with SIGINT ignored (inherited from a shell's background job)
+    never sees; the job's own processes also ignore SIGTERM (submitit keeps it for SLURM's preemption notice)."""
+    job.cancel(check=False)
+    if kind != "local":
+        return
+    proc = getattr(job, "_process", None)
+    if proc is None:
+        return
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < grace_s:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        tasks = preflight.children(proc.pid)
+        log(f"[launch] job {job.job_id} ignored the interrupt: killing its processes {[proc.pid, *tasks]}")
+        for pid in tasks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.kill()
+        proc.wait()
+
+
+def _remove_stale_temporaries(spec: JobSpec, log: Callable[[str], None]) -> None:
+    """Temporary files left in the job's run and state directories by a writer killed mid-write (kill -9): the
+    job about to start is the only writer there."""
+    from ..storage import remove_stale_temporaries
+
+    for run in spec.runs:
+        for d in (Path(run.dir), spec.state_path(run).parent):
+            for p in remove_stale_temporaries(d):
+                log(f"[launch] removed {p}: a temporary file left by an interrupted write")
+
+
 def submit_and_wait(
     spec: JobSpec | Mapping[str, Any],
     *,
@@ -172,12 +217,16 @@ def submit_and_wait(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ShardJob()(spec) on the executor the resources name; block until it ends; return its summary.
-    Raises submitit's FailedJobError / UncompletedJobError when the job fails or is cancelled."""
+    Raises submitit's FailedJobError / UncompletedJobError when the job fails or is cancelled, KeyboardInterrupt
+    on SIGINT / SIGTERM (the job is cancelled), and RuntimeError when the Snakemake process that started this
+    launcher (preflight.DRIVER_ENV) disappears: a local job is cancelled then, a SLURM job is left running for
+    the next Snakemake to re-attach to."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     spec = JobSpec.coerce(spec)
     r = _res(resources)
     kind = str(r.get("executor", "local") or "local")
     if kind == "inline":
+        _remove_stale_temporaries(spec, log)
         return ShardJob()(spec)
     params = executor_params(kind, r, world_size=spec.world_size, threads=spec.threads, name=name)
     jobs_folder = str(Path(folder) / "%j")
@@ -185,42 +234,53 @@ def submit_and_wait(
     ex.update_parameters(**params)
     key = spec_key(spec, params)
     record = Path(record) if record else None
-    job = _reattach(record, key, jobs_folder, log) if (record and kind == "slurm") else None
-    if job is not None:
-        log(f"[launch] {name}: re-attached to SLURM job {job.job_id} (from {record})")
-    else:
-        job = ex.submit(ShardJob(), spec.to_dict())  # the spec travels as a plain dict
-        if record:
-            from ..storage import atomic_write_json
+    driver = int(os.environ.get(preflight.DRIVER_ENV, "0") or 0)
 
-            atomic_write_json(
-                record,
-                {
-                    "job_id": str(job.job_id),
-                    "executor": kind,
-                    "key": key,
-                    "name": name,
-                    "folder": str(Path(folder).resolve()),
-                },
-            )
-        log(f"[launch] {name}: submitted {kind} job {job.job_id}")
-
+    held: dict[str, Any] = {"job": None}
     cancelled = threading.Event()
 
     def _cancel(signum, frame):  # noqa: ARG001
+        if cancelled.is_set():  # Ctrl-C reaches this process both from the terminal and from Snakemake
+            return
         cancelled.set()
-        job.cancel(check=False)
-        raise KeyboardInterrupt(f"signal {signum}: cancelled job {job.job_id}")
+        if held["job"] is not None:
+            _cancel_job(held["job"], kind, log)
+        raise KeyboardInterrupt(f"signal {signum}: cancelled job {getattr(held['job'], 'job_id', None)}")
 
+    # The handlers go in before the job starts: a local job's processes inherit ignored signals from this one
+    # (a POSIX shell starts `snakemake ... &` with SIGINT ignored), but not handlers.
     main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, _cancel) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    poll = float(r.get("poll_s", 0) or (15 if kind == "slurm" else 1))
-    follow = _Follower(job, name, log)
     try:
+        job = _reattach(record, key, jobs_folder, log) if (record and kind == "slurm") else None
+        if job is not None:
+            log(f"[launch] {name}: re-attached to SLURM job {job.job_id} (from {record})")
+        else:
+            _remove_stale_temporaries(spec, log)
+            job = ex.submit(ShardJob(), spec.to_dict())  # the spec travels as a plain dict
+            if record:
+                from ..storage import atomic_write_json
+
+                atomic_write_json(
+                    record,
+                    {
+                        "job_id": str(job.job_id),
+                        "executor": kind,
+                        "key": key,
+                        "name": name,
+                        "folder": str(Path(folder).resolve()),
+                    },
+                )
+            log(f"[launch] {name}: submitted {kind} job {job.job_id}")
+        held["job"] = job
+        poll = float(r.get("poll_s", 0) or (15 if kind == "slurm" else 1))
+        follow = _Follower(job, name, log)
         last_force = time.monotonic()
         while not job.done():
             follow.step()
             time.sleep(min(poll, 2.0))
+            if driver and not preflight.alive(driver):
+                _driver_gone(job, kind, driver, name, log)
             if kind == "slurm" and time.monotonic() - last_force >= poll:
                 _force_state(job)  # a cancelled or killed job writes no result: ask sacct, not just the file
                 last_force = time.monotonic()
@@ -228,8 +288,9 @@ def submit_and_wait(
         # every process of a multi-process job returns the same summary; rank 0 is the one that stored the runs
         result = job.results()[0]
     except KeyboardInterrupt:
-        if not cancelled.is_set():
-            job.cancel(check=False)
+        if held["job"] is not None and not cancelled.is_set():
+            cancelled.set()
+            _cancel_job(held["job"], kind, log)
         raise
     finally:
         for s, h in old.items():
@@ -237,3 +298,15 @@ def submit_and_wait(
     if record and record.exists():
         record.unlink()
     return result
+
+
+def _driver_gone(job: Any, kind: str, driver: int, name: str, log: Callable[[str], None]) -> None:
+    if kind == "slurm":
+        log(
+            f"[launch] {name}: snakemake (pid {driver}) is gone; SLURM job {job.job_id} keeps running and the next "
+            "snakemake re-attaches to it"
+        )
+        raise RuntimeError(f"snakemake (pid {driver}) is gone; left SLURM job {job.job_id} running")
+    log(f"[launch] {name}: snakemake (pid {driver}) is gone; cancelling {kind} job {job.job_id}")
+    _cancel_job(job, kind, log)
+    raise RuntimeError(f"snakemake (pid {driver}) is gone; cancelled {kind} job {job.job_id}")

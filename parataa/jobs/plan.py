@@ -150,6 +150,7 @@ def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: in
     seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()}
     common = _common(config, model, sampler, steps, shard)
     common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
+    common["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
     return JobSpec(
         name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential",
         baseline=None,

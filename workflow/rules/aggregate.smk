@@ -10,10 +10,9 @@ rule aggregate:
     log:
         PATHS["log_aggregate"],
     params:
-        py=PYTHON,
         out=lambda wc, output: str(Path(output[0]).parent),
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "{params.py} -m parataa.jobs aggregate {params.out} {input} > {log} 2>&1"
+        '"$PARATAA_PYTHON" -m parataa.jobs aggregate {params.out:q} {input:q} > {log:q} 2>&1'

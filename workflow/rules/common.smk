@@ -1,16 +1,23 @@
 # Config validation and the study matrix. All bookkeeping lives in parataa.jobs.plan (tested on its own).
 import copy
 import json
-import shlex
+import os
 import sys
 from pathlib import Path
 
-from parataa.jobs import plan
+from parataa.jobs import plan, preflight, verify
 from parataa.jobs.config import ConfigError, load_schema, validate_config
 
 # The interpreter running Snakemake (a venv's or conda env's) runs the rules' Python commands too, also when
-# snakemake was started as .venv/bin/snakemake without activating the environment.
-PYTHON = shlex.quote(sys.executable)
+# snakemake was started as .venv/bin/snakemake without activating the environment. Shell commands name it as
+# "$PARATAA_PYTHON", an environment variable the shell expands when the job runs: it is neither a parameter nor
+# part of a rule's code, so running Snakemake from another interpreter (venv -> conda, `python -m snakemake`)
+# does not re-plan the study. Every placeholder of a shell command is quoted (:q).
+os.environ["PARATAA_PYTHON"] = sys.executable
+
+
+envvars:
+    "PARATAA_PYTHON",
 
 
 # The Snakefile's `configfile: "config/study.yaml"` is loaded even when --configfile names another study, and
@@ -26,6 +33,8 @@ except ConfigError as e:
 PATHS = plan.paths(config)
 TARGETS = plan.targets(config)
 AGGREGATE = PATHS["aggregate"]
+# A baseline's record (the runs it made, verified, with sizes and mtimes) lies beside its shard's group records.
+BASELINE_RECORD = str(Path(PATHS["group"]).parent / "baseline.json")
 _n = plan.count(config)
 print(
     f"study {config['study']}: {len(config['models'])} model(s) x {len(config['samplers'])} sampler(s) x "
@@ -33,6 +42,76 @@ print(
     f"{_n['runs']} runs in {_n['jobs']} jobs -> {config['results_dir']}/{config['study']}/",
     file=sys.stderr,
 )
+
+
+def canonical(spec):
+    """A job spec (parataa.jobs.spec.JobSpec) as a plain dict with every mapping's keys sorted. Snakemake
+    compares parameters by their repr, and the order in which a config file lists a model's options changes no
+    result, so it must not re-plan a job."""
+    return json.loads(json.dumps(spec.to_dict(), sort_keys=True))
+
+
+def gpus_for(processes):
+    """GPUs of a job with this many processes: one each on a CUDA study (device cuda:N needs GPUs 0..N to be
+    visible), none on the CPU. submitit's local executor shows a job only the GPUs it asked for."""
+    device = str(config["device"])
+    if not device.startswith("cuda"):
+        return 0
+    return max(processes, int(device.split(":")[1]) + 1 if ":" in device else 1)
+
+
+def baseline_record(wc):
+    return BASELINE_RECORD.format(model=wc.model, sampler=wc.sampler, steps=wc.steps, shard=wc.shard)
+
+
+def baseline_records():
+    """(manifest, record) of every baseline job of the study."""
+    n_shards = len(plan.shards(config))
+    for m in config["models"]:
+        for steps in config["steps"]:
+            for k in range(n_shards):
+                for sampler in config["samplers"]:
+                    w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
+                    yield PATHS["baseline"].format(**w), BASELINE_RECORD.format(**w)
+
+
+# Snakemake sees only declared outputs: a finished job whose run directories were deleted or damaged since would
+# count as done. Verify them first (cheap: sizes and mtimes against the job's record, full hashes where they
+# changed) and remove the output of any job that no longer holds, so it is planned again (parataa.jobs.verify).
+for _line in verify.invalidate_damaged(baseline_records(), TARGETS["group"]):
+    print(_line, file=sys.stderr)
+
+# Ctrl-C and `kill -INT` reach the rule jobs, whose launchers cancel their jobs; the launchers also watch this
+# process and cancel local jobs if it disappears. A lock left by a Snakemake killed hard is named as such.
+preflight.forward_interrupts()
+_stale = preflight.stale_lock()
+if _stale:
+    print(_stale, file=sys.stderr)
+
+
+def runs_on_slurm():
+    """True when a job about to run submits to SLURM (its executor resource, from the profile)."""
+    return any(
+        j.rule.name in ("baseline", "sample") and str(j.resources.get("executor")) == "slurm"
+        for j in workflow.dag.needrun_jobs()
+    )
+
+
+onstart:
+    # Before any job starts (real runs only, not -n): with --profile slurm, a scheduler that answers.
+    if runs_on_slurm():
+        _problem = preflight.check_slurm()
+        if _problem:
+            raise WorkflowError(_problem)
+    preflight.record_driver(sys.argv)
+
+
+onsuccess:
+    preflight.forget_driver()
+
+
+onerror:
+    preflight.forget_driver()
 
 
 wildcard_constraints:
@@ -56,8 +135,8 @@ def record_path(kind, wc):
 def analysis_cmd(part):
     """Shell command making one part of the analysis (tables, figures or audit) with python -m analysis."""
     return (
-        f"{PYTHON} -m analysis --results {{params.results}} --out {{params.reports}} --figures-dir {{params.figures}} "
-        f"--config {{input.config}} --strict --only {part} > {{log}} 2>&1"
+        '"$PARATAA_PYTHON" -m analysis --results {params.results:q} --out {params.reports:q} '
+        f"--figures-dir {{params.figures:q}} --config {{input.config:q}} --strict --only {part} > {{log:q}} 2>&1"
     )
 
 

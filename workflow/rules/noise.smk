@@ -9,12 +9,12 @@ rule noise:
     log:
         PATHS["log_noise"],
     params:
-        py=PYTHON,
         seeds=lambda wc: ",".join(map(str, shard_seeds(wc))),
-        options=lambda wc: shlex.quote(json.dumps(plan.model_spec(config, wc.model)["options"])),
+        # sorted: the order a config lists options in changes no noise
+        options=lambda wc: json.dumps(plan.model_spec(config, wc.model)["options"], sort_keys=True),
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "{params.py} -m parataa.jobs noise {output} --seeds {params.seeds} --steps {wildcards.steps} "
-        "--model {wildcards.model} --options {params.options} > {log} 2>&1"
+        '"$PARATAA_PYTHON" -m parataa.jobs noise {output:q} --seeds {params.seeds:q} --steps {wildcards.steps:q} '
+        "--model {wildcards.model:q} --options {params.options:q} > {log:q} 2>&1"

@@ -2,6 +2,9 @@
 # of the same shard wait for it (their err_max / err_rms / psnr are distances to its x0) and are packed
 # `runs_per_job` at a time into job groups. Each rule hands its spec to parataa.jobs.launch, which runs it
 # through submitit on the executor the profile names (resources.executor) and blocks until it ends.
+#
+# A job asks for what it uses: the sequential baseline is one process (one GPU on a CUDA study), a job group
+# `world_size` processes with one GPU each. The profile may override either per rule (set-resources).
 
 
 rule baseline:
@@ -12,9 +15,13 @@ rule baseline:
     log:
         PATHS["log_baseline"],
     params:
-        spec=lambda wc: plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard)).to_dict(),
+        spec=lambda wc: canonical(plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard))),
         record=lambda wc: record_path("baseline", wc),
+        receipt=lambda wc: baseline_record(wc),
         folder=PATHS["submitit"],
+    resources:
+        tasks_per_node=1,
+        gpus_per_node=gpus_for(1),
     conda:
         "../../environment.yml"
     script:
@@ -30,11 +37,14 @@ rule sample:
     log:
         PATHS["log_sample"],
     params:
-        spec=lambda wc: plan.group_spec(
-            config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group)
-        ).to_dict(),
+        spec=lambda wc: canonical(
+            plan.group_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group))
+        ),
         record=lambda wc: record_path("group", wc),
         folder=PATHS["submitit"],
+    resources:
+        tasks_per_node=config["world_size"],
+        gpus_per_node=gpus_for(config["world_size"]),
     conda:
         "../../environment.yml"
     script:

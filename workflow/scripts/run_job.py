@@ -5,7 +5,8 @@ from pathlib import Path
 
 from parataa.jobs.launch import submit_and_wait
 from parataa.jobs.spec import JobSpec
-from parataa.storage import atomic_write_json, read_manifest, sha256_file
+from parataa.jobs.verify import job_record
+from parataa.storage import atomic_write_json
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 spec = JobSpec.from_dict(sm.params.spec).absolute()  # the cluster job may start in another directory
@@ -19,29 +20,27 @@ def log(line: str) -> None:
     logfile.write(line + "\n")
 
 
-summary = submit_and_wait(
-    spec,
-    resources=sm.resources,
-    folder=sm.params.folder,
-    record=sm.params.record,
-    name=spec.name.replace("/", "_"),
-    log=log,
-)
 out = Path(sm.output[0])
 if out.name == "manifest.json":
-    read_manifest(out.parent)  # the job wrote it; make sure it verifies before Snakemake moves on
-else:
-    runs = []
-    for d in summary["runs_dirs"]:
-        read_manifest(d)
-        runs.append({"dir": d, "manifest_sha256": sha256_file(Path(d) / "manifest.json")})
-    atomic_write_json(
-        out,
-        {
-            "name": spec.name,
-            "job_id": summary.get("job_id"),
-            "runs": runs,
-            "runs_dirs": summary["runs_dirs"],
-            "wall_s": summary.get("wall_s"),
-        },
+    # The baseline's old record goes before its run is rewritten: the verification another Snakemake (even -n)
+    # runs meanwhile then checks the run in full instead of against a record that no longer describes it.
+    Path(sm.params.receipt).unlink(missing_ok=True)
+try:
+    summary = submit_and_wait(
+        spec,
+        resources=sm.resources,
+        folder=sm.params.folder,
+        record=sm.params.record,
+        name=spec.name.replace("/", "_"),
+        log=log,
     )
+except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the launcher cancelled the job; no output is written
+    log(f"[launch] interrupted ({e})")
+    sys.exit(130)
+# The record of what this job made: every run verified in full now, with the sizes and mtimes that let the next
+# plan check it cheaply (parataa.jobs.verify). A group's record is the rule's output; a baseline's output is
+# its run's manifest, and its record lies beside the group records.
+record = job_record(
+    summary["runs_dirs"], name=spec.name, job_id=summary.get("job_id"), wall_s=summary.get("wall_s")
+)
+atomic_write_json(sm.params.receipt if out.name == "manifest.json" else out, record)

@@ -1,0 +1,91 @@
+"""Checks of command-line values shared by the subcommands, run before any model is built or any step solved:
+each raises ValueError naming the flag, the value and what is allowed (parataa.cli.main prints it as one line)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..conditions import check_condition
+
+SEED_MAX = 2**63 - 1  # seeds are stored as int64 (docs/STORAGE.md); the workflow's schema has the same range
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def check_steps(steps: int) -> None:
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"--steps must be an integer 1 .. 1000 (the models' training steps), got {steps}")
+
+
+def check_seeds(seeds: Sequence[int], flag: str = "--seeds") -> None:
+    if not seeds:
+        raise ValueError(f"{flag} names no seed; give e.g. 0-3 or 1,5,9")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise ValueError(f"{flag}: seeds must be integers 0 .. 2^63-1, got {bad[0]}")
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if dup:
+        raise ValueError(f"{flag}: seeds must be distinct (one sample each), got {dup[0]} twice")
+
+
+def check_number(flag: str, value: float | None, minimum: float = 0.0) -> None:
+    if value is not None and not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{flag} must be a finite number >= {minimum:g}, got {value}")
+
+
+def check_conditions(model: str, conditions: Sequence[Any], flag: str, options: dict[str, Any] | None = None) -> None:
+    for c in conditions:
+        problem = check_condition(model, c, options)
+        if problem:
+            raise ValueError(f"{flag}: {problem}")
+
+
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has: cpu, cuda, cuda:N (mps on Apple silicon)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if d.type == "cpu":
+        return
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible here (torch sees none); use --device cpu")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"--device {device}: this machine has {n} CUDA GPU(s), cuda:0 .. cuda:{n - 1}")
+        return
+    if d.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"--device {device!r}: parataa runs on cpu or cuda (cuda:N), not on {d.type!r} here")
+
+
+def check_out_dir(path: str) -> Path:
+    """Prove the output folder writable before anything is computed, leaving nothing behind: the folders that
+    do not exist yet are made, a probe file is written and removed, and so are the folders made for it (a run
+    that fails later must not leave an empty output folder)."""
+    out = Path(path)
+    made: list[Path] = []
+    try:
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".parataa-write-check")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+    return out
