@@ -102,3 +102,46 @@ def test_readme_compare_table_is_what_the_command_prints(capsys):
         mean = r["iterations_to_db_mean"]
         got.append(f"{mean:.2f}" if mean is not None else f"({r['seeds_reaching_db']}/{n})")
         assert rows[r["solver"]][1:6] == got, r["solver"]
+
+
+def test_compare_in_two_processes_equals_one(capfd):
+    """--processes N (gloo; --gpus N on GPUs) spreads every model call over N processes in fixed chunks: the same
+    bits as one process with the same chunk size, printed once."""
+    args = ["--model", "gmm", "--dim", "16", "--steps", "16", "--seeds", "0-2", "--solvers", "sequential,taa-euler"]
+    outs = []
+    for n in ("1", "2"):
+        assert main(["compare", "--json", "--quiet", *args, "--processes", n, "--chunk-size", "4"]) == 0
+        text = capfd.readouterr().out
+        assert text.count('"setting"') == 1  # only the first process prints
+        outs.append(json.loads(text))
+    one, two = ({r["solver"]: r for r in o["results"]} for o in outs)
+    assert (outs[0]["setting"]["processes"], outs[1]["setting"]["processes"]) == (1, 2)
+    for name in ("sequential", "taa-euler"):
+        assert one[name]["iterations"] == two[name]["iterations"]
+        assert (
+            one[name]["psnr_db"] == two[name]["psnr_db"]
+            and one[name]["iterations_to_db"] == two[name]["iterations_to_db"]
+        )
+
+
+def test_processes_flags_are_checked_before_anything_runs(capsys):
+    for extra, msg in (
+        (["--gpus", "1", "--processes", "2"], "give one of them"),
+        (["--processes", "0"], "--processes must be an integer >= 1"),
+        (["--gpus", "64"], "--gpus 64: this machine has"),
+    ):
+        assert main(["compare", "--model", "gmm", "--steps", "4", *extra]) == 2, extra
+        assert msg in capsys.readouterr().err, extra
+
+
+def test_sample_in_two_processes_writes_what_one_writes(tmp_path):
+    import torch
+
+    base = ["sample", "--model", "tiny-dit", "--class", "3", "--solver", "taa-euler", "--steps", "20", "--no-progress"]
+    for n in ("1", "2"):
+        assert main([*base, "--processes", n, "--chunk-size", "6", "--out", str(tmp_path / n)]) == 0
+    one, two = (torch.load(tmp_path / n / "x0.pt") for n in ("1", "2"))
+    assert torch.equal(one, two)
+    summary = json.loads((tmp_path / "2" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["chunk_size"] == 6
+    assert (tmp_path / "2" / "sample.png").stat().st_size > 0

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # a command that starts itself in several processes (--gpus) passes them the same arguments
     try:
         return int(args.func(args) or 0)
     except ValueError as e:  # bad input: one clear line, no traceback

@@ -16,7 +16,7 @@ from ..noise import draw_noise
 from ..schedules import Schedule, from_diffusers_config
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
-from . import _checks
+from . import _checks, _processes
 from ._solver_options import add_solver_arguments, solver_config
 
 
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=40.0,
         help="report iterations to this PSNR (dB) against the sequential x0, range [-1, 1] (default 40)",
     )
+    _processes.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars (on stderr)")
     p.set_defaults(func=run)
@@ -179,7 +180,13 @@ def _solve_one(name: str, args: argparse.Namespace, den, sched: Schedule, noise,
 
 def run(args: argparse.Namespace) -> int:
     names, seeds, _ = check_args(args)
+    status, env = _processes.start(args)
+    if status is not None:
+        return status
+    if not _processes.writes(env):
+        args.quiet = True
     den, sched, shape = build(args, len(seeds))
+    den = _processes.spread(den, args, env)
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
     seq = _solve_one("sequential", args, den, sched, noise, None)
     ref = seq["result"]
@@ -226,10 +233,10 @@ def run(args: argparse.Namespace) -> int:
         "device": str(args.device),
         "torch": torch.__version__,
     }
-    if args.json:
-        print(json.dumps({"setting": meta, "results": rows}, indent=2))
-        return 0
-    print(_table(meta, rows))
+    meta["processes"] = 1 if env is None else env.world_size
+    if _processes.writes(env):
+        print(json.dumps({"setting": meta, "results": rows}, indent=2) if args.json else _table(meta, rows))
+    _processes.finish(env)
     return 0
 
 

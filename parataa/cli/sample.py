@@ -14,7 +14,7 @@ import torch
 from ..noise import draw_noise
 from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
-from . import _checks
+from . import _checks, _processes
 from ._solver_options import add_solver_arguments, solver_config
 
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_solver_arguments(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="model dtype: float32 (default), float16, bfloat16")
-    p.add_argument("--chunk-size", type=int, default=None, help="network rows per call (memory bound only)")
+    _processes.add_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import build_denoiser, default_cfg_scale, is_class_conditional
 
     cond, out = check_args(args)
+    status, env = _processes.start(args)
+    if status is not None:
+        return status
+    if not _processes.writes(env):
+        args.no_progress = True
     class_conditional = is_class_conditional(args.model)
     cfg_scale = default_cfg_scale(args.model) if args.cfg_scale is None else args.cfg_scale
     den, spec = build_denoiser(
@@ -111,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         cfg_scale=cfg_scale,
         device=args.device,
         dtype=args.dtype,
-        chunk_size=args.chunk_size,
         path=args.model_path,
     )
+    model = den
+    den = _processes.spread(den, args, env)
     sched = spec(args.steps, sampler=args.sampler)
     config = solver_config(args.solver, args)
     noise = draw_noise([args.seed], args.steps, spec["sample_shape"]).to(args.device)
@@ -137,21 +143,24 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    if not _processes.writes(env):
+        _processes.finish(env)
+        return 0
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(res.x0.cpu(), out / "x0.pt")
     files = {"x0": "x0.pt"}
-    if hasattr(den, "decode"):
+    if hasattr(model, "decode"):
         from ..models.images import save_png
 
-        img = den.decode(res.x0)[0]
+        img = model.decode(res.x0)[0]
         files["image"] = save_png(img, out / "sample.png", scale=max(1, 256 // img.shape[-1])).name
     files["convergence"] = _write_table(res.log, out / "convergence.parquet").name
     files["timings"] = _write_table(res.timings, out / "timings.parquet").name
     summary = {
         "model": args.model,
         "model_source": spec.get("source"),
-        "condition": cond if class_conditional else getattr(den, "prompts", [cond])[0],
+        "condition": cond if class_conditional else getattr(model, "prompts", [cond])[0],
         "cfg_scale": cfg_scale,
         "seed": args.seed,
         "schedule": sched.describe(),
@@ -160,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
         "result": res.summary(),
         "wall_s": wall,
         "device": str(args.device),
-        "dtype": str(getattr(den, "dtype", "float64")),
+        "dtype": str(getattr(model, "dtype", "float64")),
         "chunk_size": args.chunk_size,
+        "processes": 1 if env is None else env.world_size,
         "torch": torch.__version__,
         "host": platform.node(),
         "files": files,
@@ -172,4 +182,5 @@ def run(args: argparse.Namespace) -> int:
         f"{args.solver} on {args.model}: {s['iterations_max']} iterations for T={args.steps} "
         f"(NFE {s['nfe_mean']:.0f}, finished={s['finished']}), {wall:.2f}s wall; wrote {out}"
     )
+    _processes.finish(env)
     return 0
