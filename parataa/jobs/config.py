@@ -129,9 +129,16 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
             msgs.append(
                 f"config.models[{i}].options: {m['name']} takes only 'sample_shape' here, got {sorted(m['options'])}"
             )
+    for i, grid in enumerate(cfg.get("grids") or []):
+        for key, have in (("models", names), ("samplers", cfg["samplers"]), ("steps", cfg["steps"])):
+            extra = [v for v in grid.get(key) or [] if v not in have]
+            if extra:
+                msgs.append(f"config.grids[{i}].{key}: {extra} not in the study's {key} {list(have)}")
     for steps in cfg["steps"]:
-        try:
-            solver_runs(cfg, steps)
-        except ValueError as e:
-            msgs.append(f"config.{e}")
+        for name in names:
+            for sampler in cfg["samplers"]:
+                try:
+                    solver_runs(cfg, steps, name, sampler)
+                except ValueError as e:
+                    msgs.append(f"config.{e}")
     return msgs
