@@ -4,10 +4,11 @@ Every rank holds the whole solver state and runs the same solver code; a `Distri
 so that one window evaluation (one parallel step) is cut into chunks, the chunks are split over the ranks, and
 the outputs are all-gathered, so every rank continues with the same eps.
 
-Reproducibility (RELIABILITY.md): the chunk boundaries depend only on the number of rows and `chunk_size`, never
-on the world size, and every network call has exactly `chunk_size` rows (the last chunk is padded by repeating
-its last row). A row is therefore evaluated in the same batch, with the same neighbours, whatever the number of
-GPUs: with deterministic kernels the results are bitwise identical for any world size on the same hardware.
+Reproducibility (docs/METHOD.md section 10): the chunk boundaries depend only on the number of rows and
+`chunk_size`, never on the world size, and every network call has exactly `chunk_size` rows (the last chunk is
+padded by repeating its last row). A row is therefore evaluated in the same batch, with the same neighbours,
+whatever the number of GPUs: with deterministic kernels the results are bitwise identical for any world size on
+the same hardware.
 
 Process-group setup (`init_from_env`) understands torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT)
 and SLURM, through submitit when the job was submitted by submitit. Call `check_world_size` before loading

@@ -1,6 +1,6 @@
 """Coefficient tables of the DDIM family: the linear part of the triangular system.
 
-Notation (code name -> ALGORITHM.md / paper symbol), all float64:
+Notation (code name -> symbol of docs/METHOD.md section 1), all float64:
 
     T            number of sampling steps
     timesteps    tau_t, the model timestep of step t (t = 0 .. T-1, increasing)

@@ -20,6 +20,8 @@ __all__ = [
     "METHODS",
     "INITS",
     "TOL_SCALES",
+    "SPLITTINGS",
+    "STOPS",
     "PRESETS",
     "PRESET_FIXED",
     "SOLVER_NAMES",
@@ -36,6 +38,8 @@ __all__ = [
 METHODS = ("sequential", "fp", "aa", "taa", "picard")
 INITS = ("gaussian", "copy", "trajectory")
 TOL_SCALES = ("sigma", "one", "beta")
+SPLITTINGS = ("exact", "euler")
+STOPS = ("step", "sum")
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -61,22 +65,34 @@ class SolverConfig:
     init: str = "gaussian"
     freeze_from: int | None = None  # with init="trajectory": states x_t, t >= freeze_from, stay fixed
     picard_tol: float = 0.1  # ParaDiGMS tolerance (RMS change <= picard_tol * sigma)
+    splitting: str = "exact"  # order-k equations: "exact" (the paper) or "euler" (increments, as ParaDiGMS)
+    stop: str = "step"  # "step": every rho_t <= max(abs_tol, rel_tol g_t); "sum": sum_t rho_t <= sum_tol
+    sum_tol: float = 0.04  # with stop="sum": budget for the summed first-order residual RMS of the trajectory
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("init", self.init, INITS)
         check_choice("tol_scale", self.tol_scale, TOL_SCALES)
+        check_choice("splitting", self.splitting, SPLITTINGS)
+        check_choice("stop", self.stop, STOPS)
+        if self.method in ("sequential", "picard") and (self.splitting, self.stop) != ("exact", "step"):
+            raise ValueError(
+                f"splitting and stop apply to fp, aa and taa; {self.method} has its own update and rule "
+                f"(got splitting={self.splitting!r}, stop={self.stop!r}): leave them at 'exact' and 'step'"
+            )
         for name in ("window", "order", "max_iters"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None (whole trajectory), got {v!r}")
         if not isinstance(self.history, int) or isinstance(self.history, bool) or self.history < 1:
             raise ValueError(f"history must be an integer >= 1 (1 = plain fixed point), got {self.history!r}")
-        for name in ("ridge", "abs_tol", "rel_tol", "picard_tol"):
+        for name in ("ridge", "abs_tol", "rel_tol", "picard_tol", "sum_tol"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.method != "picard" and self.abs_tol == 0 and self.rel_tol == 0:
+        if self.stop == "sum" and self.sum_tol == 0:
+            raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
+        if self.method != "picard" and self.stop == "step" and self.abs_tol == 0 and self.rel_tol == 0:
             raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
         if self.freeze_from is not None:
             if self.init != "trajectory":
@@ -113,6 +129,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "aa": {"method": "aa", "order": None},
     "taa": {"method": "taa", "order": None},
     "picard": {"method": "picard", "init": "copy"},
+    # TAA on the Euler splitting from copies, stopped by the summed residual (docs/METHOD.md sections 8-9)
+    "taa-euler": {"method": "taa", "order": None, "splitting": "euler", "init": "copy", "history": 3, "stop": "sum"},
 }
 # Options a study's `solver_defaults` (and the CLI's shared flags) never change for that solver; the solver's own
 # block in a study config can (the m x k grid sets TAA's order).
@@ -123,6 +141,7 @@ PRESET_FIXED: dict[str, frozenset[str]] = {
     "aa": frozenset({"order"}),
     "taa": frozenset({"order"}),
     "picard": frozenset({"init"}),
+    "taa-euler": frozenset({"order", "splitting", "init", "history", "stop"}),
 }
 SOLVER_NAMES = tuple(PRESETS)
 PARALLEL_SOLVERS = tuple(n for n in SOLVER_NAMES if n != "sequential")
@@ -136,7 +155,7 @@ def _check_solver_name(name: str) -> None:
 
 
 def preset(name: str, **overrides: Any) -> SolverConfig:
-    """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard."""
+    """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard, taa-euler."""
     _check_solver_name(name)
     return SolverConfig(**{**PRESETS[name], **overrides})
 
@@ -157,20 +176,25 @@ def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> 
     if name == "sequential":
         return "sequential"
     default = SolverConfig(**PRESETS[name]).to_dict()
+    method = PRESETS[name]["method"]
     parts = [name.replace("+", "plus")]
-    if name in ("aa", "taa"):
+    if method in ("aa", "taa"):
         parts.append(f"m{c['history']}")
-    if name in ("fp+", "aa", "taa"):
+    if name != "fp" and method in ("fp", "aa", "taa"):
         parts.append(f"k{c['order'] or steps}")
     parts.append(f"w{c['window'] or steps}")
+    if c["splitting"] != default["splitting"]:
+        parts.append(c["splitting"])
     if name == "picard":
         parts.append(f"ptol{fmt_num(c['picard_tol'])}")
+    elif c["stop"] == "sum":
+        parts.append(f"sum{fmt_num(c['sum_tol'])}")
     else:
         parts.append(f"tol{fmt_num(c['abs_tol'])}")
         if c["rel_tol"] != c["abs_tol"]:
             parts.append(f"rtol{fmt_num(c['rel_tol'])}")
-        if name in ("aa", "taa") and c["ridge"] != default["ridge"]:
-            parts.append(f"ridge{fmt_num(c['ridge'])}")
+    if method in ("aa", "taa") and c["ridge"] != default["ridge"]:
+        parts.append(f"ridge{fmt_num(c['ridge'])}")
     if c["tol_scale"] != default["tol_scale"]:
         parts.append(f"g{c['tol_scale']}")
     if c["init"] != default["init"]:

@@ -1,4 +1,4 @@
-"""The triangular system of ALGORITHM.md sections 1-2: residuals of order k over a padded window.
+"""The triangular system of docs/METHOD.md sections 1-2 and 8: residuals of order k over a padded window.
 
 No model, no I/O, no randomness: pure tensor algebra in float64.
 
@@ -9,7 +9,12 @@ also hold the frozen state x_f at position w_n.
 
     g_t   = b_t eps(x_{t+1}, tau_t) + c_t xi_t                  (the non-linear and noise part of step t)
     R_t   = a_t x_{t+1} + g_t - x_t                               (first-order residual; drives stopping)
-    F^k_t = P_{t,t+k'} x_{t+k'} + sum_{s=t}^{t+k'-1} P_{t,s} g_s - x_t,   k' = min(k, f - t)
+    F^k_t = P_{t,t+k'} x_{t+k'} + sum_{s=t}^{t+k'-1} P_{t,s} g_s - x_t,   k' = min(k, f - t)   ("exact" splitting)
+    E^k_t = x_{t+k'} + sum_{s=t}^{t+k'-1} ((a_s - 1) x_{s+1} + g_s) - x_t                      ("euler" splitting)
+
+Both splittings have the sequential trajectory as their only fixed point and agree at k = 1 (docs/METHOD.md
+section 8): the exact one integrates the linear part a_s x_{s+1} exactly, the Euler one sums the increments
+x_s - x_{s+1} of each step from the state k' steps above, as ParaDiGMS does.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Window", "make_window", "step_rhs", "order_k_rhs", "rms"]
+__all__ = [
+    "Window",
+    "make_window",
+    "step_rhs",
+    "order_k_rhs",
+    "euler_rhs",
+    "splitting_rhs",
+    "suffix_sum",
+    "rms",
+]
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,7 @@ class Window:
     t_up: torch.Tensor  # [N, Wmax+1] state index lo + j, j = 0..Wmax (clamped)
     valid: torch.Tensor  # [N, Wmax] bool
     rows: torch.Tensor  # [N, 1] sample index, for advanced indexing
+    num_steps: int  # T
 
     @property
     def size(self) -> int:
@@ -45,7 +60,7 @@ def make_window(f: torch.Tensor, window: int, num_steps: int) -> Window:
     t = torch.clamp(t_up[:, :wmax], max=num_steps - 1)
     valid = j[None, :wmax] < width[:, None]
     rows = torch.arange(f.shape[0], device=f.device)[:, None]
-    return Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows)
+    return Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=num_steps)
 
 
 def step_rhs(a: torch.Tensor, x_up: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -53,14 +68,17 @@ def step_rhs(a: torch.Tensor, x_up: torch.Tensor, g: torch.Tensor) -> torch.Tens
     return a * x_up + g
 
 
+def suffix_sum(v: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """out[t] = sum_{s >= t} v[s] along `dim`."""
+    return torch.flip(torch.cumsum(torch.flip(v, (dim,)), dim=dim), (dim,))
+
+
 def rms(v: torch.Tensor) -> torch.Tensor:
     """Root mean square over the last (flattened state) dimension."""
     return torch.sqrt(torch.mean(v * v, dim=-1))
 
 
-def order_k_rhs(
-    a: torch.Tensor, g: torch.Tensor, x_ext: torch.Tensor, width: torch.Tensor, order: int
-) -> torch.Tensor:
+def order_k_rhs(a: torch.Tensor, g: torch.Tensor, x_ext: torch.Tensor, width: torch.Tensor, order: int) -> torch.Tensor:
     """Right-hand side of the order-k equations for every window position.
 
     a: [N, Wmax] step coefficients (any value on padding), g: [N, Wmax, D] (zero on padding),
@@ -70,8 +88,7 @@ def order_k_rhs(
     n, wmax, _ = g.shape
     if order == 1:
         return step_rhs(a[..., None], x_ext[:, 1:], g)
-    j = torch.arange(wmax, device=g.device)
-    valid = j[None, :] < width[:, None]
+    j, valid, end = _window_ends(width, wmax, order)
     log_a = torch.where(valid, torch.log(a), torch.zeros_like(a))
     log_l = torch.cat([torch.zeros(n, 1, dtype=a.dtype, device=a.device), torch.cumsum(log_a, dim=1)], dim=1)
     scale = torch.exp(log_l)  # [N, Wmax+1]
@@ -82,9 +99,36 @@ def order_k_rhs(
         ],
         dim=1,
     )
-    end = torch.minimum(j[None, :] + order, width[:, None]).clamp(min=0)  # [N, Wmax]
-    end = torch.where(valid, end, j[None, :] + 1).clamp(max=wmax)
     rows = torch.arange(n, device=g.device)[:, None]
     head = torch.exp(log_l[rows, end] - log_l[:, :wmax])[..., None] * x_ext[rows, end]
     tail = (csum[rows, end] - csum[:, :wmax]) * torch.exp(-log_l[:, :wmax])[..., None]
     return head + tail
+
+
+def euler_rhs(a: torch.Tensor, g: torch.Tensor, x_ext: torch.Tensor, width: torch.Tensor, order: int) -> torch.Tensor:
+    """Right-hand side of the order-k Euler equations: x_{t+k'} plus the increments (a_s - 1) x_{s+1} + g_s of
+    the steps s = t .. t+k'-1, from prefix sums (same arguments as `order_k_rhs`)."""
+    n, wmax, d = g.shape
+    if order == 1:
+        return step_rhs(a[..., None], x_ext[:, 1:], g)
+    _, valid, end = _window_ends(width, wmax, order)
+    inc = torch.where(valid[..., None], (a[..., None] - 1) * x_ext[:, 1:] + g, torch.zeros_like(g))
+    csum = torch.cat([torch.zeros(n, 1, d, dtype=g.dtype, device=g.device), torch.cumsum(inc, dim=1)], dim=1)
+    rows = torch.arange(n, device=g.device)[:, None]
+    return x_ext[rows, end] + csum[rows, end] - csum[:, :wmax]
+
+
+def splitting_rhs(
+    splitting: str, a: torch.Tensor, g: torch.Tensor, x_ext: torch.Tensor, width: torch.Tensor, order: int
+) -> torch.Tensor:
+    """The order-k right-hand side of the named splitting ("exact" or "euler")."""
+    return (euler_rhs if splitting == "euler" else order_k_rhs)(a, g, x_ext, width, order)
+
+
+def _window_ends(width: torch.Tensor, wmax: int, order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Position index j, validity, and the end t + k' of every position's order-k equation (clamped on padding)."""
+    j = torch.arange(wmax, device=width.device)
+    valid = j[None, :] < width[:, None]
+    end = torch.minimum(j[None, :] + order, width[:, None]).clamp(min=0)  # [N, Wmax]
+    end = torch.where(valid, end, j[None, :] + 1).clamp(max=wmax)
+    return j, valid, end

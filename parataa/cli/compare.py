@@ -11,8 +11,9 @@ import torch
 
 from ..noise import draw_noise
 from ..schedules import Schedule, from_diffusers_config
+from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
-from ._solver_options import SOLVER_NAMES, add_solver_arguments, solver_config
+from ._solver_options import add_solver_arguments, solver_config
 
 
 def _int_list(text: str) -> list[int]:

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from ..noise import draw_noise
+from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
-from ._solver_options import SOLVER_NAMES, add_solver_arguments, solver_config
+from ._solver_options import add_solver_arguments, solver_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

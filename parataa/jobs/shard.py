@@ -157,7 +157,7 @@ def _device_check(device: str) -> None:
 
 
 def set_determinism(on: bool) -> Callable[[], None]:
-    """Deterministic kernels and no TF32 (RELIABILITY.md: bitwise reruns on the same hardware and software).
+    """Deterministic kernels and no TF32 (docs/METHOD.md section 10: bitwise reruns on the same hardware and software).
     Returns a function that restores the previous settings (for jobs run inside another process)."""
     prev = (
         torch.are_deterministic_algorithms_enabled(),

@@ -1,4 +1,4 @@
-"""A class-conditional Gaussian mixture with an exact noise prediction (ALGORITHM.md section 7).
+"""A class-conditional Gaussian mixture with an exact noise prediction (docs/METHOD.md section 7).
 
 Data: x0 ~ sum_k pi_k N(mu_k, s^2 I) in R^d. At noise level A (x = sqrt(A) x0 + sqrt(1-A) eps) the marginal
 is sum_k pi_k N(sqrt(A) mu_k, v I) with v = A s^2 + 1 - A, and the exact noise prediction is

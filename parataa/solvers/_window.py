@@ -1,19 +1,17 @@
-"""The sliding-window iteration shared by FP, AA and TAA (ALGORITHM.md sections 3-5).
+"""The sliding-window iteration shared by FP, AA and TAA (docs/METHOD.md sections 3-5 and 8-9).
 
-One iteration, for every unfinished sample at once:
+One iteration, for every unfinished sample at once (states entering the window are initialised first):
   1. evaluate eps at the window's states x_{lo+1} .. x_f in one batched model call;
-  2. first-order residuals R_t and order-k residuals F_t of the current iterate;
-  3. u* = the highest unconverged step (rho_t > max(abs_tol, rel_tol * g_t));
-  4. steps above u* are converged and kept as they are (so every final state has a verified residual);
+  2. first-order residuals R_t (rho_t = RMS) and the splitting's order-k residuals F_t of the current iterate;
+  3. u* = the highest step the stopping rule does not accept (`stop_test`: per step, or the summed residual);
+  4. steps above u* are accepted and kept as they are (so every final state has a verified residual);
      x_{u*} takes the exact step a x_{u*+1} + g (safeguard: finalised); steps below u* take the method's update;
-  5. the frozen boundary moves to u* (or to the window bottom when everything converged); states entering
-     the window are initialised.
+  5. the frozen boundary moves to u* (or to the window bottom when every step was accepted).
 The boundary falls by at least one step per iteration, so every solve ends within T iterations.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,18 +19,16 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, make_window, order_k_rhs, rms, step_rhs
+from ..system import Window, make_window, rms, splitting_rhs, step_rhs, suffix_sum
+from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
     Denoiser,
-    Evaluator,
-    IterationInfo,
     SolverConfig,
     SolveResult,
     SolverState,
     check_inputs,
     make_result,
-    sync,
     tolerance_scale,
 )
 
@@ -57,39 +53,11 @@ def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
     return inp.x + inp.resid, torch.zeros_like(inp.valid)
 
 
-def log_record(
-    iteration: int,
-    sample: torch.Tensor,
-    step: torch.Tensor,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    rho: torch.Tensor,
-    threshold: torch.Tensor,
-    converged: torch.Tensor,
-    fallback: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """One iteration's rows of the convergence log, moved to the CPU in three copies instead of nine."""
-    longs = torch.stack([sample, step, lo, hi]).cpu()
-    floats = torch.stack([rho, threshold]).cpu()
-    flags = torch.stack([converged, fallback]).cpu()
-    return {
-        "sample": longs[0],
-        "iteration": torch.full((longs.shape[1],), iteration, dtype=torch.long),
-        "step": longs[1],
-        "rho": floats[0],
-        "threshold": floats[1],
-        "converged": flags[0],
-        "window_lo": longs[2],
-        "window_hi": longs[3],
-        "fallback": flags[1],
-    }
-
-
 def new_state(noise: NoiseBundle, config: SolverConfig, init: torch.Tensor | None) -> SolverState:
     n, T, d = noise.num_samples, noise.num_steps, noise.x_T[0].numel()
     device = noise.x_T.device
     x = torch.empty(n, T + 1, d, dtype=torch.float64, device=device)
-    x[:, T] = noise.x_T.reshape(n, d).to(torch.float64)
+    x[:] = noise.x_T.reshape(n, 1, d).to(torch.float64)  # "copy": states not yet in the window read as x_T
     frozen = torch.full((n,), T, dtype=torch.long, device=device)
     entered = torch.full((n,), T, dtype=torch.long, device=device)
     if config.init == "gaussian":
@@ -121,6 +89,82 @@ def enter_copies(state: SolverState, window: int) -> None:
         state.entered[n] = low
 
 
+def stop_test(
+    config: SolverConfig, rho: torch.Tensor, valid: torch.Tensor, win: Window, thr: torch.Tensor, spent: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u* per sample (the highest window position not accepted; -1 when all are) and the accepted-position mask.
+
+    "step": a position is accepted when its own rho_t <= max(abs_tol, rel_tol g_t); u* is the highest one that
+    is not. "sum": the top segment [j, f) of the window is accepted when the residual already frozen (`spent`)
+    plus the segment's rho sum stays within the budget of the steps it covers, sum_tol (T - t_j) / T; u* is the
+    position just below the lowest such j. Either way every state above u* keeps its value (its residual, part
+    of the final trajectory's, is the one just measured) and x_{u*} takes the exact step (residual 0), so at the
+    end every state meets the per-step rule, or the summed residual of the whole trajectory is <= sum_tol.
+    """
+    j = torch.arange(win.size, device=rho.device)
+    if config.stop == "step":
+        bad = valid & (rho > thr)
+    else:
+        T = int(win.num_steps)
+        cum = spent[:, None] + suffix_sum(torch.where(valid, rho, torch.zeros_like(rho)))
+        budget = config.sum_tol * (T - win.t).to(rho.dtype) / T
+        ok = valid & (cum <= budget)
+        lowest_ok = torch.where(ok, j[None, :], torch.full_like(win.t, win.size)).min(dim=1).values
+        bad = valid & (j[None, :] < lowest_ok[:, None])
+    u_star = torch.where(bad, j[None, :], torch.full_like(win.t, -1)).max(dim=1).values
+    return u_star, valid & (j[None, :] > u_star[:, None])
+
+
+@dataclass
+class WindowEval:
+    """The window of this iteration and the model's eps at its states (shared by the window solvers and Picard)."""
+
+    win: Window
+    x_ext: torch.Tensor  # [N, Wmax+1, D]: x_{lo+j}, the frozen x_f at position width
+    vi: torch.Tensor  # [R] sample of each valid position
+    vj: torch.Tensor  # [R] its window position
+    tv: torch.Tensor  # [R] its step index t
+    eps: torch.Tensor  # [N, Wmax, D] eps(x_{t+1}, tau_t), zero on padding
+
+    @property
+    def x_cur(self) -> torch.Tensor:
+        return self.x_ext[:, :-1]
+
+    @property
+    def x_up(self) -> torch.Tensor:
+        return self.x_ext[:, 1:]
+
+
+def start_solve(
+    model: Denoiser,
+    schedule: Schedule,
+    noise: NoiseBundle,
+    config: SolverConfig,
+    init: torch.Tensor | None,
+    callback: Callback | None,
+    resume: SolverState | None,
+) -> tuple[Schedule, torch.Tensor, SolverState, Bookkeeper]:
+    """Checked inputs -> (schedule on the device, noise xi [N, T, D] float64, the state, its bookkeeper)."""
+    check_inputs(schedule, noise, init, config)
+    sched = schedule.to(noise.x_T.device)
+    xi = noise.xi.reshape(noise.num_samples, schedule.num_steps, -1).to(torch.float64)
+    state = resume if resume is not None else new_state(noise, config, init)
+    return sched, xi, state, Bookkeeper(state, model, sched, noise, config.method, callback)
+
+
+def evaluate_window(state: SolverState, book: Bookkeeper, window: int, copy_init: bool) -> WindowEval:
+    """Initialise states entering the window (copy init), then eps at all its states in one batched call."""
+    if copy_init:
+        enter_copies(state, window)  # a state entering the window starts as the state above it
+    win = make_window(state.frozen, window, state.x.shape[1] - 1)
+    x_ext = state.x[win.rows, win.t_up]
+    vi, vj = torch.nonzero(win.valid, as_tuple=True)
+    tv = win.t[vi, vj]
+    eps = torch.zeros_like(x_ext[:, :-1])
+    eps[vi, vj] = book.eps(x_ext[vi, vj + 1], tv, vi)
+    return WindowEval(win, x_ext, vi, vj, tv, eps)
+
+
 def run_window_solver(
     model: Denoiser,
     schedule: Schedule,
@@ -132,86 +176,51 @@ def run_window_solver(
     callback: Callback | None = None,
     resume: SolverState | None = None,
 ) -> SolveResult:
-    check_inputs(schedule, noise, init, config)
-    T, n = schedule.num_steps, noise.num_samples
-    device = noise.x_T.device
-    sched = schedule.to(device)
-    window = config.window or T
-    order = config.order or T
-    max_iters = config.max_iters or T
-    gscale = tolerance_scale(sched, config.tol_scale)
-    threshold_all = torch.clamp(config.rel_tol * gscale, min=config.abs_tol)  # [T]
-    xi = noise.xi.reshape(n, T, -1).to(torch.float64)
-    state = resume if resume is not None else new_state(noise, config, init)
-    evaluate = Evaluator(model, sched, noise, config.method)
-
+    T = schedule.num_steps
+    sched, xi, state, book = start_solve(model, schedule, noise, config, init, callback, resume)
+    window, order, max_iters = config.window or T, config.order or T, config.max_iters or T
+    threshold_all = stop_thresholds(config, sched)
+    if state.spent is None:
+        state.spent = torch.zeros(noise.num_samples, dtype=torch.float64, device=state.x.device)
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
-        it = state.iteration
-        if config.init == "copy":
-            enter_copies(state, window)
-        sync(device)
-        t_start = time.perf_counter()
-        win = make_window(state.frozen, window, T)
-        rows, t, valid = win.rows, win.t, win.valid
-        x_ext = state.x[rows, win.t_up]  # [N, Wmax+1, D]: x_{lo+j}
-        x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        vi, vj = torch.nonzero(valid, as_tuple=True)
-        tv = t[vi, vj]
-        eps = torch.zeros_like(x_cur)
-        t_model = time.perf_counter()
-        eps[vi, vj] = evaluate(x_up[vi, vj], tv, vi, it)
-        t_after_model = time.perf_counter()
-        a_w, b_w, c_w = sched.a[t], sched.b[t], sched.c[t]
-        g = b_w[..., None] * eps + c_w[..., None] * xi[rows, t]
+        book.begin()
+        # 1. eps at every state of the window, one batched model call
+        ev = evaluate_window(state, book, window, config.init == "copy")
+        win, t, valid, x_cur = ev.win, ev.win.t, ev.win.valid, ev.x_cur
+        # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
+        a_w = sched.a[t]
+        g = sched.b[t][..., None] * ev.eps + sched.c[t][..., None] * xi[win.rows, t]
         g = torch.where(valid[..., None], g, torch.zeros_like(g))
-        exact = step_rhs(a_w[..., None], x_up, g)  # the first-order (sequential) step
+        exact = step_rhs(a_w[..., None], ev.x_up, g)  # the sequential step from the current state above
         rho = rms(exact - x_cur)
+        rhs = exact if order == 1 else splitting_rhs(config.splitting, a_w, g, ev.x_ext, win.width, order)
+        # 3. u* = the highest step the stopping rule does not accept
         thr = threshold_all[t]
-        unconv = valid & (rho > thr)
-        j = torch.arange(win.size, device=device)
-        u_star = torch.where(unconv, j[None, :], torch.full_like(t, -1)).max(dim=1).values  # [N]
+        u_star, accepted = stop_test(config, rho, valid, win, thr, state.spent)
+        j = torch.arange(win.size, device=t.device)
         below = valid & (j[None, :] < u_star[:, None])
-        at = valid & (j[None, :] == u_star[:, None])
-
-        if order == 1:
-            resid = exact - x_cur
-        else:
-            resid = order_k_rhs(a_w, g, x_ext, win.width, order) - x_cur
-        new_vals, fallback = update(UpdateInput(x_cur, resid, valid, below, win, state, vi, vj))
+        # 4. accepted steps keep their values; x_{u*} takes the exact step; steps below u* the method's update
+        new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, win, state, ev.vi, ev.vj))
         x_new = torch.where(below[..., None], new_vals, x_cur)
-        x_new = torch.where(at[..., None], exact, x_new)
-        state.x[vi, tv] = x_new[vi, vj]  # positions above u* write back their unchanged values
-
+        x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
+        state.x[ev.vi, ev.tv] = x_new[ev.vi, ev.vj]
+        # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
         hi = state.frozen.clone()
-        active = win.width > 0
+        state.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
         state.frozen = torch.where(u_star >= 0, win.lo + u_star.clamp(min=0), win.lo)
-        state.iterations += active.long()
+        state.iterations += (win.width > 0).long()
         state.nfe += win.width
-        state.iteration += 1
-        sync(device)
-        t_end = time.perf_counter()
-        state.log.append(
-            log_record(it, vi, tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj], ~unconv[vi, vj], fallback[vi, vj])
+        vi, vj = ev.vi, ev.vj
+        log = log_record(
+            book.iteration, vi, ev.tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj], accepted[vi, vj], fallback[vi, vj]
         )
-        state.timings.append(
-            {
-                "iteration": it,
-                "model_s": evaluate.model_s,
-                "solver_s": (t_end - t_start) - (t_after_model - t_model),
-                "comm_s": evaluate.comm_s,
-                "rows": int(vi.numel()),
-            }
-        )
-        if callback is not None:
-            callback(
-                IterationInfo(
-                    iteration=it,
-                    trajectory=state.x.view(n, T + 1, *noise.sample_shape),
-                    frozen=state.frozen,
-                    window_lo=win.lo,
-                    window_hi=hi,
-                    rho=torch.where(valid, rho, torch.full_like(rho, float("nan"))),
-                    state=state,
-                )
-            )
+        book.end(log, win.lo, hi, torch.where(valid, rho, torch.full_like(rho, float("nan"))))
     return make_result(state, schedule, noise, config)
+
+
+def stop_thresholds(config: SolverConfig, schedule: Schedule) -> torch.Tensor:
+    """Per-step threshold [T] logged with rho: max(abs_tol, rel_tol g_t) for "step"; the uniform share sum_tol / T
+    of the budget for "sum" (the "sum" rule itself tests the accepted segment's total, see `stop_test`)."""
+    if config.stop == "sum":
+        return torch.full_like(schedule.sigma, config.sum_tol / schedule.num_steps)
+    return torch.clamp(config.rel_tol * tolerance_scale(schedule, config.tol_scale), min=config.abs_tol)

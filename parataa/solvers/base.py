@@ -37,6 +37,7 @@ __all__ = [
     "TOL_SCALES",
 ]
 
+
 @runtime_checkable
 class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor: ...
@@ -79,6 +80,7 @@ class SolverState:
     hist_x: torch.Tensor | None = None  # [N, T, m, D], newest first
     hist_f: torch.Tensor | None = None
     hist_len: torch.Tensor | None = None  # [N, T]
+    spent: torch.Tensor | None = None  # [N] summed rho of the states accepted so far (the "sum" stopping rule)
     log: list[dict[str, torch.Tensor]] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
 

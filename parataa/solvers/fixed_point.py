@@ -1,4 +1,4 @@
-"""Fixed-point iteration of order k: "FP" (k = 1) and "FP+" (k >= window), ALGORITHM.md sections 2-3.
+"""Fixed-point iteration of order k: "FP" (k = 1) and "FP+" (k >= window), docs/METHOD.md sections 2-3 and 8.
 
 Every unknown of the window moves to the right-hand side of its order-k equation at once:
     x_t <- x_t + F^(k)_t(x).

@@ -5,24 +5,13 @@ This is the reference every parallel solver is compared with; its trajectory is 
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import step_rhs
-from .base import (
-    Callback,
-    Denoiser,
-    Evaluator,
-    IterationInfo,
-    SolverConfig,
-    SolveResult,
-    SolverState,
-    make_result,
-    sync,
-)
+from ._loop import Bookkeeper, log_record
+from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState, check_inputs, make_result
 
 
 def sequential(
@@ -36,11 +25,7 @@ def sequential(
     resume: SolverState | None = None,
 ) -> SolveResult:
     config = config or SolverConfig(method="sequential")
-    if noise.num_steps != schedule.num_steps:
-        raise ValueError(
-            f"noise bundle has {noise.num_steps} steps but the schedule has {schedule.num_steps}; "
-            "draw the bundle with num_steps equal to the sampler's step count"
-        )
+    check_inputs(schedule, noise, init, config)
     T, n = schedule.num_steps, noise.num_samples
     device = noise.x_T.device
     sched = schedule.to(device)
@@ -48,66 +33,23 @@ def sequential(
     if resume is None:
         x = torch.zeros(n, T + 1, xi.shape[2], dtype=torch.float64, device=device)
         x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
-        state = SolverState(
-            x=x,
-            frozen=torch.full((n,), T, dtype=torch.long, device=device),
-            entered=torch.full((n,), T, dtype=torch.long, device=device),
-            iterations=torch.zeros(n, dtype=torch.long, device=device),
-            nfe=torch.zeros(n, dtype=torch.long, device=device),
-        )
-    else:
-        state = resume
-    evaluate = Evaluator(model, sched, noise, "sequential")
+        full = torch.full((n,), T, dtype=torch.long, device=device)
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        resume = SolverState(x=x, frozen=full, entered=full.clone(), iterations=zeros, nfe=zeros.clone())
+    state = resume
+    book = Bookkeeper(state, model, sched, noise, "sequential", callback)
     samples = torch.arange(n, device=device)
-    samples_cpu = torch.arange(n)
+    zero = torch.zeros(n, dtype=torch.float64, device=device)
     while int(state.frozen[0]) > 0:
+        book.begin()
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
-        sync(device)
-        t0 = time.perf_counter()
-        eps = evaluate(state.x[:, t + 1], steps, samples, state.iteration)
-        t1 = time.perf_counter()
-        g = sched.b[t] * eps + sched.c[t] * xi[:, t]
-        state.x[:, t] = step_rhs(sched.a[t], state.x[:, t + 1], g)
-        sync(device)
-        t2 = time.perf_counter()
+        eps = book.eps(state.x[:, t + 1], steps, samples)
+        state.x[:, t] = step_rhs(sched.a[t], state.x[:, t + 1], sched.b[t] * eps + sched.c[t] * xi[:, t])
         state.frozen -= 1
         state.iterations += 1
         state.nfe += 1
-        steps_cpu = torch.full((n,), t, dtype=torch.long)
-        state.log.append(
-            {
-                "sample": samples_cpu,
-                "iteration": torch.full((n,), state.iteration, dtype=torch.long),
-                "step": steps_cpu,
-                "rho": torch.zeros(n, dtype=torch.float64),
-                "threshold": torch.zeros(n, dtype=torch.float64),
-                "converged": torch.ones(n, dtype=torch.bool),
-                "window_lo": steps_cpu,
-                "window_hi": steps_cpu + 1,
-                "fallback": torch.zeros(n, dtype=torch.bool),
-            }
-        )
-        state.timings.append(
-            {
-                "iteration": state.iteration,
-                "model_s": evaluate.model_s,
-                "solver_s": (t2 - t0) - (t1 - t0) + 0.0,
-                "comm_s": evaluate.comm_s,
-                "rows": n,
-            }
-        )
-        state.iteration += 1
-        if callback is not None:
-            callback(
-                IterationInfo(
-                    iteration=state.iteration - 1,
-                    trajectory=state.x.view(n, T + 1, *noise.sample_shape),
-                    frozen=state.frozen,
-                    window_lo=steps,
-                    window_hi=steps + 1,
-                    rho=torch.zeros(n, 1, dtype=torch.float64, device=device),
-                    state=state,
-                )
-            )
+        done = torch.ones(n, dtype=torch.bool, device=device)
+        log = log_record(book.iteration, samples, steps, steps, steps + 1, zero, zero, done, ~done)
+        book.end(log, steps, steps + 1, zero[:, None])
     return make_result(state, schedule, noise, config)

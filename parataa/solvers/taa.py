@@ -1,4 +1,4 @@
-"""Triangular Anderson Acceleration (TAA), the paper's method (ALGORITHM.md section 3).
+"""Triangular Anderson Acceleration (TAA), the paper's method (docs/METHOD.md section 3).
 
 Step t gets its own coefficients, fitted only on the sub-system that determines x_t (step t and the noisier
 steps above it in the window):
@@ -16,14 +16,10 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
+from ..system import suffix_sum
 from ._history import anderson_step, push_history, ridge_solve
 from ._window import UpdateInput, fixed_point_update, run_window_solver
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
-
-
-def suffix_sum(v: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """out[t] = sum_{s >= t} v[s] along `dim`."""
-    return torch.flip(torch.cumsum(torch.flip(v, (dim,)), dim=dim), (dim,))
 
 
 def taa_coefficients(
