@@ -140,7 +140,7 @@ def write_tables(study: Study, out: Path, thresholds: list[Threshold], notes: li
     written += write_table(numbers, out, "paper_table", PAPER_CAPTION, display=text)
     written += write_table(yardstick_table(st), out, "yardstick", YARDSTICK_CAPTION)
     conv = with_step_scales(study.convergence, study.step_scales)
-    rc, rc_notes = recount_table(samples, conv, thresholds)
+    rc, rc_notes = recount_table(samples, conv, thresholds, study.solver_settings)
     notes += rc_notes
     written += write_table(rc, out, "recount", RECOUNT_CAPTION)
     for name, t, what in (

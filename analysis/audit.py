@@ -347,7 +347,10 @@ def measure(
         st = settings_frame if settings_frame is not None else pd.DataFrame()
         mine = st[_of_models(st, claim["models"]).to_numpy(bool)] if not st.empty else st
         outcomes = [o for chk in claim["embedded"].get("checks", []) for o in run_check(chk, mine)]
-        reason = f"no results of {list(claim['models'])} with the solvers and settings the checks compare"
+        reason = (
+            f"no results of {list(claim['models'])} (real weights, the paper's GPUs) with the solvers and settings "
+            "the checks compare"
+        )
         v = decide_embedded(outcomes, NOT_MEASURABLE, reason)
         return v, "; ".join(o.text for o in outcomes) if outcomes else "—"
     if samples.empty:
@@ -363,7 +366,10 @@ def measure(
                 f"{dict(spec.get('select', {}))}"
             )
         else:
-            why = f"the claim is about {list(claim['models'])}, the stored results have models {present}"
+            why = (
+                f"the claim is about {list(claim['models'])} (real weights, the paper's GPUs), the stored results "
+                f"have models {present}"
+            )
         verdict = Verdict(NOT_MEASURABLE, f"{verdict.reason}: {why}" + (f" ({lines[0]})" if lines else ""))
     return verdict, "; ".join(lines) if lines else "—"
 
@@ -418,8 +424,17 @@ def _pick(st: pd.DataFrame, selector: Mapping[str, Any], metric: str) -> tuple[f
     if v.empty:
         return None
     i = v.idxmax() if metric in HIGHER_IS_BETTER else v.idxmin()
-    r = s.loc[i]
-    return float(v.loc[i]), str(r.get("label") or setting_label(r["solver_tag"], int(r["steps"])))
+    return float(v.loc[i]), _named(s.loc[i])
+
+
+def _named(r: pd.Series, drop: str | None = None) -> str:
+    """'TAA [m=3 k=20 W=T tol 1e-3]': the setting's variant, then its hyperparameters (less `drop`'s)."""
+    label = str(r.get("label") or setting_label(r["solver_tag"], int(r["steps"])))
+    variant = str(r.get("variant") or label)
+    hyper = label[len(variant) :].split() if label.startswith(variant) else label.split()
+    if drop:
+        hyper = [h for h in hyper if not h.startswith(drop + "=")]
+    return f"{variant} [{' '.join(hyper)}]" if hyper else variant
 
 
 def _where(key: Sequence[Any], names: Sequence[str]) -> str:
@@ -473,8 +488,8 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
                     out.append(
                         Outcome(
                             holds,
-                            f"{_where(key, by)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} {_num(a[0])} {rel} "
-                            f"{b[1]} {_num(b[0])}: {'holds' if holds else 'fails'}",
+                            f"{_where(key[: len(GROUP)], GROUP)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} "
+                            f"{_num(a[0])} {rel} {b[1]} {_num(b[0])}: {'holds' if holds else 'fails'}",
                         )
                     )
         return out
@@ -525,11 +540,17 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
                     (xs[i], xs[i + 1]) for i in range(len(v) - 1) if not (v[i + 1] <= v[i] + tol or math.isinf(v[i]))
                 ]
                 holds = not rises
-                pts = ", ".join(f"{along} {x:g}: {_num(y)}" for x, y in zip(xs, v, strict=True))
+                sym = {"window": "W", "order": "k", "history": "m"}.get(along, along)
+                steps = int(g["steps"].iloc[0])
+                pts = ", ".join(
+                    f"{sym}={'T' if along in ('window', 'order') and x >= steps else f'{x:g}'}: {_num(y)}"
+                    for x, y in zip(xs, v, strict=True)
+                )
                 out.append(
                     Outcome(
                         holds,
-                        f"{_where(key, series)}, {METRIC_NAMES.get(metric, metric)} vs {along}: {pts}: "
+                        f"{_where(key[: len(GROUP)], GROUP)}, {_named(g.iloc[0], sym)}, "
+                        f"{METRIC_NAMES.get(metric, metric)} vs {sym}: {pts}: "
                         + ("never rises" if holds else "rises from " + ", ".join(f"{a:g} to {b:g}" for a, b in rises)),
                     )
                 )

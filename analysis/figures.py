@@ -259,7 +259,7 @@ def residual_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
     if conv.empty:
         return _note(notes, "residual_vs_iteration: only sequential runs (their residuals are 0 by construction)")
     conv = conv[_is_best(conv, fr)]
-    ok, other = first_order_tags(conv)
+    ok, other = first_order_tags(conv, fr.study.solver_settings)
     left_out = sorted({v for t, v in zip(fr.best["solver_tag"], fr.best["variant"], strict=True) if t in other})
     conv = conv[conv["solver_tag"].isin(ok)]
     if conv.empty:

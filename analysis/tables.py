@@ -168,18 +168,26 @@ def with_step_scales(convergence: pd.DataFrame, scales: pd.DataFrame) -> pd.Data
 # -------------------------------------------------------------------------------------------- recount
 
 
-def first_order_tags(conv: pd.DataFrame) -> tuple[set[str], set[str]]:
-    """(tags whose stopping rule is the logged first-order residual, the others). A run stops on rho_t when its
-    log's `converged` is exactly rho_t <= threshold in every row; Picard logs rho_t but stops on its own
-    change-based rule, and the summed-residual rule (stop="sum") accepts steps by their sum."""
-    ok, other = set(), set()
-    for tag, g in conv.groupby("solver_tag"):
-        same = (g["rho"].to_numpy(float) <= g["threshold"].to_numpy(float)) == g["converged"].to_numpy(bool)
-        (ok if bool(same.all()) else other).add(str(tag))
-    return ok, other
+def first_order_tags(conv: pd.DataFrame, settings: pd.DataFrame | None = None) -> tuple[set[str], set[str]]:
+    """(tags of runs that stop on each step's first-order residual, the others). From the runs' solver settings
+    (Study.solver_settings: method, stop) when given: Picard stops on its own change-based rule, stop="sum" on
+    the summed residual (docs/METHOD.md section 9). Without settings, from the logs: a run on the per-step rule
+    never accepts a step whose rho_t exceeds its threshold."""
+    tags = {str(t) for t in conv["solver_tag"].unique()}
+    if settings is not None and {"solver_tag", "method", "stop"} <= set(settings.columns):
+        s = settings[settings["solver_tag"].astype(str).isin(tags)]
+        other = set(s.loc[(s["method"] == "picard") | (s["stop"].fillna("step") != "step"), "solver_tag"].astype(str))
+    else:
+        bad = conv["converged"].to_numpy(bool) & (conv["rho"].to_numpy(float) > conv["threshold"].to_numpy(float))
+        other = {str(t) for t in conv.loc[bad, "solver_tag"].unique()}
+        if "solver" in conv.columns:
+            other |= {str(t) for t in conv.loc[conv["solver"] == "picard", "solver_tag"].unique()}
+    return tags - other, other
 
 
-def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd.DataFrame:
+def recount_steps(
+    convergence_df: pd.DataFrame, threshold_fn: ThresholdFn, settings: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Steps to converge of every logged solve under a new threshold (see the module docstring).
 
     convergence_df: rows of convergence.parquet (sample or seed, iteration, step, rho, converged, and the
@@ -187,7 +195,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
     Returns one row per solve: its identifying columns, `iterations` (the recount; NaN when censored),
     `censored` (a step never meets the new threshold in the logged iterations), `recounted` (False for
     runs whose stopping rule is not the per-step first-order one: Picard, the summed-residual rule;
-    `first_order_tags`).
+    `first_order_tags`, from `settings` = Study.solver_settings when given).
     """
     need = {"iteration", "step", "rho", "converged"}
     if not need <= set(convergence_df.columns):
@@ -195,7 +203,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
     id_cols = [c for c in ("model", "sampler", "steps", "solver", "solver_tag") if c in convergence_df.columns]
     id_cols.append("seed" if "seed" in convergence_df.columns else "sample")
     df = convergence_df.sort_values([*id_cols, "step", "iteration"]).reset_index(drop=True)
-    other_rule = first_order_tags(df)[1] if {"solver_tag", "threshold"} <= set(df.columns) else set()
+    other_rule = first_order_tags(df, settings)[1] if {"solver_tag", "threshold"} <= set(df.columns) else set()
     thr = np.asarray(threshold_fn(df), dtype=float)
     if thr.shape != (len(df),):
         raise ValueError(f"threshold_fn must return one threshold per row ({len(df)}), got shape {thr.shape}")
@@ -336,7 +344,10 @@ RECOUNT_CAPTION = (
 
 
 def recount_table(
-    samples: pd.DataFrame, convergence: pd.DataFrame, thresholds: Iterable[Threshold]
+    samples: pd.DataFrame,
+    convergence: pd.DataFrame,
+    thresholds: Iterable[Threshold],
+    settings: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Per cell: stored iterations and the recount under each threshold: mean and std over seeds (NaN when any
     seed is censored), censored seeds out of n_seeds."""
@@ -346,7 +357,7 @@ def recount_table(
     tables = [base]
     for th in thresholds:
         try:
-            rc = recount_steps(convergence, th)
+            rc = recount_steps(convergence, th, settings)
         except ValueError as e:
             notes.append(f"recount under {th.label} skipped: {e}")
             continue

@@ -227,7 +227,10 @@ def paper_table(st: pd.DataFrame, order: Sequence[str] | None = None) -> tuple[p
             "sampler-steps": [f"{s.upper()}-{n}" for s, n in zip(best["sampler"], best["steps"], strict=True)],
             "sequential steps": best["steps"].astype(int).astype(str),
             "solver": best["variant"],
-            "setting": best["label"],
+            "setting": [
+                lab[len(v) :].strip() if lab.startswith(v) else lab
+                for lab, v in zip(best["label"], best["variant"], strict=True)
+            ],
             "steps at stop (mean / max)": [
                 f"{_num(a)} / {_num(b, 0)}" for a, b in zip(best["its_stop_mean"], best["its_stop_max"], strict=True)
             ],

@@ -545,6 +545,7 @@ def test_claim_window_study_both_ways() -> None:
     assert _verdict("window-size-study", study(12, 12.4, 12)) == REPRODUCED  # within half a step
     e = measure_embedded(_claim("window-size-study"), study(10, 15, 12))
     assert e.verdict.verdict == NOT_REPRODUCED and "rises from 5 to 10" in e.outcomes[0].text
+    assert "FP+ [k=T tol 1e-3], steps to 40 dB vs W: W=5: 10, W=10: 15, W=T: 12" in e.outcomes[0].text
     assert _verdict("window-size-study", _st({"solver": "fp+", "its": 12, "to40": 10})) == NOT_RUN
 
 
@@ -656,14 +657,28 @@ def test_speedup_vs_gpus_with_several_world_sizes(tmp_path: Path) -> None:
 
 
 def test_residual_figure_only_for_solvers_stopping_on_it() -> None:
-    conv = load_study(MINI).convergence
-    ok, other = first_order_tags(conv)
+    study = load_study(MINI)
+    conv = study.convergence
+    ok, other = first_order_tags(conv, study.solver_settings)
     assert ok == set(conv["solver_tag"]) and not other
-    # Picard logs the first-order residual but decides convergence on its own rule
+    assert first_order_tags(conv) == (ok, other)  # the same read from the logs alone
+    # Picard logs the first-order residual but accepts steps by its own rule; so does the summed-residual rule
     pic = conv[conv.solver_tag == TAA].assign(solver="picard", solver_tag="picard_w24_ptol1e-1")
-    pic["converged"] = ~pic["converged"]
-    ok2, other2 = first_order_tags(pd.concat([conv, pic]))
-    assert other2 == {"picard_w24_ptol1e-1"} and TAA in ok2
+    summed = conv[conv.solver_tag == TAA].assign(solver_tag="taa_m2_k24_w24_sum4e-2")
+    summed["converged"] = summed["rho"] <= 4e-2 / 24 * 10  # accepted above its per-step share
+    both = pd.concat([conv, pic, summed])
+    assert first_order_tags(both)[1] == {"picard_w24_ptol1e-1", "taa_m2_k24_w24_sum4e-2"}
+    settings = pd.concat(
+        [
+            study.solver_settings,
+            pd.DataFrame([{"solver_tag": "picard_w24_ptol1e-1", "method": "picard", "stop": "step"}]),
+            pd.DataFrame([{"solver_tag": "taa_m2_k24_w24_sum4e-2", "method": "taa", "stop": "sum"}]),
+        ]
+    )
+    assert first_order_tags(both, settings)[1] == {"picard_w24_ptol1e-1", "taa_m2_k24_w24_sum4e-2"}
+    rc = recount_steps(both, flat_rule(1e-3), settings).set_index("solver_tag")
+    assert not rc.loc[["picard_w24_ptol1e-1", "taa_m2_k24_w24_sum4e-2"], "recounted"].any()
+    assert rc.loc[TAA, "recounted"].all()
 
 
 def test_labels_from_tags() -> None:
