@@ -45,7 +45,9 @@ EULER = {"splitting": "euler", "init": "copy"}
 CORE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fp+": ("fp+", {}, None),
     "fp+ nostop": ("fp+", NOSTOP, None),
+    "fp+ sum": ("fp+", {"stop": "sum"}, None),
     "aa": ("aa", {}, None),
+    "aa sum": ("aa", {"stop": "sum"}, None),
     "taa (paper)": ("taa", {}, None),
     "taa (paper) sigma-rule": ("taa", SIGMA, None),
     "taa (paper) sum": ("taa", {"stop": "sum"}, None),
@@ -58,32 +60,30 @@ CORE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fp+ euler copy": ("fp+", EULER, None),
     "fp+ euler copy sum": ("fp+", {**EULER, "stop": "sum"}, None),
     "taa-euler m2": ("taa-euler", {"history": 2}, None),
-    "taa-euler": ("taa-euler", {}, None),
+    "taa-euler m3": ("taa-euler", {"history": 3}, None),
+    "taa-euler m3 nostop": ("taa-euler", {"history": 3, **NOSTOP}, None),
     "taa-euler m4": ("taa-euler", {"history": 4}, None),
-    "taa-euler m5": ("taa-euler", {"history": 5}, None),
+    "taa-euler": ("taa-euler", {}, None),
+    "taa-euler nostop": ("taa-euler", NOSTOP, None),
     "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}, None),
     "taa-euler sum0.08": ("taa-euler", {"sum_tol": 0.08}, None),
-    "taa-euler m5 sum0.02": ("taa-euler", {"history": 5, "sum_tol": 0.02}, None),
     "taa-euler flat-rule": ("taa-euler", {"stop": "step"}, None),
-    "taa-euler nostop": ("taa-euler", NOSTOP, None),
-    "taa-euler m5 nostop": ("taa-euler", {"history": 5, **NOSTOP}, None),
 }
 EXPLORE: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "taa-euler m6": ("taa-euler", {"history": 6}, None),
     "taa-euler gaussian": ("taa-euler", {"init": "gaussian"}, None),
     "taa-euler jump-init": ("taa-euler", {"init": "trajectory"}, "jump"),
     "taa-euler ridge1e-6": ("taa-euler", {"ridge": 1e-6}, None),
     "taa-euler ridge1e-4": ("taa-euler", {"ridge": 1e-4}, None),
     "taa-euler ridge1e-2": ("taa-euler", {"ridge": 1e-2}, None),
     "taa-euler restart": ("taa-euler", {}, "restart"),
-    "taa-euler m5 restart": ("taa-euler", {"history": 5}, "restart"),
-    "aa euler m3": ("aa", {**EULER, "history": 3, "stop": "sum"}, None),
+    "taa-euler m3 restart": ("taa-euler", {"history": 3}, "restart"),
+    "aa euler m5": ("aa", {**EULER, "history": 5, "stop": "sum"}, None),
     "taa-euler k20": ("taa-euler", {"order": 20}, None),
 }
 WINDOWS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     **{f"taa-euler W{w}": ("taa-euler", {"window": w}, None) for w in (8, 16, 32, 50)},
-    **{f"taa-euler m5 W{w}": ("taa-euler", {"window": w, "history": 5}, None) for w in (8, 16, 32, 50)},
     **{f"picard W{w}": ("picard", {"window": w}, None) for w in (8, 16, 32, 50)},
-    **{f"picard W{w} nostop": ("picard", {"window": w, "picard_tol": 0.0}, None) for w in (16, 32)},
 }
 GROUPS = {"core": CORE, "explore": EXPLORE, "windows": WINDOWS}
 CONDITIONS = {
@@ -131,7 +131,14 @@ def jump_init(model, sched, noise) -> torch.Tensor:
 
 def run_variant(model, sched, noise, ref_x0, name, options, special):
     cfg = preset(name, **options)
-    rec = FidelityRecorder(ref_x0)
+    fidelity = FidelityRecorder(ref_x0)
+    rsum: list[list[float]] = []  # per iteration, per sample: frozen residual + the window's rho sum
+
+    def rec(info) -> None:
+        fidelity(info)
+        total = info.state.spent if info.state.spent is not None else torch.zeros_like(info.frozen, dtype=torch.float64)
+        rsum.append((total + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1)).tolist())
+
     extra = 0
     t0 = time.perf_counter()
     if special == "restart":
@@ -145,12 +152,12 @@ def run_variant(model, sched, noise, ref_x0, name, options, special):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     n = noise.num_samples
-    rows = rec.rows
+    rows = fidelity.rows
     iters = int(rows["iteration"].max()) if len(rows["iteration"]) else 0
     curve = [[math.nan] * iters for _ in range(n)]
     for s, it, p in zip(rows["sample"], rows["iteration"], rows["psnr_db"], strict=True):
         curve[int(s)][int(it) - 1] = float(p)
-    to = {db: [v + extra if not math.isnan(v) else None for v in rec.iterations_to(db)] for db in (30, 40, 50)}
+    to = {db: [v + extra if not math.isnan(v) else None for v in fidelity.iterations_to(db)] for db in (30, 40, 50)}
     stop_psnr = psnr_db(res.x0, ref_x0).tolist()
     return {
         "config": cfg.to_dict(),
@@ -163,6 +170,7 @@ def run_variant(model, sched, noise, ref_x0, name, options, special):
         "to_40": to[40],
         "to_50": to[50],
         "curve": [[round(p, 3) if math.isfinite(p) else 999.0 for p in c] for c in curve],
+        "rsum": [[float(f"{it[s]:.4g}") for it in rsum] for s in range(n)],
         "wall_s": wall,
         "model_s": float(res.timings["model_s"].sum()),
         "solver_s": float(res.timings["solver_s"].sum()),
@@ -219,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                         fh.write(json.dumps(rec) + "\n")
                         fh.flush()
                         to40 = [v for v in rec["to_40"] if v is not None]
+                        stop = sum(rec["iterations"]) / len(seeds)
                         print(
-                            f"{model_name} {sampler}-{steps} {label:28s} stop {sum(rec['iterations']) / len(seeds):6.2f}"
+                            f"{model_name} {sampler}-{steps} {label:28s} stop {stop:6.2f}"
                             f" to40 {sum(to40) / max(len(to40), 1):6.2f} ({len(to40)}/{len(seeds)})"
                             f" psnr_min {min(rec['psnr_stop']):6.1f} [{time.perf_counter() - t_all:6.0f} s]",
                             flush=True,

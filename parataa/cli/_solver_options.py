@@ -1,51 +1,57 @@
 """Solver options shared by the subcommands: one definition of the flags and of which flag applies to which
-solver (FP is always order 1; Picard always starts from copies, as ParaDiGMS; sequential takes none)."""
+solver. Every flag defaults to "not given": the solver's preset and then `SolverConfig`'s fields decide, so the
+defaults live in one place (parataa/solver_config.py). A flag that is given applies to every chosen solver it
+means something to: FP is always order 1; Picard has its own update, rule and copy initialisation (its flags
+are --window, --picard-tol and --max-iters); sequential takes none."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..solver_config import TOL_SCALES, SolverConfig, preset
+from ..solver_config import INITS, SPLITTINGS, STOPS, TOL_SCALES, SolverConfig, preset
 
 _DEFAULT = SolverConfig()
+# options each solver does not take from the shared flags
+_NOT_FOR = {
+    "sequential": None,  # none at all
+    "fp": {"order", "history", "ridge"},
+    "picard": {"order", "history", "ridge", "init", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale"},
+}
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--window", type=int, default=None, help="window W (default: T)")
     d = _DEFAULT
-    p.add_argument("--history", type=int, default=d.history, help=f"history m of AA/TAA (default {d.history})")
-    p.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is always 1)")
-    p.add_argument("--ridge", type=float, default=d.ridge, help=f"ridge lambda of AA/TAA (default {d.ridge:g})")
-    p.add_argument("--abs-tol", type=float, default=d.abs_tol, help=f"(default {d.abs_tol:g})")
-    p.add_argument("--rel-tol", type=float, default=d.rel_tol, help=f"(default {d.rel_tol:g})")
-    p.add_argument("--tol-scale", choices=TOL_SCALES, default=d.tol_scale)
-    p.add_argument("--max-iters", type=int, default=None, help="iteration cap (default: T)")
-    p.add_argument(
-        "--picard-tol", type=float, default=d.picard_tol, help=f"ParaDiGMS tolerance (default {d.picard_tol:g})"
-    )
-    p.add_argument(
+    g = p.add_argument_group("solver options (default: each solver's preset, then parataa.SolverConfig)")
+    g.add_argument("--window", type=int, default=None, help="window W (default: T)")
+    g.add_argument("--history", type=int, default=None, help=f"history m of AA/TAA (default {d.history})")
+    g.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is always 1)")
+    g.add_argument("--ridge", type=float, default=None, help=f"ridge lambda of AA/TAA (default {d.ridge:g})")
+    g.add_argument("--splitting", choices=SPLITTINGS, default=None, help="order-k equations (default exact)")
+    g.add_argument("--stop", choices=STOPS, default=None, help="stopping rule: per step or summed (default step)")
+    g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
+    g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
+    g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
+    g.add_argument("--tol-scale", choices=TOL_SCALES, default=None, help=f"(default {d.tol_scale})")
+    g.add_argument("--max-iters", type=int, default=None, help="iteration cap (default: T)")
+    g.add_argument("--picard-tol", type=float, default=None, help=f"ParaDiGMS tolerance (default {d.picard_tol:g})")
+    g.add_argument(
         "--init",
-        choices=("gaussian", "copy"),
-        default=d.init,
-        help="initial guess of FP/FP+/AA/TAA (Picard always starts from copies, as ParaDiGMS)",
+        choices=[i for i in INITS if i != "trajectory"],
+        default=None,
+        help="initial guess of FP/FP+/AA/TAA (default: gaussian; copy for taa-euler; Picard always copies)",
     )
 
 
 def solver_config(name: str, args: argparse.Namespace) -> SolverConfig:
-    """The config of solver `name` from the parsed flags."""
-    over: dict[str, Any] = dict(
-        window=args.window,
-        history=args.history,
-        ridge=args.ridge,
-        abs_tol=args.abs_tol,
-        rel_tol=args.rel_tol,
-        tol_scale=args.tol_scale,
-        max_iters=args.max_iters,
-        picard_tol=args.picard_tol,
-    )
-    if name not in ("fp", "sequential") and args.order is not None:
-        over["order"] = args.order
-    if name not in ("picard", "sequential"):
-        over["init"] = args.init
-    return preset(name, **over)
+    """The config of solver `name` from its preset and the flags the user gave."""
+    given: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in ("window", "history", "order", "ridge", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol")
+        + ("tol_scale", "max_iters", "picard_tol", "init")
+        if getattr(args, k, None) is not None
+    }
+    skip = _NOT_FOR.get(name, set())
+    if skip is None:
+        return preset(name)
+    return preset(name, **{k: v for k, v in given.items() if k not in skip})

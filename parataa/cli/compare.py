@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from typing import Any
 
 import torch
 
+from ..fidelity import FidelityRecorder, psnr_db
 from ..noise import draw_noise
 from ..schedules import Schedule, from_diffusers_config
 from ..solver_config import SOLVER_NAMES
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
     p.add_argument(
         "--solvers",
-        default="sequential,fp,fp+,aa,taa,picard",
+        default="sequential,fp,fp+,aa,taa,picard,taa-euler",
         help=f"comma-separated, from {','.join(SOLVER_NAMES)}",
     )
     add_solver_arguments(p)
@@ -57,7 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=10, help="gmm: number of classes")
     p.add_argument("--spread", type=float, default=0.15, help="gmm: per-class standard deviation")
     p.add_argument("--gmm-seed", type=int, default=0, help="gmm: seed of the class means")
+    p.add_argument(
+        "--fidelity-db",
+        type=float,
+        default=40.0,
+        help="report iterations to this PSNR (dB) against the sequential x0, range [-1, 1] (default 40)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (on stderr)")
     p.set_defaults(func=run)
 
 
@@ -96,6 +106,35 @@ def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, .
     return den, spec(args.steps, sampler=args.sampler), tuple(spec.sample_shape)
 
 
+def _progress(name: str, total: int, quiet: bool):
+    """A tqdm bar over a solve's iterations on stderr (None when quiet)."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"{name:<10}", unit="it", file=sys.stderr, leave=False, ascii=True)
+
+
+def _solve_one(name: str, args: argparse.Namespace, den, sched: Schedule, noise, ref) -> dict[str, Any]:
+    """One solver on the bundle, with the x0 of every iteration measured against the sequential x0."""
+    cfg = preset("sequential") if name == "sequential" else solver_config(name, args)
+    fidelity = FidelityRecorder(ref.x0) if ref is not None else None
+    bar = _progress(name, cfg.max_iters or sched.num_steps, args.quiet)
+
+    def callback(info) -> None:
+        if fidelity is not None:
+            fidelity(info)
+        if bar is not None:
+            bar.update(1)
+
+    t0 = time.perf_counter()
+    res = solve(den, sched, noise, cfg, callback=callback)
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return {"result": res, "wall_s": wall, "fidelity": fidelity}
+
+
 def run(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.solvers.split(",") if s.strip()]
     for s in names:
@@ -106,30 +145,37 @@ def run(args: argparse.Namespace) -> int:
     seeds = _int_list(args.seeds)
     den, sched, shape = build(args, len(seeds))
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
-    t0 = time.perf_counter()
-    ref = solve(den, sched, noise, preset("sequential"))
-    ref_wall = time.perf_counter() - t0
+    seq = _solve_one("sequential", args, den, sched, noise, None)
+    ref = seq["result"]
     rows = []
     for name in names:
-        if name == "sequential":
-            res, wall = ref, ref_wall
-        else:
-            cfg = solver_config(name, args)
-            t0 = time.perf_counter()
-            res = solve(den, sched, noise, cfg)
-            wall = time.perf_counter() - t0
+        out = seq if name == "sequential" else _solve_one(name, args, den, sched, noise, ref)
+        res = out["result"]
         err = (res.x0 - ref.x0).abs().reshape(len(seeds), -1).max(dim=1).values
+        psnr = psnr_db(res.x0, ref.x0)
+        if name == "sequential":
+            to_db = [float(args.steps)] * len(seeds)
+        else:
+            to_db = [float(v) for v in out["fidelity"].iterations_to(args.fidelity_db)]
+        reached = [v for v in to_db if not math.isnan(v)]
         s = res.summary()
         rows.append(
             {
                 "solver": name,
+                "config": res.config.to_dict(),
                 "iterations_mean": s["iterations_mean"],
                 "iterations_max": s["iterations_max"],
+                "iterations": [int(v) for v in res.iterations.tolist()],
                 "step_speedup": args.steps / s["iterations_mean"],
                 "nfe_mean": s["nfe_mean"],
+                "psnr_min_db": float(psnr.min()) if math.isfinite(float(psnr.min())) else None,
+                "psnr_db": [float(p) if math.isfinite(float(p)) else None for p in psnr.tolist()],
+                "iterations_to_db_mean": sum(reached) / len(reached) if len(reached) == len(seeds) else None,
+                "iterations_to_db": [None if math.isnan(v) else v for v in to_db],
+                "seeds_reaching_db": len(reached),
                 "max_abs_err_vs_sequential": float(err.max()),
                 "finished": s["finished"],
-                "wall_s": wall,
+                "wall_s": out["wall_s"],
                 "model_s": s["model_s"],
                 "solver_s": s["solver_s"],
             }
@@ -140,23 +186,41 @@ def run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "seeds": seeds,
         "cfg_scale": args.cfg_scale,
+        "fidelity_db": args.fidelity_db,
         "device": str(args.device),
         "torch": torch.__version__,
     }
     if args.json:
         print(json.dumps({"setting": meta, "results": rows}, indent=2))
         return 0
-    print(
-        f"model={args.model} sampler={args.sampler} T={args.steps} seeds={seeds} cfg={args.cfg_scale} "
-        f"abs_tol={args.abs_tol} rel_tol={args.rel_tol} device={args.device}"
-    )
-    head = f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}"
-    print(head)
-    print("-" * len(head))
+    print(_table(meta, rows))
+    return 0
+
+
+def _table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    db = f"{meta['fidelity_db']:g}"
+    lines = [
+        f"model={meta['model']} sampler={meta['sampler']} T={meta['steps']} seeds={meta['seeds']} "
+        f"cfg={meta['cfg_scale']} device={meta['device']}",
+        f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'PSNR min':>10}{'to ' + db + ' dB':>10}"
+        f"{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}",
+    ]
+    lines.insert(2, "-" * len(lines[1]))
     for r in rows:
-        print(
+        psnr = "inf" if r["psnr_min_db"] is None else f"{r['psnr_min_db']:.1f}"
+        n = len(r["iterations"])
+        to = (
+            f"{r['iterations_to_db_mean']:.2f}"
+            if r["iterations_to_db_mean"] is not None
+            else f"({r['seeds_reaching_db']}/{n})"
+        )
+        lines.append(
             f"{r['solver']:<11}{r['iterations_mean']:>11.2f}{r['iterations_max']:>6d}{r['step_speedup']:>8.2f}x"
-            f"{r['nfe_mean']:>9.1f}{r['max_abs_err_vs_sequential']:>13.2e}{r['wall_s']:>9.3f}"
+            f"{psnr:>10}{to:>10}{r['nfe_mean']:>9.1f}{r['max_abs_err_vs_sequential']:>13.2e}{r['wall_s']:>9.3f}"
             + ("" if r["finished"] else "  (hit max_iters)")
         )
-    return 0
+    lines.append(
+        f"PSNR min: at the stop, over seeds, against the sequential x0 (range [-1, 1]); to {db} dB: mean first "
+        "iteration whose x0 is that close, from x0 at every iteration ((k/n): only k of n seeds got there)"
+    )
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, make_window, rms, splitting_rhs, step_rhs, suffix_sum
+from ..system import Window, make_window, rms, splitting_rhs, step_rhs
 from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
@@ -95,22 +95,24 @@ def stop_test(
     """u* per sample (the highest window position not accepted; -1 when all are) and the accepted-position mask.
 
     "step": a position is accepted when its own rho_t <= max(abs_tol, rel_tol g_t); u* is the highest one that
-    is not. "sum": the top segment [j, f) of the window is accepted when the residual already frozen (`spent`)
-    plus the segment's rho sum stays within the budget of the steps it covers, sum_tol (T - t_j) / T; u* is the
-    position just below the lowest such j. Either way every state above u* keeps its value (its residual, part
-    of the final trajectory's, is the one just measured) and x_{u*} takes the exact step (residual 0), so at the
-    end every state meets the per-step rule, or the summed residual of the whole trajectory is <= sum_tol.
+    is not, and accepted states keep their values (their residuals, part of the final trajectory's, are the
+    ones just measured), so at the end every state meets the rule or is an exact step from the state above it.
+
+    "sum": the whole window is accepted at once when the residual already accepted (`spent`) plus the window's
+    rho sum stays within the budget of the steps from T down to the window's bottom, sum_tol (T - lo) / T;
+    otherwise nothing is and u* is the window's top. No state is frozen with a residual while the rest still
+    moves: a small residual kept early can be amplified by expansive steps below it. An accepted window then
+    takes the method's update once more before it freezes (the caller does that): the measured iterate met the
+    budget, and the one after the update is, where the method contracts, closer still (docs/METHOD.md
+    section 9 has the measurements). x_{u*} always takes the exact step (residual 0).
     """
     j = torch.arange(win.size, device=rho.device)
     if config.stop == "step":
         bad = valid & (rho > thr)
     else:
-        T = int(win.num_steps)
-        cum = spent[:, None] + suffix_sum(torch.where(valid, rho, torch.zeros_like(rho)))
-        budget = config.sum_tol * (T - win.t).to(rho.dtype) / T
-        ok = valid & (cum <= budget)
-        lowest_ok = torch.where(ok, j[None, :], torch.full_like(win.t, win.size)).min(dim=1).values
-        bad = valid & (j[None, :] < lowest_ok[:, None])
+        total = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
+        whole = total <= config.sum_tol * (win.num_steps - win.lo).to(rho.dtype) / win.num_steps
+        bad = valid & ~whole[:, None]
     u_star = torch.where(bad, j[None, :], torch.full_like(win.t, -1)).max(dim=1).values
     return u_star, valid & (j[None, :] > u_star[:, None])
 
@@ -199,7 +201,9 @@ def run_window_solver(
         u_star, accepted = stop_test(config, rho, valid, win, thr, state.spent)
         j = torch.arange(win.size, device=t.device)
         below = valid & (j[None, :] < u_star[:, None])
-        # 4. accepted steps keep their values; x_{u*} takes the exact step; steps below u* the method's update
+        if config.stop == "sum":
+            below = below | accepted  # an accepted window takes its last update (docs/METHOD.md section 9)
+        # 4. accepted steps keep their values ("step"); x_{u*} takes the exact step; steps below u* the update
         new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, win, state, ev.vi, ev.vj))
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
