@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "matrix": f"checked against {config}" if config else "not checked (no study config given)",
     }
     _, st = study_settings(study)
-    results_list, data = audit(samples, st, figs, args.claims)
+    results_list, data = audit(samples, st, args.claims)
     written += write_report(results_list, data, out, context, notes, figs, missing)
     log.info(f"wrote {len(written)} table/report files under {out}, figures in {fig_dir}")
     log.info(headline(results_list))

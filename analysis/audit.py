@@ -107,7 +107,6 @@ class ClaimResult:
     verdict: Verdict  # on the paper's models
     measured: str
     embedded: EmbeddedResult
-    figure: Path | None = None
 
 
 def load_claims(path: str | Path = CLAIMS_PATH) -> dict[str, Any]:
@@ -579,21 +578,18 @@ def measure_embedded(claim: Mapping[str, Any], st: pd.DataFrame) -> EmbeddedResu
 def audit(
     samples: pd.DataFrame,
     settings_frame: pd.DataFrame,
-    figures: Mapping[str, Sequence[Path]] | None = None,
     claims_path: str | Path = CLAIMS_PATH,
 ) -> tuple[list[ClaimResult], dict[str, Any]]:
-    """Both verdicts of every claim. `samples`: the study's samples (paper-model verdicts); `settings_frame`:
-    analysis.yardstick.settings of the embedded/analytic models' runs (embedded verdicts)."""
+    """Both verdicts of every claim. `samples`: the study's samples; `settings_frame`: analysis.yardstick.settings
+    of the study's runs. Paper verdicts count only the claim's models, embedded ones only `embedded_models`."""
     data = load_claims(claims_path)
-    figures = figures or {}
     embedded = settings_frame
     if not settings_frame.empty and data.get("embedded_models"):
         embedded = settings_frame[_of_models(settings_frame, data["embedded_models"]).to_numpy(bool)]
     results = []
     for c in data["claims"]:
         verdict, measured = measure(c, samples, settings_frame)
-        fig = next((Path(p) for p in figures.get(c.get("figure", ""), []) if str(p).endswith(".png")), None)
-        results.append(ClaimResult(c, verdict, measured, measure_embedded(c, embedded), fig))
+        results.append(ClaimResult(c, verdict, measured, measure_embedded(c, embedded)))
     return results, data
 
 
