@@ -1,10 +1,11 @@
 """Read what the workflow stored (docs/STORAGE.md), verifying every byte before use.
 
 A run directory `runs/<model>/<sampler>-<steps>/<solver_tag>/shard-<k>/` exists for the analysis only when
-its manifest.json parses, has format "parataa.run/1", lists the required files, and every listed file has
-the sha256 the manifest records. Anything else (no manifest, a truncated or modified file, a listed file that
-is gone) is a rejected run: it is reported with the reason and never read. Files present but not listed in
-the manifest are ignored.
+it passes `parataa.manifest.verify`, the same check the writer's own reader applies: manifest.json parses,
+has format "parataa.run/1", matches its own `manifest_sha256` (so no field, the schedule included, was
+changed), lists the required files, and every listed file has the sha256 the manifest records. Anything else
+(no manifest, a truncated or modified file or manifest field, a listed file that is gone) is a rejected run:
+it is reported with the reason and never read. Files present but not listed in the manifest are ignored.
 
 The expected study matrix (model x sampler x steps x solver_tag x seeds) comes from the study config;
 `load_study(..., strict=True)` refuses an incomplete matrix and names every missing cell.
@@ -12,7 +13,6 @@ The expected study matrix (model x sampler x steps x solver_tag x seeds) comes f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from parataa.manifest import RUN_FORMAT, ManifestError, verify
+from parataa.manifest import RUN_REQUIRED_FILES as REQUIRED_FILES
 from parataa.solver_config import SolverConfig, expand_solver_grid
 
 __all__ = [
@@ -46,20 +48,14 @@ __all__ = [
     "run_seeds",
 ]
 
-RUN_FORMAT = "parataa.run/1"
 FIDELITY_FILE = "fidelity.parquet"
 FIDELITY_COLUMNS = ("psnr_db", "err_max", "err_rms", "image_psnr_db")
 DATA_RANGE = 2.0  # states in [-1, 1]
-REQUIRED_FILES = ("samples.parquet", "convergence.parquet", "timings.parquet", "trajectory.safetensors")
 CELL = ["model", "sampler", "steps", "solver_tag"]
 
 
-class ResultError(ValueError):
+class ResultError(ManifestError):
     """A stored run failed verification: for the analysis it does not exist."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 class IncompleteStudyError(ValueError):
@@ -71,14 +67,6 @@ class IncompleteStudyError(ValueError):
         lines += [f"  missing: {m}" for m in missing]
         lines += [f"  rejected run: {r}" for r in rejected]
         super().__init__("\n".join(lines))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -123,38 +111,10 @@ class Run:
 
 
 def verify_run(path: str | Path) -> Run:
-    """Check manifest and hashes of one run directory; raise ResultError naming what is wrong."""
+    """Check manifest and hashes of one run directory (`parataa.manifest.verify`); raise ResultError naming
+    what is wrong."""
     path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.is_file():
-        raise ResultError(path, "no manifest.json (an interrupted or incomplete run)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultError(path, f"manifest.json is not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != RUN_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ResultError(path, f"manifest format must be {RUN_FORMAT!r}, got {got!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ResultError(path, "manifest.json lists no files")
-    absent = [f for f in REQUIRED_FILES if f not in files]
-    if absent:
-        raise ResultError(path, f"manifest.json does not list required file(s) {absent}")
-    for name, digest in files.items():
-        if "/" in name or name.startswith("."):
-            raise ResultError(path, f"manifest lists a file outside the run directory: {name!r}")
-        p = path / name
-        if not p.is_file():
-            raise ResultError(path, f"{name} is listed in manifest.json but missing")
-        actual = sha256_file(p)
-        if actual != digest:
-            raise ResultError(
-                path,
-                f"sha256 mismatch for {name} (manifest {str(digest)[:12]}…, file {actual[:12]}…, "
-                f"{p.stat().st_size} bytes): corrupt or truncated",
-            )
-    return Run(path, manifest)
+    return Run(path, verify(path, RUN_FORMAT, REQUIRED_FILES, error=ResultError))
 
 
 def discover_runs(results: str | Path) -> tuple[list[Run], list[ResultError]]:
@@ -408,19 +368,16 @@ class Study:
 
     @cached_property
     def step_scales(self) -> pd.DataFrame:
-        """Per (model, sampler, steps, step): sigma_t and sqrt(beta_t), from the schedule in the manifests.
+        """Per (run, step): sigma_t and sqrt(beta_t) from that run's own schedule in its manifest, with the run's
+        model, sampler and steps (`run` is the run directory relative to the study, as in the tables).
 
         Needs `schedule: {alpha_in, alpha_out}` (or `sigma`) per step in manifest.json (top level or inside
-        config); empty when no run has it.
+        config); runs without it have no rows (empty when no run has it).
         """
         rows = []
-        seen = set()
         for run in self.runs:
             c = run.config
             sched = run.manifest.get("schedule") or c.get("schedule") or {}
-            key = (c.get("model"), c.get("sampler"), c.get("steps"))
-            if key in seen or not sched:
-                continue
             ai, ao = sched.get("alpha_in"), sched.get("alpha_out")
             if ai is not None and ao is not None:
                 ai, ao = np.asarray(ai, float), np.asarray(ao, float)
@@ -431,10 +388,10 @@ class Study:
                 beta = np.full_like(sigma, np.nan)
             else:
                 continue
-            seen.add(key)
+            key = (str(run.path.relative_to(self.root)), c.get("model"), c.get("sampler"), c.get("steps"))
             for t in range(len(sigma)):
                 rows.append((*key, t, float(sigma[t]), float(beta[t])))
-        return pd.DataFrame(rows, columns=["model", "sampler", "steps", "step", "sigma", "beta_scale"])
+        return pd.DataFrame(rows, columns=["run", "model", "sampler", "steps", "step", "sigma", "beta_scale"])
 
     def runs_with(self, name: str) -> list[Run]:
         return [r for r in self.runs if r.has(name)]

@@ -157,10 +157,15 @@ def _unknown(opts: dict[str, str], allowed: set[str], spec: str) -> None:
 
 
 def with_step_scales(convergence: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
-    """Attach sigma_t and sqrt(beta_t) of each row's (model, sampler, steps, step)."""
+    """Attach sigma_t and sqrt(beta_t) of each row's step, from the row's own run when both tables name runs
+    (Study.step_scales does), else from the row's (model, sampler, steps)."""
     if scales.empty:
         return convergence
-    keys = [k for k in ("model", "sampler", "steps", "step") if k in convergence.columns]
+    keys = [k for k in ("run", "model", "sampler", "steps", "step") if k in convergence.columns and k in scales]
+    if "run" not in keys and "run" in scales.columns:
+        scales = scales.drop(columns="run").drop_duplicates()
+        if scales.duplicated(keys).any():
+            raise ValueError("runs of one (model, sampler, steps) have different schedules: attach scales by run")
     out = convergence.drop(columns=[c for c in ("sigma", "beta_scale") if c in convergence.columns])
     return out.merge(scales, on=keys, how="left")
 

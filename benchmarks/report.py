@@ -1,6 +1,10 @@
-"""Turn the benchmark JSON files into benchmarks/RESULTS.md and benchmarks/speedup.png.
+"""Turn the benchmark JSON files into benchmarks/RESULTS.md, its figures and results/summary.json.
 
-    python benchmarks/report.py --dir DIR   (reads overhead.json, single.json, world1.json, world2.json)
+    python benchmarks/report.py --dir DIR
+
+Reads, where present: tiny.json, sd.json, windows1_xl.json, windows1_sd.json, windows2.json (benchmarks/wallclock.py,
+run by benchmarks/gpu_all.sh), iterations.jsonl (benchmarks/iterations.py, also from benchmarks/results/), and the earlier runs'
+overhead.json, single.json, world1.json, world2.json (benchmarks/solver_overhead.py, benchmarks/speedup.py).
 """
 
 from __future__ import annotations
@@ -63,6 +67,21 @@ def main() -> None:
              "measured in one run on the device named with it (each section is one run; sections can come from different "
              "machines of the same kind, so compare numbers only within a section). DiT-XL/2-shaped numbers use random weights: they "
              "measure the cost of a model call, never sample quality or convergence.", ""]
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from iterations_report import markdown as iterations_markdown
+    from wallclock_report import wallclock_sections
+
+    for it_path in (d / "iterations.jsonl", Path(__file__).parent / "results" / "iterations.jsonl"):
+        if it_path.exists():
+            lines += [iterations_markdown(it_path), ""]
+            break
+    lines += wallclock_sections(d, Path(args.out).parent)
+    if over or single or w1:
+        lines += ["# Earlier runs (the eager engine)", "",
+                  "Measured before the static/graphed engines existed (benchmarks/solver_overhead.py, "
+                  "benchmarks/speedup.py): the eager reference loops, model calls graphed at most.", ""]
     if over:
         s = over["setting"]
         lines += ["## Solver overhead per iteration (goal: <= 5% of the model call)", "",

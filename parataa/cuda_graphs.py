@@ -20,6 +20,8 @@ __all__ = ["GraphedDenoiser"]
 
 
 class GraphedDenoiser:
+    graph_safe = False  # replays its own graphs; give the static engine's "graphed" mode the inner model instead
+
     def __init__(self, inner: Denoiser, warmup: int = 3, buckets: bool = False) -> None:
         self.inner = inner
         self.warmup = warmup

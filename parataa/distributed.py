@@ -8,7 +8,10 @@ Reproducibility (docs/METHOD.md section 10): the chunk boundaries depend only on
 `chunk_size`, never on the world size, and every network call has exactly `chunk_size` rows (the last chunk is
 padded by repeating its last row). A row is therefore evaluated in the same batch, with the same neighbours,
 whatever the number of GPUs: with deterministic kernels the results are bitwise identical for any world size on
-the same hardware.
+the same hardware, world size 1 included when it runs through this wrapper (the jobs always do,
+parataa.jobs.shard). The promise is per chunk size: float32 kernels are not batch-invariant, so two chunk sizes
+(or an unwrapped model, which sees the whole window in one call) agree only within float32 rounding of the
+network's output, not bit for bit.
 
 Process-group setup (`init_from_env`) understands torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT)
 and SLURM, through submitit when the job was submitted by submitit. Call `check_world_size` before loading
@@ -111,6 +114,8 @@ class DistributedDenoiser:
     Attributes for logs: `comm_seconds` (cumulative seconds in collectives, including waiting for slower ranks;
     the solver's `Evaluator` subtracts it from the model time), `chunk_size`, `calls`, `network_calls`.
     """
+
+    graph_safe = False  # agrees with the other ranks through host-side checks: not capturable in a CUDA graph
 
     def __init__(self, inner: Denoiser, *, chunk_size: int, cfg_pairs_together: bool = True, group: Any = None) -> None:
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -289,7 +294,7 @@ class DistEnv:
     local_rank: int
     device: torch.device
     backend: str | None  # None: no process group (a single process)
-    launcher: str  # "torchrun", "submitit", "slurm" or "single"
+    launcher: str  # "torchrun", "submitit", "submitit-local", "slurm" or "single"
 
     @property
     def is_main(self) -> bool:
@@ -321,6 +326,23 @@ def _slurm_env_export() -> str:
     return "slurm"
 
 
+def _submitit_local_env_export() -> str:
+    """Export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for the processes of a submitit LocalExecutor job
+    (the local profile's `tasks_per_node` > 1): all on this host, the port derived from the job id (the
+    controller's pid) unless MASTER_PORT is set."""
+    job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID", "0")
+    os.environ.update(
+        {
+            "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(job_id) % 40000)),
+            "RANK": os.environ["SUBMITIT_LOCAL_GLOBALID"],
+            "WORLD_SIZE": os.environ.get("SUBMITIT_LOCAL_NTASKS", "1"),
+            "LOCAL_RANK": os.environ.get("SUBMITIT_LOCAL_LOCALID", os.environ["SUBMITIT_LOCAL_GLOBALID"]),
+        }
+    )
+    return "submitit-local"
+
+
 def _pick_device(local_rank: int, device: str | None = None) -> torch.device:
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
@@ -339,7 +361,8 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None, de
 
     torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; under SLURM without them (srun, or a
     submitit job) they are derived from the SLURM variables (through submitit's `TorchDistributedEnvironment`
-    for submitit jobs). Backend: NCCL with GPUs (device cuda:LOCAL_RANK), gloo on CPU. NVLink multicast stays
+    for submitit jobs); in the processes of a submitit LocalExecutor job from submitit's SUBMITIT_LOCAL_* ones.
+    Backend: NCCL with GPUs (device cuda:LOCAL_RANK), gloo on CPU. NVLink multicast stays
     off (NCCL_NVLS_ENABLE=0 unless already set). `device="cpu"` keeps a process on the CPU even where GPUs
     exist (multi-process CPU checks); `timeout_s` bounds how long a collective waits for a missing rank.
     """
@@ -348,6 +371,8 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None, de
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         launcher = "torchrun"
+    elif os.environ.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in os.environ:
+        launcher = _submitit_local_env_export()
     elif "SLURM_PROCID" in os.environ and "SLURM_JOB_ID" in os.environ:
         launcher = _slurm_env_export()
     else:

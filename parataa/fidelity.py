@@ -75,6 +75,18 @@ class FidelityRecorder:
             return {c: np.zeros(0, dtype=np.float64) for c in FIDELITY_COLUMNS}
         return {c: np.concatenate([r[c] for r in self._rows]) for c in FIDELITY_COLUMNS}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rows so far as tensors (column -> 1-d tensor), for a checkpoint loadable with weights_only=True."""
+        return {c: torch.from_numpy(np.ascontiguousarray(v)) for c, v in self.rows.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the rows by those of `state_dict()` (a resumed solve continues the table where it stopped)."""
+        missing = [c for c in FIDELITY_COLUMNS if c not in state]
+        if missing:
+            raise ValueError(f"fidelity state lacks columns {missing}")
+        rows = {c: state[c].detach().cpu().numpy().copy() for c in FIDELITY_COLUMNS}
+        self._rows = [rows] if len(rows["sample"]) else []
+
     def table(self) -> Any:
         import pandas as pd
 

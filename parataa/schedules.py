@@ -9,11 +9,22 @@ Notation (code name -> symbol of docs/METHOD.md section 1), all float64:
     a, b, c      x_t = a_t x_{t+1} + b_t eps(x_{t+1}, tau_t) + c_t xi_t
     sigma        sigma_t, the DDPM posterior standard deviation of step t
     eta          0 = DDIM, 1 = DDPM with the fixed "small" posterior variance
+    final_noise  what the last step (t = 0) does when eta > 0, see below
 
 Step t reads state x_{t+1} and writes x_t; x_T is the initial noise, x_0 the sample. Every step carries its
 own (alpha_in, alpha_out) pair because diffusers computes the output level as alphabar(tau_t - ratio), which
 for "linspace" spacing is not always the level the next step reads; keeping both reproduces diffusers'
 `step()` exactly.
+
+The last step. Every step uses c_t = eta sigma_t and b_t = sqrt(1 - A_t - c_t^2) - a_t sqrt(1 - A_{t+1}), the
+last one included: that is diffusers' `DDIMScheduler.step`, which adds eta sigma_0 xi_0 at the last step too
+(final_noise="diffusers", the default of `from_diffusers_config`). The ParaTAA authors' code instead makes the last
+step deterministic, c_0 = 0 and b_0 = sqrt(1 - A_0) - a_0 sqrt(1 - A_1) (final_noise="none", the default of
+`from_alphas` and DiT's rule: its sampler adds no noise at t = 0). The two differ only where sigma_0 > 0, i.e.
+DDIM with eta > 0 whose final level A_0 < 1 (diffusers' set_alpha_to_one=False, Stable Diffusion v1.5's setting):
+0.054 at x_0 for DDIM-50, eta = 1 on a small random UNet. The paper's settings do not depend on the choice: its
+DDIM has eta = 0 (c = 0 at every step) and its DDPM ends at A_0 = 1 (sigma_0 = 0), as diffusers' DDPMScheduler
+(no variance at t = 0) and DiT's sampler do.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ __all__ = [
 ]
 
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+FINAL_NOISE = ("diffusers", "none")
 _SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -52,8 +64,11 @@ class Schedule:
     sigma: torch.Tensor  # [T]
     eta: float
     name: str = "ddim"
+    final_noise: str = "none"  # "diffusers" (c_0 = eta sigma_0) or "none" (c_0 = 0), see the module docstring
 
     def __post_init__(self) -> None:
+        if self.final_noise not in FINAL_NOISE:
+            raise ValueError(f"final_noise must be one of {FINAL_NOISE}, got {self.final_noise!r}")
         n = self.timesteps.shape[0]
         for field in ("alpha_in", "alpha_out", "a", "b", "c", "sigma"):
             v = getattr(self, field)
@@ -79,6 +94,7 @@ class Schedule:
             },
             eta=self.eta,
             name=self.name,
+            final_noise=self.final_noise,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -89,6 +105,7 @@ class Schedule:
             "num_steps": self.num_steps,
             "timesteps": [int(v) for v in self.timesteps.tolist()],
             "alpha_final": float(self.alpha_out[0]),
+            "final_noise": self.final_noise,
         }
 
 
@@ -128,10 +145,17 @@ def from_alphas(
     alpha_out: Sequence[float] | torch.Tensor,
     eta: float = 0.0,
     name: str = "ddim",
+    final_noise: str = "none",
 ) -> Schedule:
-    """Build a schedule from per-step noise levels; steps listed from t = 0 (least noisy) upwards."""
+    """Build a schedule from per-step noise levels; steps listed from t = 0 (least noisy) upwards.
+
+    final_noise "none": the last step adds no noise (c_0 = 0, the DDPM convention and the authors' DDIM);
+    "diffusers": it adds eta sigma_0 xi_0 like every other step (DDIMScheduler.step).
+    """
     if not (0.0 <= eta <= 1.0) or not math.isfinite(eta):
         raise ValueError(f"eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {eta}")
+    if final_noise not in FINAL_NOISE:
+        raise ValueError(f"final_noise must be one of {FINAL_NOISE}, got {final_noise!r}")
     ts = torch.as_tensor(timesteps, dtype=torch.float64)
     ai = torch.as_tensor(alpha_in, dtype=torch.float64)
     ao = torch.as_tensor(alpha_out, dtype=torch.float64)
@@ -148,10 +172,20 @@ def from_alphas(
     # DDPM posterior std; zero when the step lands on alphabar = 1
     sigma = torch.sqrt((1 - ao) / (1 - ai) * (1 - ai / ao))
     c = eta * sigma
-    c[0] = 0.0  # the last step adds no noise (DDPM convention)
+    if final_noise == "none":
+        c[0] = 0.0
     b = torch.sqrt(torch.clamp(1 - ao - c**2, min=0.0)) - a * torch.sqrt(1 - ai)
     return Schedule(
-        timesteps=ts, alpha_in=ai, alpha_out=ao, a=a, b=b, c=c, sigma=sigma, eta=float(eta), name=name
+        timesteps=ts,
+        alpha_in=ai,
+        alpha_out=ao,
+        a=a,
+        b=b,
+        c=c,
+        sigma=sigma,
+        eta=float(eta),
+        name=name,
+        final_noise=final_noise,
     )
 
 
@@ -178,12 +212,15 @@ def from_diffusers_config(
     *,
     sampler: str = "ddim",
     eta: float | None = None,
+    final_noise: str = "diffusers",
 ) -> Schedule:
     """Coefficients equivalent to a diffusers DDIMScheduler / DDPMScheduler `step()` loop.
 
     `config` is the scheduler's config dict (``scheduler.config`` or its scheduler_config.json).
     sampler "ddim" takes eta (default 0); "ddpm" is eta = 1 with the final level alphabar = 1, as DDPMScheduler
     does. Betas are built in float32 like diffusers so that the tables match its `step()` to float precision.
+    final_noise "diffusers" (default) adds eta sigma_0 xi_0 at the last step as DDIMScheduler.step does; "none"
+    is the authors' deterministic last step (module docstring; equal for the paper's DDIM eta = 0 and DDPM).
     """
     cfg = dict(config)
     if sampler not in ("ddim", "ddpm"):
@@ -239,11 +276,12 @@ def from_diffusers_config(
     ao = torch.tensor(
         [float(alphas_cumprod[p]) if p >= 0 else final for p in prev.tolist()], dtype=torch.float64
     )
-    return from_alphas(ts, ai, ao, eta=eta_v, name=f"{sampler}-{num_steps}")
+    return from_alphas(ts, ai, ao, eta=eta_v, name=f"{sampler}-{num_steps}", final_noise=final_noise)
 
 
 def dit_respacing(num_steps: int, num_train: int = 1000, ddim_style: bool = True) -> list[int]:
-    """The timesteps DiT's `space_timesteps` keeps: "ddimN" stride for DDIM, evenly rounded otherwise."""
+    """The timesteps DiT's `space_timesteps` keeps: the "ddimN" stride for DDIM; otherwise one section of N
+    steps spread evenly over [0, num_train - 1] (DiT's "N" respacing string, as its DDPM sampling uses)."""
     if not isinstance(num_steps, int) or not (1 <= num_steps <= num_train):
         raise ValueError(f"num_steps must be an integer in [1, {num_train}], got {num_steps!r}")
     if ddim_style:
@@ -257,8 +295,14 @@ def dit_respacing(num_steps: int, num_train: int = 1000, ddim_style: bool = True
         )
     if num_steps == 1:
         return [0]
+    # DiT's space_timesteps accumulates the fractional stride in floating point and rounds each partial sum;
+    # round(i * frac) differs from it for 278 of the step counts 2..1000 (e.g. 21), so accumulate the same way
     frac = (num_train - 1) / (num_steps - 1)
-    return [round(i * frac) for i in range(num_steps)]
+    kept, pos = [], 0.0
+    for _ in range(num_steps):
+        kept.append(round(pos))
+        pos += frac
+    return kept
 
 
 def dit_schedule(
@@ -268,8 +312,15 @@ def dit_schedule(
     eta: float | None = None,
     num_train: int = 1000,
     beta_schedule: str = "linear",
+    final_noise: str = "none",
 ) -> Schedule:
-    """DiT's respaced diffusion: kept timesteps, final level alphabar = 1, betas built in float64 as DiT does."""
+    """DiT's respaced diffusion: kept timesteps, final level alphabar = 1, betas built in float64 as DiT does.
+
+    The last step adds no noise (final_noise "none", DiT's `nonzero_mask`); with alphabar = 1 there sigma_0 = 0, so
+    "diffusers" would give the same table. DDPM here uses the fixed posterior variance (eta = 1): DiT's own
+    `p_sample` uses the variance its model predicts (learned sigma), which is not a fixed coefficient and not part of
+    the triangular system; the adapter drops those output channels.
+    """
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     scale = 1000 / num_train
@@ -279,4 +330,4 @@ def dit_schedule(
     ai = alphas_cumprod[torch.tensor(kept)]
     ao = torch.cat([torch.ones(1, dtype=torch.float64), ai[:-1]])
     eta_v = (0.0 if sampler == "ddim" else 1.0) if eta is None else float(eta)
-    return from_alphas(kept, ai, ao, eta=eta_v, name=f"dit-{sampler}-{num_steps}")
+    return from_alphas(kept, ai, ao, eta=eta_v, name=f"dit-{sampler}-{num_steps}", final_noise=final_noise)

@@ -1,9 +1,11 @@
 """Stored results: the only writer (and a verifying reader) of the layout in docs/STORAGE.md.
 
-A run directory holds data files and a `manifest.json` that lists the sha256 of every one of them. Data files
-are written first, each atomically (temporary file + `os.replace`); the manifest is written last, atomically.
-A directory without a valid manifest, or whose files do not match the manifest's hashes, does not exist for
-any reader: `read_manifest` / `load_run` raise `CorruptRunError` naming the file and the problem.
+A run directory holds data files and a `manifest.json` that lists the sha256 of every one of them and covers
+its own fields with `manifest_sha256` (`parataa.manifest`). Data files are written first, each atomically
+(temporary file + `os.replace`); the manifest is written last, atomically. A directory without a valid
+manifest, or whose files or manifest fields do not match the hashes, does not exist for any reader:
+`read_manifest` / `load_run` raise `CorruptRunError` naming the file and the problem (the same check as the
+analysis' `analysis.loaders.verify_run`).
 
 This module does not import torch: arrays go through numpy and safetensors' numpy API, tables through
 pandas/pyarrow, so the analysis can use the same loaders.
@@ -12,7 +14,6 @@ pandas/pyarrow, so the analysis can use the same loaders.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import json
 import os
@@ -24,6 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .manifest import (
+    AGGREGATE_FORMAT,
+    MANIFEST,
+    RUN_FORMAT,
+    RUN_REQUIRED_FILES,
+    ManifestError,
+    atomic_write_bytes,
+    atomic_write_json,
+    seal,
+    sha256_file,
+    to_json,
+    verify,
+)
 
 __all__ = [
     "RUN_FORMAT",
@@ -45,15 +60,13 @@ __all__ = [
     "read_aggregate",
 ]
 
-RUN_FORMAT = "parataa.run/1"
-AGGREGATE_FORMAT = "parataa.aggregate/1"
-DATA_FILES = ("samples.parquet", "convergence.parquet", "timings.parquet", "trajectory.safetensors")
-OPTIONAL_FILES = ("iterates.safetensors",)
+DATA_FILES = RUN_REQUIRED_FILES
+OPTIONAL_FILES = ("iterates.safetensors", "fidelity.parquet")
 TABLES = ("samples", "convergence", "timings")
 
 
-class CorruptRunError(ValueError):
-    """A stored run or aggregate is missing, truncated, or does not match its manifest."""
+class CorruptRunError(ManifestError):
+    """A stored run or aggregate is missing, truncated, or does not match its manifest (`parataa.manifest`)."""
 
 
 # ----------------------------------------------------------------------------------------------- paths
@@ -65,49 +78,6 @@ def run_dir(root: str | Path, study: str, model: str, sampler: str, steps: int, 
 
 
 # ------------------------------------------------------------------------------------------ primitives
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> str:
-    """Write `data` to `path` through a temporary file in the same directory, fsync, `os.replace`.
-    Returns the sha256 of the bytes written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> str:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _parquet_bytes(df: Any) -> bytes:
@@ -182,6 +152,9 @@ def schedule_record(schedule: Any) -> dict[str, Any]:
     }
 
 
+FIDELITY_COLUMNS = ("sample", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db")
+
+
 def run_tables(
     result: Any,
     *,
@@ -198,11 +171,14 @@ def run_tables(
     device: str,
     ref_x0: np.ndarray | None,
     psnr: np.ndarray | None = None,
-) -> tuple[Any, Any, Any]:
-    """(samples, convergence, timings) DataFrames of one solve, in the columns docs/STORAGE.md fixes.
+    fidelity: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """(samples, convergence, timings, fidelity) DataFrames of one solve, in the columns docs/STORAGE.md fixes.
 
     `ref_x0` is the sequential sample of the same seeds (None for the sequential run itself): err_max / err_rms
-    are the distances to it. Times of a batch are divided evenly among its samples.
+    are the distances to it. Times of a batch are divided evenly among its samples. `fidelity` is the per-iteration
+    table of a `parataa.fidelity.FidelityRecorder` (its `rows`: columns sample, iteration, psnr_db, err_max, err_rms,
+    image_psnr_db); the fourth table is None without it.
     """
     import pandas as pd
 
@@ -217,6 +193,8 @@ def run_tables(
     t = result.timings
     model_s, solver_s, comm_s = (float(t[c].sum()) if len(t) else 0.0 for c in ("model_s", "solver_s", "comm_s"))
     ident = {"model": model, "sampler": sampler, "steps": int(steps), "solver": solver, "solver_tag": solver_tag}
+    seeds = np.asarray(result.seeds, dtype=np.int64)
+    labels = [str(c) for c in conditions]
     samples = pd.DataFrame(
         {
             "study": study,
@@ -232,8 +210,8 @@ def run_tables(
             "init": cfg.init,
             "picard_tol": cfg.picard_tol,
             "cfg_scale": float(cfg_scale),
-            "seed": np.asarray(result.seeds, dtype=np.int64),
-            "condition": [str(c) for c in conditions],
+            "seed": seeds,
+            "condition": labels,
             "iterations": result.iterations.numpy().astype(np.int64),
             "nfe": result.nfe.numpy().astype(np.int64),
             "finished": result.finished.numpy().astype(bool),
@@ -252,7 +230,26 @@ def run_tables(
     for key, val in ident.items():
         convergence[key] = val
         timings[key] = val
-    return samples, convergence, timings
+    fid = None
+    if fidelity is not None:
+        missing = [c for c in FIDELITY_COLUMNS if c not in fidelity]
+        if missing:
+            raise ValueError(f"fidelity rows lack columns {missing}; a FidelityRecorder's rows have {FIDELITY_COLUMNS}")
+        sample = np.asarray(fidelity["sample"], dtype=np.int64)
+        if len(sample) and not (0 <= sample.min() and sample.max() < n):
+            raise ValueError(f"fidelity rows name samples {sorted(set(sample.tolist()))}, the run has {n}")
+        fid = pd.DataFrame(
+            {
+                "study": study,
+                **ident,
+                "sample": sample,
+                "seed": seeds[sample],
+                "condition": [labels[i] for i in sample],
+                "iteration": np.asarray(fidelity["iteration"], dtype=np.int64),
+                **{c: np.asarray(fidelity[c], dtype=np.float64) for c in FIDELITY_COLUMNS[2:]},
+            }
+        )
+    return samples, convergence, timings, fid
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -272,35 +269,40 @@ def write_run(
     devices: Sequence[str],
     world_size: int,
     iterates: np.ndarray | None = None,
+    fidelity: Any = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write one run (docs/STORAGE.md): data files first, `manifest.json` last. Returns the manifest.
 
     trajectory [N, T+1, *S] is stored as float32, x0 [N, *S] as float64 (the exact solver output, so distances
-    to the sequential sample are not limited by float32 rounding); iterates, when given, [K, I, *S] float32.
+    to the sequential sample are not limited by float32 rounding); iterates, when given, [K, I, *S] float32;
+    fidelity, when given, the per-iteration distance table (`run_tables`' fourth table) as fidelity.parquet.
+    The manifest lists every file's sha256 and covers itself with `manifest_sha256` (`parataa.manifest`).
     """
     from safetensors.numpy import save as st_save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    manifest_path = directory / "manifest.json"
+    manifest_path = directory / MANIFEST
     # An old manifest must not vouch for the new files while they are being written.
     if manifest_path.exists():
         manifest_path.unlink()
     n = len(seeds)
-    for name, df in (("samples", samples), ("convergence", convergence), ("timings", timings)):
+    tables = {"samples": samples, "convergence": convergence, "timings": timings}
+    if fidelity is not None:
+        tables["fidelity"] = fidelity
+    for name, df in tables.items():
         if not hasattr(df, "to_parquet"):
             raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
     if len(samples) != n:
         raise ValueError(f"samples must have one row per seed ({n}), got {len(samples)}")
     if trajectory.shape[0] != n or x0.shape[0] != n:
         raise ValueError(f"trajectory and x0 must have {n} rows, got {trajectory.shape} and {x0.shape}")
-    cfg_json = json.dumps(config, sort_keys=True, default=_json_default)
+    cfg_json = json.dumps(to_json(config), sort_keys=True)
     meta = {"format": RUN_FORMAT, "config": cfg_json, "seeds": json.dumps([int(s) for s in seeds])}
     files: dict[str, str] = {}
-    files["samples.parquet"] = atomic_write_bytes(directory / "samples.parquet", _parquet_bytes(samples))
-    files["convergence.parquet"] = atomic_write_bytes(directory / "convergence.parquet", _parquet_bytes(convergence))
-    files["timings.parquet"] = atomic_write_bytes(directory / "timings.parquet", _parquet_bytes(timings))
+    for name, df in tables.items():
+        files[f"{name}.parquet"] = atomic_write_bytes(directory / f"{name}.parquet", _parquet_bytes(df))
     tensors = {
         "trajectory": np.ascontiguousarray(trajectory, dtype=np.float32),
         "x0": np.ascontiguousarray(x0, dtype=np.float64),
@@ -313,8 +315,9 @@ def write_run(
             directory / "iterates.safetensors",
             st_save({"iterates": np.ascontiguousarray(iterates, dtype=np.float32)}, metadata=meta),
         )
-    elif (directory / "iterates.safetensors").exists():
-        (directory / "iterates.safetensors").unlink()
+    for name in OPTIONAL_FILES:  # a rerun without an optional file must not leave the old one beside it
+        if name not in files and (directory / name).exists():
+            (directory / name).unlink()
     manifest = {
         "format": RUN_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -327,7 +330,8 @@ def write_run(
         "files": files,
     }
     if extra:
-        manifest.update(json.loads(json.dumps(dict(extra), default=_json_default)))
+        manifest.update(to_json(dict(extra)))
+    manifest = seal(manifest)
     atomic_write_json(manifest_path, manifest)
     return manifest
 
@@ -335,34 +339,11 @@ def write_run(
 # ------------------------------------------------------------------------------------------- reading
 
 
-def read_manifest(directory: str | Path, verify: bool = True, fmt: str = RUN_FORMAT) -> dict[str, Any]:
-    """The manifest of a run (or aggregate) directory, after checking every listed file's sha256."""
-    directory = Path(directory)
-    path = directory / "manifest.json"
-    if not path.is_file():
-        raise CorruptRunError(f"{directory}: no manifest.json (the run is missing or was interrupted; rerun it)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptRunError(f"{path}: unreadable manifest ({e}); delete the directory and rerun") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CorruptRunError(f"{path}: format must be {fmt!r}, got {got!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise CorruptRunError(f"{path}: 'files' must map file names to sha256, got {files!r}")
-    if verify:
-        for name, digest in files.items():
-            f = directory / name
-            if not f.is_file():
-                raise CorruptRunError(f"{f}: listed in the manifest but missing")
-            actual = sha256_file(f)
-            if actual != digest:
-                raise CorruptRunError(
-                    f"{f}: sha256 {actual} does not match the manifest's {digest} "
-                    "(corrupt or truncated); delete the run directory and rerun"
-                )
-    return manifest
+def read_manifest(directory: str | Path, verify_files: bool = True, fmt: str = RUN_FORMAT) -> dict[str, Any]:
+    """The manifest of a run (or aggregate) directory after `parataa.manifest.verify`: its own hash, the required
+    files listed, and (verify_files) every listed file's sha256. Raises CorruptRunError naming the problem."""
+    required = RUN_REQUIRED_FILES if fmt == RUN_FORMAT else tuple(f"{t}.parquet" for t in TABLES)
+    return verify(directory, fmt, required, check_files=verify_files, error=CorruptRunError)
 
 
 def is_complete(directory: str | Path, config: Mapping[str, Any] | None = None) -> bool:
@@ -373,7 +354,7 @@ def is_complete(directory: str | Path, config: Mapping[str, Any] | None = None) 
         return False
     if config is None:
         return True
-    return m.get("config") == json.loads(json.dumps(config, sort_keys=True, default=_json_default))
+    return m.get("config") == to_json(config)
 
 
 @dataclass
@@ -387,6 +368,7 @@ class Run:
     x0: np.ndarray
     seeds: tuple[int, ...]
     iterates: np.ndarray | None = None
+    fidelity: Any = None
 
 
 def load_run(directory: str | Path, tables: bool = True) -> Run:
@@ -397,14 +379,11 @@ def load_run(directory: str | Path, tables: bool = True) -> Run:
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    missing = [f for f in DATA_FILES if f not in manifest["files"]]
-    if missing:
-        raise CorruptRunError(f"{directory}/manifest.json: required files not listed: {missing}")
     raw = (directory / "trajectory.safetensors").read_bytes()
     try:
         arrays = st_load(raw)
     except (SafetensorError, ValueError) as e:
-        raise CorruptRunError(f"{directory}/trajectory.safetensors: unreadable ({e})") from e
+        raise CorruptRunError(directory, f"trajectory.safetensors unreadable ({e})") from e
     seeds = tuple(int(s) for s in json.loads(_safetensors_metadata(raw).get("seeds", "[]")))
     iterates = None
     if "iterates.safetensors" in manifest["files"]:
@@ -413,6 +392,8 @@ def load_run(directory: str | Path, tables: bool = True) -> Run:
     if tables:
         for t in TABLES:
             frames[t] = pd.read_parquet(directory / f"{t}.parquet")
+        if "fidelity.parquet" in manifest["files"]:
+            frames["fidelity"] = pd.read_parquet(directory / "fidelity.parquet")
     return Run(
         directory=directory,
         manifest=manifest,
@@ -423,6 +404,7 @@ def load_run(directory: str | Path, tables: bool = True) -> Run:
         x0=arrays["x0"],
         seeds=seeds,
         iterates=iterates,
+        fidelity=frames.get("fidelity"),
     )
 
 
@@ -452,8 +434,8 @@ def write_aggregate(out_dir: str | Path, run_dirs: Iterable[str | Path], root: s
             parts[t].append(getattr(run, t))
         rel = os.path.relpath(d / "manifest.json", root) if root is not None else str(d / "manifest.json")
         sources.append({"path": rel, "sha256": sha256_file(d / "manifest.json")})
-    if (out_dir / "manifest.json").exists():
-        (out_dir / "manifest.json").unlink()
+    if (out_dir / MANIFEST).exists():
+        (out_dir / MANIFEST).unlink()
     files = {}
     for t in TABLES:
         frames = [f for f in parts[t] if len(f)]
@@ -466,7 +448,8 @@ def write_aggregate(out_dir: str | Path, run_dirs: Iterable[str | Path], root: s
         "runs": sources,
         "files": files,
     }
-    atomic_write_json(out_dir / "manifest.json", manifest)
+    manifest = seal(manifest)
+    atomic_write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -23,8 +23,8 @@ from parataa.distributed import (
     is_main,
     is_out_of_memory,
 )
-from parataa.distributed_check import InjectedOOM, free_port, problem, run_check, run_scenarios
 from parataa.solvers import preset, solve
+from tests.distributed_harness import InjectedOOM, free_port, problem, run_check, run_scenarios
 from tests.helpers import gmm_problem
 
 SCENARIOS = ("taa-net", "fp+-gmm", "taa-net-oom")

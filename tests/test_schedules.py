@@ -17,7 +17,7 @@ from parataa import (
 )
 from parataa.schedules import dit_respacing
 from parataa.solvers import preset, solve
-from tests.helpers import step_loop_tol
+from tests.helpers import rounding_tol, step_loop_tol
 
 SHAPE = (3, 8, 8)
 
@@ -82,21 +82,61 @@ def test_ddim_matches_diffusers_step_loop(unet, extra, steps):
     torch.testing.assert_close(ours.x0.float(), x, rtol=0, atol=step_loop_tol(sched, float(x.abs().max())))
 
 
-def test_ddim_eta_one_matches_diffusers_with_the_same_noise(unet):
-    cfg = {**BASE, "set_alpha_to_one": True}
-    steps = 8
+SD_V1_5_DDIM = dict(set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+
+
+def _diffusers_ddim_loop(unet, cfg, steps, noise, eta):
+    """diffusers' own DDIM loop, fed the bundle's pre-drawn noise: xi[:, t] is the noise of the step writing x_t."""
     sched_d = DDIMScheduler(**cfg)
     sched_d.set_timesteps(steps)
-    noise = draw_noise([1], steps, SHAPE)
     x = noise.x_T.float()
     with torch.no_grad():
         for i, t in enumerate(sched_d.timesteps):
             eps = unet(x, t).sample
-            step = steps - 1 - i
-            x = sched_d.step(eps, t, x, eta=1.0, variance_noise=noise.xi[:, step].float()).prev_sample
-    sched = from_diffusers_config(cfg, steps, eta=1.0)
+            xi = noise.xi[:, steps - 1 - i].float()
+            x = sched_d.step(eps, t, x, eta=eta, variance_noise=xi).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_with_eta_matches_diffusers_with_the_same_noise(unet, set_alpha_to_one, eta):
+    """Every step, the last one included, is DDIMScheduler.step: with set_alpha_to_one False (SD v1.5) the last
+    step adds eta sigma_0 xi_0 too."""
+    cfg = {**BASE, **SD_V1_5_DDIM, "set_alpha_to_one": set_alpha_to_one}
+    steps = 10
+    noise = draw_noise([1, 2], steps, SHAPE)
+    want = _diffusers_ddim_loop(unet, cfg, steps, noise, eta)
+    sched = from_diffusers_config(cfg, steps, eta=eta)
+    assert sched.final_noise == "diffusers" and sched.describe()["final_noise"] == "diffusers"
+    assert (float(sched.c[0]) > 0) == (not set_alpha_to_one)  # sigma_0 > 0 only when the final level is < 1
     ours = solve(UNetDenoiser(unet), sched, noise, preset("sequential"))
-    torch.testing.assert_close(ours.x0.float(), x, rtol=0, atol=step_loop_tol(sched, float(x.abs().max())))
+    torch.testing.assert_close(ours.x0.float(), want, rtol=0, atol=step_loop_tol(sched, float(want.abs().max())))
+
+
+def test_final_noise_none_is_the_deterministic_last_step(unet):
+    """The authors' variant: c_0 = 0 and the full DDIM direction at the last step. It departs from diffusers'
+    loop only where sigma_0 > 0 (eta > 0 and set_alpha_to_one False); at eta = 0 both are the same table."""
+    cfg = {**BASE, **SD_V1_5_DDIM}
+    steps = 10
+    d = from_diffusers_config(cfg, steps, eta=1.0)
+    n = from_diffusers_config(cfg, steps, eta=1.0, final_noise="none")
+    assert n.describe()["final_noise"] == "none" and float(n.c[0]) == 0.0
+    a0, A0, A1 = n.a[0], n.alpha_out[0], n.alpha_in[0]
+    torch.testing.assert_close(
+        n.b[0], torch.sqrt(1 - A0) - a0 * torch.sqrt(1 - A1), rtol=0, atol=rounding_tol(torch.float64, 4)
+    )
+    torch.testing.assert_close(n.b[1:], d.b[1:], rtol=0, atol=0)
+    torch.testing.assert_close(n.c[1:], d.c[1:], rtol=0, atol=0)
+    noise = draw_noise([1, 2], steps, SHAPE)
+    want = _diffusers_ddim_loop(unet, cfg, steps, noise, 1.0)
+    ours = solve(UNetDenoiser(unet), n, noise, preset("sequential"))
+    tol = step_loop_tol(n, float(want.abs().max()))
+    assert float((ours.x0.float() - want).abs().max()) > 10 * tol  # a real difference (0.058), not rounding
+    for final_noise in ("diffusers", "none"):  # eta = 0: no noise anywhere, one table
+        s0 = from_diffusers_config(cfg, steps, eta=0.0, final_noise=final_noise)
+        torch.testing.assert_close(s0.b, from_diffusers_config(cfg, steps).b, rtol=0, atol=0)
+        assert bool((s0.c == 0).all())
 
 
 def test_ddpm_matches_diffusers_step_loop_with_the_same_noise(unet):
@@ -141,7 +181,12 @@ def test_dit_respacing_matches_dit_rules():
     s = dit_schedule(50)
     assert float(s.alpha_out[0]) == 1.0
     torch.testing.assert_close(s.alpha_out[1:], s.alpha_in[:-1])
-    assert s.eta == 0.0 and bool((s.c == 0).all())
+    assert s.eta == 0.0 and bool((s.c == 0).all()) and s.final_noise == "none"
+    # DiT accumulates the fractional stride in floating point: 10 * 49.95 rounds to 500, the running sum to 499
+    assert dit_respacing(21, ddim_style=False)[10] == 499
+    # DDPM ends at alphabar = 1: sigma_0 = 0, so the last-step rule makes no difference
+    ddpm = dit_schedule(25, sampler="ddpm")
+    torch.testing.assert_close(ddpm.b, dit_schedule(25, sampler="ddpm", final_noise="diffusers").b, rtol=0, atol=0)
 
 
 def test_bad_schedule_inputs():
@@ -159,6 +204,8 @@ def test_bad_schedule_inputs():
         from_alphas([1, 2], [0.5, 0.4], [0.9, 0.5], eta=2.0)
     with pytest.raises(ValueError, match="alpha_out"):
         from_alphas([1, 2], [0.5, 0.4], [0.3, 0.5])
+    with pytest.raises(ValueError, match="final_noise must be one of"):
+        from_diffusers_config(BASE, 10, eta=1.0, final_noise="authors")
 
 
 def test_noise_bundle_is_per_sample_and_hash_verified(tmp_path):

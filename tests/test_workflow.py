@@ -23,6 +23,7 @@ import yaml
 from parataa import storage
 from parataa.jobs import plan
 from parataa.jobs.config import ConfigError, validate_config
+from parataa.jobs.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("smoke", "study", "paper", "authors_sd_example", "gmm_reference")
@@ -105,6 +106,7 @@ BAD = [
     (_set("study", "has space"), ["config.study", "does not match"]),
     (_set("models", []), ["config.models", "non-empty"]),
     (_set("study", _DELETE), ["'study' is a required property"]),
+    (_set("fidelity_decode", "yes"), ["config.fidelity_decode", "'yes' is not of type 'boolean'"]),
 ]
 
 
@@ -162,10 +164,42 @@ def test_conditions_do_not_depend_on_sharding():
 
 def test_job_paths_are_made_absolute(tmp_path):
     cfg = validate_config(smoke())
-    spec = plan.absolute(plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0), cwd=tmp_path)
-    paths = [spec["noise"], spec["baseline"], spec["state_dir"], spec["results_dir"]] + [r["dir"] for r in spec["runs"]]
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0).absolute(cwd=tmp_path)
+    paths = [spec.noise, spec.baseline, spec.state_dir, spec.results_dir] + [r.dir for r in spec.runs]
     assert all(Path(p).is_absolute() and Path(p).is_relative_to(tmp_path.resolve()) for p in paths)
-    assert spec["runs"][0]["dir"].endswith("results/smoke/runs/gmm/ddpm-25/fp_w25_tol1e-3/shard-0")
+    assert spec.runs[0].dir.endswith("results/smoke/runs/gmm/ddpm-25/fp_w25_tol1e-3/shard-0")
+
+
+def test_job_spec_is_typed_and_round_trips_through_a_dict():
+    cfg = validate_config(smoke())
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0)
+    assert isinstance(spec, JobSpec) and spec.model.name == "gmm" and spec.seeds == (0, 1)
+    assert [r.tag for r in spec.runs][:2] == ["fp_w25_tol1e-3", "fpplus_k25_w25_tol1e-3"]
+    d = json.loads(json.dumps(spec.to_dict()))  # what Snakemake keeps as the rule's parameter
+    assert JobSpec.from_dict(d) == spec
+    base = plan.baseline_spec(cfg, "gmm", "ddpm", 25, 0)
+    assert base.baseline is None and [r.solver for r in base.runs] == ["sequential"]
+    assert spec.baseline == str(Path(spec.runs[0].dir).parents[1] / "sequential" / "shard-0")
+    with pytest.raises(ValueError, match=r"unknown keys \['wrold_size'\], missing keys \['world_size'\]"):
+        JobSpec.from_dict({**{k: v for k, v in d.items() if k != "world_size"}, "wrold_size": 2})
+    with pytest.raises(ValueError, match="unknown solver option 'histroy'"):
+        JobSpec.from_dict({**d, "runs": [{**d["runs"][0], "config": {"histroy": 2}}]})
+    # the manifest config of a run is keyed by everything that changes its numbers
+    assert spec.run_key(spec.runs[0]) != spec.replace(seeds=(0, 2)).run_key(spec.runs[0])
+    assert spec.run_config(spec.runs[0])["solver_config"] == spec.runs[0].config.to_dict()
+
+
+def test_the_registry_builds_gmm_with_the_study_options():
+    from parataa.models.registry import build_denoiser, sample_shape
+
+    opts = {"dim": 12, "classes": 3, "spread": 0.2, "seed": 4}
+    den, info = build_denoiser("gmm", [0, 2], options=opts)
+    assert sample_shape("gmm", opts) == info.sample_shape == (12,) and den.mixture.num_classes == 3
+    assert sample_shape("gmm") == (64,) and sample_shape("dit-xl-2-256", {"sample_shape": [4, 64, 64]}) == (4, 64, 64)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dimm'\].*did you mean 'dim'"):
+        sample_shape("gmm", {"dimm": 3})
+    with pytest.raises(ValueError, match=r"class labels in \[0, 3\), got 3"):
+        build_denoiser("gmm", [3], options=opts)  # a label the mixture does not have is refused, not wrapped
 
 
 def test_paper_config_has_the_paper_settings():
@@ -261,7 +295,7 @@ def test_configs_the_audit_points_to_exist_and_have_its_settings():
 # ------------------------------------------------------------------------------------ jobs in-process
 
 
-def _small_spec(tmp_path: Path, solvers: dict | None = None, steps: int = 25, dim: int = 16) -> tuple[dict, dict]:
+def _small_spec(tmp_path: Path, solvers: dict | None = None, steps: int = 25, dim: int = 16) -> tuple[dict, JobSpec]:
     cfg = validate_config(
         {
             **smoke(),
@@ -284,8 +318,8 @@ def _prepare(cfg: dict) -> None:
 
     spec = plan.baseline_spec(cfg, "gmm", "ddpm", cfg["steps"][0], 0)
     opts = json.dumps(cfg["models"][0]["options"])
-    seeds = ",".join(map(str, spec["seeds"]))
-    assert jobs_main(["noise", spec["noise"], "--seeds", seeds, "--steps", str(spec["steps"]), "--model", "gmm",
+    seeds = ",".join(map(str, spec.seeds))
+    assert jobs_main(["noise", spec.noise, "--seeds", seeds, "--steps", str(spec.steps), "--model", "gmm",
                       "--options", opts]) == 0  # fmt: skip
     ShardJob()(spec)
 
@@ -300,6 +334,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     import submitit
 
     from parataa.jobs import shard as shard_mod
+    from parataa.jobs.checkpoint import load_state
 
     cfg_a, spec_a = _small_spec(tmp_path / "a")
     cfg_b, spec_b = _small_spec(tmp_path / "b")
@@ -307,34 +342,31 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
         _prepare(c)
     shard_mod.ShardJob()(spec_a)  # uninterrupted reference
 
-    real_build = shard_mod.build_model
     calls = {"n": 0}
     job = shard_mod.ShardJob()
     holder = {}
 
-    def killing_build(*a, **k):
-        den, sched, shape, info = real_build(*a, **k)
+    class KilledInCall(shard_mod.DistributedDenoiser):
+        """The job's model; the process dies in its kill_at-th call (one call per solver iteration)."""
 
-        def model(x, t, s):
+        def __call__(self, x, t, s):
             calls["n"] += 1
             if holder.get("kill_at") == calls["n"]:
                 holder["delayed"] = job.checkpoint(spec_b)  # what submitit's signal handler calls
                 raise _Killed
-            return den(x, t, s)
+            return super().__call__(x, t, s)
 
-        return model, sched, shape, info
-
-    monkeypatch.setattr(shard_mod, "build_model", killing_build)
+    monkeypatch.setattr(shard_mod, "DistributedDenoiser", KilledInCall)
     holder["kill_at"] = 7
     with pytest.raises(_Killed):
         job(spec_b)
     delayed = holder["delayed"]
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert isinstance(delayed.function, shard_mod.ShardJob) and delayed.args == (spec_b,)
-    run = spec_b["runs"][0]
-    state_file = shard_mod.state_path(spec_b, run)
-    assert state_file.is_file() and not storage.is_complete(run["dir"])
-    saved = shard_mod.load_state(state_file, shard_mod.run_key(spec_b, run), "cpu")
+    run = spec_b.runs[0]
+    state_file = spec_b.state_path(run)
+    assert state_file.is_file() and not storage.is_complete(run.dir)
+    saved = load_state(state_file, spec_b.run_key(run), "cpu")
     assert saved["state"]["iteration"] == 6  # the last completed iteration, not the half-done 7th
 
     holder["kill_at"] = None
@@ -343,7 +375,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     resumed_calls = calls["n"]
     assert not state_file.exists()  # cleaned up after the run was stored
 
-    ra, rb = storage.load_run(spec_a["runs"][0]["dir"]), storage.load_run(run["dir"])
+    ra, rb = storage.load_run(spec_a.runs[0].dir), storage.load_run(run.dir)
     np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
     np.testing.assert_array_equal(ra.x0, rb.x0)
     np.testing.assert_array_equal(ra.iterates, rb.iterates)
@@ -351,6 +383,7 @@ def test_job_killed_mid_solve_resumes_bitwise(tmp_path, monkeypatch):
     pd_eq = pd.testing.assert_frame_equal
     pd_eq(ra.samples.drop(columns=timing_cols), rb.samples.drop(columns=timing_cols))
     pd_eq(ra.convergence, rb.convergence)
+    pd_eq(ra.fidelity, rb.fidelity)  # the recorder's rows travel in the checkpoint
     assert len(ra.timings) == len(rb.timings)
     total_iters = int(ra.samples["iterations"].max())
     assert resumed_calls == total_iters - 6  # it really resumed instead of starting over
@@ -362,7 +395,7 @@ def test_finished_runs_are_not_redone_and_corrupt_ones_are(tmp_path, monkeypatch
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
     _prepare(cfg)
     ShardJob()(spec)
-    a, b = (Path(r["dir"]) for r in spec["runs"])
+    a, b = (Path(r.dir) for r in spec.runs)
     ma = json.loads((a / "manifest.json").read_text())
     before = storage.load_run(b)
     f = b / "timings.parquet"
@@ -380,14 +413,51 @@ def test_errors_against_the_sequential_baseline(tmp_path):
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}, "taa": {}})
     _prepare(cfg)
     ShardJob()(spec)
-    base = storage.load_run(spec["baseline"])
+    base = storage.load_run(spec.baseline)
     assert base.samples["err_max"].isna().all()
-    for r in spec["runs"]:
-        run = storage.load_run(r["dir"])
+    for r in spec.runs:
+        run = storage.load_run(r.dir)
         diff = np.abs(run.x0 - base.x0).reshape(len(run.seeds), -1).max(axis=1)
         np.testing.assert_allclose(run.samples["err_max"], diff)
         assert run.manifest["baseline"]["path"].endswith("sequential/shard-0/manifest.json")
         assert (run.samples["err_max"] < 0.05).all()
+        assert run.manifest["weights"]["source"] == {"kind": "analytic"} and not run.manifest["weights"]["synthetic"]
+
+
+def test_parallel_runs_store_every_iterations_fidelity(tmp_path):
+    """fidelity.parquet: each iteration's x0 against the baseline's, in the columns docs/STORAGE.md fixes."""
+    import torch
+
+    from parataa.jobs.shard import ShardJob
+    from tests.helpers import rounding_tol
+
+    cfg, spec = _small_spec(tmp_path, solvers={"fp+": {}, "taa": {}})
+    _prepare(cfg)
+    ShardJob()(spec)
+    base = storage.load_run(spec.baseline)
+    assert base.fidelity is None and "fidelity.parquet" not in base.manifest["files"]
+    for r in spec.runs:
+        run = storage.load_run(r.dir)
+        f = run.fidelity
+        assert list(f.columns) == ["study", "model", "sampler", "steps", "solver", "solver_tag", "sample", "seed",
+            "condition", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db"]  # fmt: skip
+        assert "fidelity.parquet" in run.manifest["files"]
+        n_iter = int(run.samples["iterations"].max())
+        assert len(f) == n_iter * len(run.seeds)
+        for k, g in f.groupby("sample"):
+            assert list(g["iteration"]) == list(range(1, n_iter + 1))
+            assert g["seed"].iloc[0] == run.seeds[k] and g["condition"].iloc[0] == run.samples["condition"][k]
+        # the last row of a sample is its stored x0: the samples table's distances (the mean of the d squares
+        # summed in another order by torch and numpy: float64 rounding of a d-term sum)
+        last = f.groupby("sample").tail(1).reset_index(drop=True)
+        np.testing.assert_array_equal(last["err_max"], run.samples["err_max"])
+        rel = rounding_tol(torch.float64, base.x0.shape[1])
+        np.testing.assert_allclose(last["err_rms"], run.samples["err_rms"], rtol=rel, atol=0)
+        mse = ((run.x0 - base.x0) ** 2).reshape(len(run.seeds), -1).mean(axis=1)
+        db_tol = 10 / np.log(10) * rel  # a relative error rel of the MSE moves 10 log10 by this many dB
+        np.testing.assert_allclose(last["psnr_db"], 10 * np.log10(4 / mse), rtol=0, atol=db_tol)  # data range 2
+        assert f["image_psnr_db"].isna().all()  # the mixture has no image
+        assert (f.groupby("sample")["err_max"].first() > last["err_max"].to_numpy()).all()
 
 
 def test_manifest_holds_the_schedule_the_analysis_recounts_with(tmp_path):
@@ -409,7 +479,8 @@ def test_manifest_holds_the_schedule_the_analysis_recounts_with(tmp_path):
         for k in ("alpha_in", "alpha_out", "sigma"):
             assert s[k] == getattr(sched, k).tolist(), k
     # the analysis derives sigma_t from alpha_in/alpha_out: the same numbers as the solver's schedule
-    np.testing.assert_allclose(study.step_scales["sigma"], sched.sigma.numpy(), rtol=1e-12, atol=1e-15)
+    for _, scales in study.step_scales.groupby("run"):  # one table per run, from its own manifest
+        np.testing.assert_allclose(scales["sigma"], sched.sigma.numpy(), rtol=1e-12, atol=1e-15)
     conv = with_step_scales(study.convergence, study.step_scales)
     rc = recount_steps(conv, paper_rule(1e-3, "sigma"))
     assert rc["recounted"].all() and rc["iterations"].notna().any()
@@ -434,37 +505,118 @@ def test_job_runs_deterministic_and_restores_the_callers_settings(tmp_path):
     Spy()(spec)
     assert seen == {"det": True, "tf32": False}
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
-    assert storage.read_manifest(spec["runs"][0]["dir"])["config"]["deterministic"] is True
+    assert storage.read_manifest(spec.runs[0].dir)["config"]["deterministic"] is True
 
 
 def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     from parataa.jobs import shard as shard_mod
 
     cfg, spec = _small_spec(tmp_path)
-    spec = {**spec, "world_size": 2}
+    spec = spec.replace(world_size=2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(shard_mod, "build_model", lambda *a, **k: pytest.fail("model built before the check"))
+    monkeypatch.setattr(shard_mod, "build_denoiser", lambda *a, **k: pytest.fail("model built before the check"))
     monkeypatch.setattr(shard_mod, "load_noise", lambda *a, **k: pytest.fail("noise loaded before the check"))
     with pytest.raises(shard_mod.WorldSizeError, match=r"world_size: .* 2 process\(es\) but this job has 1"):
         shard_mod.ShardJob()(spec)
 
 
+class _RowCounter:
+    """A real Denoiser wrapper that records how many rows each network call has."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.rows = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, timesteps, samples):
+        self.rows.append(int(x.shape[0]))
+        return self.inner(x, timesteps, samples)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_world_size_one_evaluates_the_same_fixed_chunks_as_n(tmp_path, monkeypatch, chunk_size):
+    """Every network call of a job has exactly chunk_size rows (8 when the config says null), at world size 1 as
+    at N: the rounding of every call, and so the result, cannot depend on the number of processes."""
+    from parataa.jobs import shard as shard_mod
+    from parataa.jobs.spec import DEFAULT_CHUNK_SIZE
+
+    cfg, spec = _small_spec(tmp_path, solvers={"taa": {}})
+    cfg["models"][0]["chunk_size"] = chunk_size
+    spec = plan.group_spec(cfg, "gmm", "ddpm", 25, 0, 0)
+    _prepare(cfg)
+    counters = []
+    real = shard_mod.build_denoiser
+
+    def counting(*a, **k):
+        den, info = real(*a, **k)
+        counters.append(_RowCounter(den))
+        return counters[-1], info
+
+    monkeypatch.setattr(shard_mod, "build_denoiser", counting)
+    shard_mod.ShardJob()(spec)
+    want = chunk_size or DEFAULT_CHUNK_SIZE
+    (counter,) = counters
+    assert len(counter.rows) > 25 and set(counter.rows) == {want}
+    assert storage.read_manifest(spec.runs[0].dir)["config"]["chunk_size"] == want
+
+
+@pytest.mark.slow
+def test_a_float32_network_gives_the_same_bits_with_one_and_two_processes(tmp_path):
+    """tiny-dit (float32 kernels, not batch-invariant) through the job at world size 1 and as two gloo processes."""
+    import torch
+
+    from parataa.jobs.shard import ShardJob
+    from tests.distributed_harness import run_job
+    from tests.helpers import rounding_tol
+
+    stored = []
+    for w in (1, 2):
+        cfg = validate_config({**smoke(), "results_dir": str(tmp_path / f"ws{w}"), "samplers": ["ddim"], "steps": [8],
+                               "solvers": {"taa": {}}, "models": [{"name": "tiny-dit", "conditions": [3, 7]}],
+                               "progress": False, "save_iterates": 2, "checkpoint_every_s": 0,
+                               "fidelity_decode": True})  # fmt: skip
+        base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
+        from parataa.jobs.__main__ import main as jobs_main
+
+        seeds = ",".join(map(str, base.seeds))
+        assert jobs_main(["noise", base.noise, "--seeds", seeds, "--steps", "8", "--model", "tiny-dit"]) == 0
+        ShardJob()(base)
+        group = plan.group_spec({**cfg, "world_size": w}, "tiny-dit", "ddim", 8, 0, 0)
+        if w == 1:
+            ShardJob()(group)
+        else:
+            run_job(group.to_dict(), w)
+        stored.append(storage.load_run(group.runs[0].dir))
+    one, two = stored
+    assert (one.manifest["world_size"], two.manifest["world_size"]) == (1, 2)
+    np.testing.assert_array_equal(one.trajectory, two.trajectory)
+    np.testing.assert_array_equal(one.x0, two.x0)
+    np.testing.assert_array_equal(one.iterates, two.iterates)
+    assert list(one.samples["iterations"]) == list(two.samples["iterations"])
+    pd.testing.assert_frame_equal(one.fidelity, two.fidelity)
+    img = one.fidelity["image_psnr_db"]  # fidelity_decode: tiny-dit's images, every iteration
+    assert img.notna().all() and np.isfinite(img).any()  # +inf once the decoded images are equal
+    last = one.fidelity.groupby("sample").tail(1)
+    db_tol = 10 / np.log(10) * rounding_tol(torch.float64, 16 * 16)  # the same MSE summed by torch and numpy
+    np.testing.assert_allclose(last["image_psnr_db"], one.samples["psnr"], rtol=0, atol=db_tol)
+
+
 def test_executor_parameters_come_from_resources():
     from parataa.jobs.launch import executor_params
 
-    spec = {"world_size": 8, "threads": 4}
     r = {"executor": "slurm", "partition": "gpu", "account": "proj", "qos": "high", "gpus_per_node": 8,
          "tasks_per_node": 0, "cpus_per_task": 0, "runtime": 240, "mem_mb": 64000, "signal_delay_s": 180,
          "slurm_extra": "constraint=h100,exclusive=user"}  # fmt: skip
-    p = executor_params("slurm", r, spec, "job")
+    p = executor_params("slurm", r, world_size=8, threads=4, name="job")
     assert p["slurm_partition"] == "gpu" and p["slurm_account"] == "proj" and p["slurm_qos"] == "high"
     assert p["gpus_per_node"] == 8 and p["tasks_per_node"] == 8 and p["cpus_per_task"] == 4
     assert p["timeout_min"] == 240 and p["mem_gb"] == 62 and p["slurm_signal_delay_s"] == 180
     assert p["slurm_additional_parameters"] == {"constraint": "h100", "exclusive": "user"}
-    local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, {"world_size": 1}, "job")
+    local = executor_params("local", {"executor": "local", "gpus_per_node": 0}, world_size=1, threads=1, name="job")
     assert "gpus_per_node" not in local and not any(k.startswith("slurm_") for k in local)
     with pytest.raises(ValueError, match="resources.executor"):
-        executor_params("slurmm", {}, spec, "job")
+        executor_params("slurmm", {}, world_size=8, threads=4, name="job")
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -527,6 +679,42 @@ def test_smoke_study_end_to_end_local(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+def _stored_runs(results: Path) -> dict[str, storage.Run]:
+    runs = sorted(p.parent for p in (results / "smoke" / "runs").glob("*/*/*/shard-*/manifest.json"))
+    return {str(d.relative_to(results)): storage.load_run(d) for d in runs}
+
+
+@pytest.mark.slow
+def test_smoke_study_with_two_processes_equals_one_bitwise(tmp_path):
+    """world_size: 2 through the local profile (two gloo processes on the CPU per job, the model calls split
+    between them) finishes every job and stores exactly what world_size: 1 stores."""
+    stored = {}
+    for w in (1, 2):
+        root = tmp_path / f"ws{w}"
+        p = snakemake("--profile", "local", "--configfile", "config/smoke.yaml", "--config", f"results_dir={root}",
+                      f"world_size={w}", "--", f"{root}/smoke/aggregate/manifest.json")  # fmt: skip
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out[-5000:]
+        assert f"world size {w}, restart 0" in out
+        stored[w] = _stored_runs(root)
+    assert len(stored[1]) == plan.count(validate_config(smoke()))["runs"] == 14
+    assert sorted(stored[1]) == sorted(stored[2])
+    timing = ["wall_s", "model_s", "solver_s", "comm_s"]
+    for name, one in stored[1].items():
+        two = stored[2][name]
+        assert two.manifest["world_size"] == 2 and two.manifest["config"]["world_size"] == 2, name
+        np.testing.assert_array_equal(one.trajectory, two.trajectory, err_msg=name)
+        np.testing.assert_array_equal(one.x0, two.x0, err_msg=name)
+        if one.iterates is not None:
+            np.testing.assert_array_equal(one.iterates, two.iterates, err_msg=name)
+        differ = [*timing, "world_size"]
+        pd.testing.assert_frame_equal(one.samples.drop(columns=differ), two.samples.drop(columns=differ))
+        pd.testing.assert_frame_equal(one.convergence, two.convergence)
+        if one.fidelity is not None or two.fidelity is not None:
+            pd.testing.assert_frame_equal(one.fidelity, two.fidelity)
+        assert list(one.timings["rows"]) == list(two.timings["rows"]), name
+
+
 # ------------------------------------------------------------------------------------------- SLURM
 
 
@@ -553,7 +741,7 @@ def _sacct(job_id: str) -> str:
     return out
 
 
-def _slow_spec(tmp_path: Path) -> tuple[dict, dict]:
+def _slow_spec(tmp_path: Path) -> tuple[dict, JobSpec]:
     # ~10 s of solving on one core: enough to cancel or preempt it mid-solve
     cfg, spec = _small_spec(tmp_path, solvers={"fp": {}}, steps=200, dim=1024)
     cfg["progress"] = True
@@ -561,10 +749,10 @@ def _slow_spec(tmp_path: Path) -> tuple[dict, dict]:
     return cfg, spec
 
 
-def _driver(spec: dict, folder: Path, record: Path, resources: dict) -> subprocess.Popen:
+def _driver(spec: JobSpec, folder: Path, record: Path, resources: dict) -> subprocess.Popen:
     code = (
         "import json, sys; from parataa.jobs.launch import submit_and_wait; "
-        f"r = submit_and_wait(json.loads({json.dumps(json.dumps(spec))}), resources={resources!r}, "
+        f"r = submit_and_wait(json.loads({json.dumps(json.dumps(spec.to_dict()))}), resources={resources!r}, "
         f"folder={str(folder)!r}, record={str(record)!r}, name='drv'); print('RESULT', json.dumps(r))"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -617,7 +805,7 @@ def test_slurm_cancel_from_the_driver(tmp_path):
     drv.wait(timeout=60)
     assert drv.returncode != 0
     assert _sacct(jid).startswith("CANCELLED")
-    assert not storage.is_complete(spec["runs"][0]["dir"])
+    assert not storage.is_complete(spec.runs[0].dir)
 
 
 @pytest.mark.slurm
@@ -650,7 +838,7 @@ def test_slurm_preempted_job_requeues_and_resumes_bitwise(tmp_path):
     cfg_b, spec_b = _slow_spec(tmp_path / "b")
     _prepare(cfg_b)
     ShardJob()(spec_b)
-    ra, rb = storage.load_run(spec["runs"][0]["dir"]), storage.load_run(spec_b["runs"][0]["dir"])
+    ra, rb = storage.load_run(spec.runs[0].dir), storage.load_run(spec_b.runs[0].dir)
     np.testing.assert_array_equal(ra.trajectory, rb.trajectory)
     np.testing.assert_array_equal(ra.x0, rb.x0)
     assert list(ra.samples["iterations"]) == list(rb.samples["iterations"])
@@ -670,5 +858,5 @@ def test_restarted_driver_reattaches_instead_of_resubmitting(tmp_path):
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out
     assert f"re-attached to SLURM job {jid}" in out and "submitted" not in out
-    assert storage.is_complete(spec["runs"][0]["dir"])
+    assert storage.is_complete(spec.runs[0].dir)
     assert _sacct(jid).startswith("COMPLETED")

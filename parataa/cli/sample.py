@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default="tiny-dit", help="gmm, tiny-dit, tiny-sd, dit-xl-2-256, sd-v1-5 (default tiny-dit)"
     )
-    p.add_argument("--model-path", default=None, help="local weights folder (default: embedded model or hub id)")
+    p.add_argument(
+        "--model-path",
+        default=None,
+        help="local weights folder, a diffusers-format snapshot; a missing folder is an error (default: the "
+        "embedded model, or the model's hub id read from the Hugging Face cache: HF_HUB_CACHE, HF_HUB_OFFLINE)",
+    )
     p.add_argument("--solver", default="taa", choices=SOLVER_NAMES)
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")

@@ -17,7 +17,7 @@ def _noise(args: argparse.Namespace) -> int:
     if args.shape:
         shape = [int(s) for s in args.shape.split(",")]
     else:
-        from .models import sample_shape
+        from ..models.registry import sample_shape
 
         shape = list(sample_shape(args.model, json.loads(args.options)))
     out = Path(args.out)

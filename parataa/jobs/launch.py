@@ -34,6 +34,7 @@ from typing import Any
 import submitit
 
 from .shard import ShardJob
+from .spec import JobSpec
 
 __all__ = ["EXECUTORS", "LIVE_STATES", "executor_params", "spec_key", "submit_and_wait"]
 
@@ -59,12 +60,15 @@ def _res(resources: Any) -> dict[str, Any]:
     return dict(resources)
 
 
-def executor_params(kind: str, resources: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> dict[str, Any]:
+def executor_params(
+    kind: str, resources: Mapping[str, Any], *, world_size: int, threads: int, name: str
+) -> dict[str, Any]:
+    """submitit parameters of a job of `world_size` processes with `threads` CPU threads each."""
     r = _res(resources)
     if kind not in EXECUTORS:
         raise ValueError(f"resources.executor must be one of {EXECUTORS}, got {kind!r} (set it in the profile)")
-    tasks = int(r.get("tasks_per_node", 0) or 0) or int(spec.get("world_size", 1))
-    cpus = int(r.get("cpus_per_task", 0) or 0) or int(spec.get("threads", 1))
+    tasks = int(r.get("tasks_per_node", 0) or 0) or int(world_size)
+    cpus = int(r.get("cpus_per_task", 0) or 0) or int(threads)
     p: dict[str, Any] = {
         "name": name,
         "timeout_min": int(r.get("runtime", 60) or 60),
@@ -92,8 +96,9 @@ def executor_params(kind: str, resources: Mapping[str, Any], spec: Mapping[str, 
     return p
 
 
-def spec_key(spec: Mapping[str, Any], params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps([spec, sorted(params.items())], sort_keys=True, default=str).encode()).hexdigest()
+def spec_key(spec: JobSpec, params: Mapping[str, Any]) -> str:
+    payload = [spec.to_dict(), sorted(params.items())]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _state(job: Any) -> str:
@@ -133,6 +138,7 @@ class _Follower:
 
     def __init__(self, job: Any, name: str, log: Callable[[str], None]) -> None:
         self.job, self.name, self.log = job, name, log
+        self.task0 = job.task(0)  # a job of several processes: rank 0's log (the job itself when it has one)
         self.state = ""
         self.pos = 0
 
@@ -142,7 +148,7 @@ class _Follower:
             self.log(f"[launch] {self.name}: job {self.job.job_id} {st}")
             self.state = st
         try:
-            path = Path(self.job.paths.stdout)
+            path = Path(self.task0.paths.stdout)
             if path.exists():
                 with open(path, errors="replace") as f:
                     f.seek(self.pos)
@@ -157,7 +163,7 @@ class _Follower:
 
 
 def submit_and_wait(
-    spec: dict[str, Any],
+    spec: JobSpec | Mapping[str, Any],
     *,
     resources: Mapping[str, Any] | None = None,
     folder: str | Path = "results/.submitit",
@@ -168,11 +174,12 @@ def submit_and_wait(
     """Run ShardJob()(spec) on the executor the resources name; block until it ends; return its summary.
     Raises submitit's FailedJobError / UncompletedJobError when the job fails or is cancelled."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    spec = JobSpec.coerce(spec)
     r = _res(resources)
     kind = str(r.get("executor", "local") or "local")
     if kind == "inline":
         return ShardJob()(spec)
-    params = executor_params(kind, r, spec, name)
+    params = executor_params(kind, r, world_size=spec.world_size, threads=spec.threads, name=name)
     jobs_folder = str(Path(folder) / "%j")
     ex = submitit.AutoExecutor(folder=jobs_folder, cluster=kind)
     ex.update_parameters(**params)
@@ -182,7 +189,7 @@ def submit_and_wait(
     if job is not None:
         log(f"[launch] {name}: re-attached to SLURM job {job.job_id} (from {record})")
     else:
-        job = ex.submit(ShardJob(), spec)
+        job = ex.submit(ShardJob(), spec.to_dict())  # the spec travels as a plain dict
         if record:
             from ..storage import atomic_write_json
 
@@ -218,7 +225,8 @@ def submit_and_wait(
                 _force_state(job)  # a cancelled or killed job writes no result: ask sacct, not just the file
                 last_force = time.monotonic()
         follow.step()
-        result = job.result()
+        # every process of a multi-process job returns the same summary; rank 0 is the one that stored the runs
+        result = job.results()[0]
     except KeyboardInterrupt:
         if not cancelled.is_set():
             job.cancel(check=False)

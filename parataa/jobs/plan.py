@@ -1,7 +1,8 @@
 """The study matrix: from a validated study config to cells, shards, job groups, paths and job specs.
 
-Pure bookkeeping (no models, no files): used by the workflow (workflow/rules/common.smk) to build the DAG and
-by tests. A cell is (model, sampler, steps, solver_tag); its seeds are split into shards of `seeds_per_shard`;
+Pure bookkeeping (no models, no files, no torch): used by the workflow (workflow/rules/common.smk) to build the
+DAG and by tests. Job specs are `parataa.jobs.spec.JobSpec`s (the workflow passes them on as `to_dict()`).
+A cell is (model, sampler, steps, solver_tag); its seeds are split into shards of `seeds_per_shard`;
 the parallel cells of one (model, sampler, steps, shard) are packed `runs_per_job` at a time into job groups,
 so a cluster job does real work instead of one tiny cell.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from ..solver_config import PARALLEL_SOLVERS as SOLVER_NAMES
 from ..solver_config import expand_solver_grid, fmt_num, preset, solver_tag
 from ..storage import run_dir
+from .spec import JobSpec, ModelConfig, RunSpec
 
 __all__ = [
     "SOLVER_NAMES",
@@ -30,7 +32,6 @@ __all__ = [
     "baseline_spec",
     "targets",
     "count",
-    "absolute",
 ]
 
 
@@ -119,17 +120,25 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
     return {
         "study": config["study"],
         "results_dir": config["results_dir"],
-        "model": {k: m.get(k) for k in ("name", "cfg_scale", "options", "path", "dtype", "chunk_size")},
+        "model": ModelConfig(
+            name=m["name"],
+            cfg_scale=float(m["cfg_scale"]),
+            options=dict(m.get("options") or {}),
+            path=m.get("path"),
+            dtype=m.get("dtype"),
+            chunk_size=m.get("chunk_size"),
+        ),
         "sampler": sampler,
         "steps": int(steps),
         "shard": int(shard),
-        "seeds": seeds,
-        "conditions": conditions_for(m, config, seeds),
+        "seeds": tuple(seeds),
+        "conditions": tuple(conditions_for(m, config, seeds)),
         "device": config["device"],
         "world_size": int(config["world_size"]),
         "threads": int(config["threads"]),
         "checkpoint_every_s": float(config["checkpoint_every_s"]),
         "save_iterates": int(config["save_iterates"]),
+        "fidelity_decode": bool(config["fidelity_decode"]),
         "progress": bool(config["progress"]),
         "deterministic": bool(config["deterministic"]),
         "state_dir": paths(config)["state"],
@@ -137,56 +146,36 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
     }
 
 
-def _run(config: Mapping[str, Any], spec: dict[str, Any], r: Mapping[str, Any]) -> dict[str, Any]:
-    d = run_dir(
-        config["results_dir"],
-        config["study"],
-        spec["model"]["name"],
-        spec["sampler"],
-        spec["steps"],
-        r["tag"],
-        spec["shard"],
+def _run(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, r: Mapping[str, Any]) -> RunSpec:
+    d = run_dir(config["results_dir"], config["study"], model, sampler, steps, r["tag"], shard)
+    return RunSpec.from_dict({"solver": r["solver"], "tag": r["tag"], "config": dict(r["config"]), "dir": str(d)})
+
+
+def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> JobSpec:
+    """The job of the sequential run of one (model, sampler, steps, seed shard)."""
+    seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()}
+    common = _common(config, model, sampler, steps, shard)
+    common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
+    return JobSpec(
+        name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential",
+        baseline=None,
+        runs=(_run(config, model, sampler, steps, shard, seq),),
+        **common,
     )
-    return {"solver": r["solver"], "tag": r["tag"], "config": dict(r["config"]), "dir": str(d)}
 
 
-def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> dict[str, Any]:
-    spec = _common(config, model, sampler, steps, shard)
-    spec["name"] = f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential"
-    spec["baseline"] = None
-    spec["runs"] = [
-        _run(config, spec, {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()})
-    ]
-    return spec
-
-
-def group_spec(
-    config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, group: int
-) -> dict[str, Any]:
-    spec = _common(config, model, sampler, steps, shard)
+def group_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, group: int) -> JobSpec:
+    """The job of one group of `runs_per_job` parallel cells of one seed shard."""
     gs = groups(config, int(steps), model, sampler)
     if not 0 <= group < len(gs):
         raise ValueError(f"group {group} does not exist: {len(gs)} job groups at steps={steps}")
-    spec["name"] = f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/group-{group}"
-    spec["baseline"] = str(
-        Path(paths(config)["baseline"].format(model=model, sampler=sampler, steps=steps, shard=shard)).parent
+    baseline = paths(config)["baseline"].format(model=model, sampler=sampler, steps=steps, shard=shard)
+    return JobSpec(
+        name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/group-{group}",
+        baseline=str(Path(baseline).parent),
+        runs=tuple(_run(config, model, sampler, steps, shard, r) for r in gs[group]),
+        **_common(config, model, sampler, steps, shard),
     )
-    spec["runs"] = [_run(config, spec, r) for r in gs[group]]
-    return spec
-
-
-def absolute(spec: dict[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
-    """The spec with every path made absolute (a cluster job may start in another directory)."""
-    base = Path(cwd or Path.cwd())
-
-    def ab(p: str | None) -> str | None:
-        return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
-
-    out = dict(spec)
-    for k in ("results_dir", "state_dir", "noise", "baseline"):
-        out[k] = ab(spec.get(k))
-    out["runs"] = [{**r, "dir": ab(r["dir"])} for r in spec["runs"]]
-    return out
 
 
 def count(config: Mapping[str, Any]) -> dict[str, int]:

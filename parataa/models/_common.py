@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["WeightsNotFoundError", "resolve_device", "resolve_dtype", "run_chunked", "load_part", "place"]
+__all__ = [
+    "WeightsNotFoundError",
+    "WeightsSource",
+    "resolve_device",
+    "resolve_dtype",
+    "run_chunked",
+    "resolve_weights",
+    "load_part",
+    "place",
+    "hub_cache_dir",
+    "hub_offline",
+    "looks_like_path",
+    "cached_snapshot",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -66,6 +81,151 @@ def run_chunked(
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+# ------------------------------------------------------------------------------ where the weights are
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time in huggingface_hub's order."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1/on/yes/true), at call time."""
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in _TRUE
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def looks_like_path(text: str) -> bool:
+    """Everything but a bare hub id `owner/name` is a path: absolute or dotted or ~ paths, one part or several,
+    and `a/b` whose first part exists here (the folder the user meant)."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or not _HUB_ID.match(text) or ".." in text or "--" in text:
+        return True
+    return Path(text.split("/")[0]).exists()
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path) -> tuple[Path, str] | None:
+    """(snapshot folder, revision) that refs/main points to in a hub cache, or None (the documented layout
+    models--OWNER--NAME/{refs/main, snapshots/REV/...})."""
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        return None
+    revision = ref.read_text().strip()
+    snapshot = repo / "snapshots" / revision
+    return (snapshot, revision) if revision and snapshot.is_dir() else None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights come from. `root` is the folder holding the component folders: the local path, or
+    the cached snapshot of a hub id; None only for a hub id that from_pretrained still has to download."""
+
+    given: str
+    kind: str  # "path" or "hub"
+    root: Path | None
+    repo_id: str | None = None
+    revision: str | None = None
+    cache_dir: Path | None = None
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "given": self.given}
+        if self.kind == "path":
+            out["path"] = str(self.root)
+        else:
+            snapshot = None if self.root is None else str(self.root)
+            out.update(repo_id=self.repo_id, revision=self.revision, snapshot=snapshot)
+        return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _with_components(source: WeightsSource, what: str, components: Sequence[str]) -> WeightsSource:
+    assert source.root is not None
+    missing = [c for c in components if not (source.root / c).is_dir()]
+    if missing:
+        where = "cached snapshot" if source.kind == "hub" else "folder"
+        present = sorted(p.name for p in source.root.iterdir()) if source.root.is_dir() else []
+        raise WeightsNotFoundError(
+            f"{what}: the {where} {source.root} has no {missing[0]!r} folder (it holds {present or 'nothing'}); "
+            f"pass the root of a diffusers-format snapshot with {', '.join(c + '/config.json' for c in components)}, "
+            f"e.g. the folder `hf download REPO --local-dir DIR` wrote"
+        )
+    return source
+
+
+def resolve_weights(
+    name_or_path: str | os.PathLike[str],
+    what: str,
+    components: Sequence[str],
+    *,
+    repo: str | None = None,
+    hub: bool = True,
+) -> WeightsSource:
+    """Find a model's weights without touching the network when they are on this machine.
+
+    With hub=False (a path the user gave) the argument is a local folder and nothing else. With hub=True, anything
+    that `looks_like_path` is a local folder too, and only a bare `owner/name` is a hub id. A local folder must
+    exist: a missing one is an error at once that names it. A hub id is looked up in the hub cache (HF_HUB_CACHE)
+    first and loaded from its snapshot folder there; with HF_HUB_OFFLINE set a miss is one clear error; otherwise
+    the Hub is asked once (10 s timeout) before from_pretrained downloads. `repo` is the model's published hub id,
+    for the advice in the messages.
+    """
+    given = str(name_or_path)
+    local = Path(given).expanduser()
+    if local.exists():
+        return _with_components(WeightsSource(given, "path", local.resolve()), what, components)
+    if not hub or looks_like_path(given):
+        advice = (
+            f"; on a machine with network `hf download {repo} --local-dir DIR` writes one. To load {repo} from the "
+            "Hugging Face cache (HF_HUB_CACHE) instead, give no weights path"
+            if repo
+            else ""
+        )
+        raise WeightsNotFoundError(
+            f"{what}: no such folder {given!r} ({local.absolute()}). The weights path must name a local diffusers-"
+            f"format snapshot folder (with {', '.join(c + '/' for c in components)}){advice}"
+        )
+    cache = hub_cache_dir()
+    found = cached_snapshot(given, cache)
+    if found is not None:
+        source = WeightsSource(given, "hub", found[0], given, found[1], cache)
+        return _with_components(source, what, components)
+    advice = (
+        f"Fill the cache on a connected machine with `hf download {given}` (set HF_HUB_CACHE to where the cache is), "
+        f"or run `hf download {given} --local-dir DIR` there, copy DIR here and pass it as the model path "
+        f"(--model-path DIR)"
+    )
+    if hub_offline():
+        raise WeightsNotFoundError(
+            f"{what}: {given!r} is not a local folder and not in the Hugging Face cache {cache}, and HF_HUB_OFFLINE "
+            f"is set, so the Hub is not asked. {advice}"
+        )
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().repo_info(given, timeout=10)
+    except Exception as e:  # any failure of the one request: no network, no such repo, gated, proxy
+        raise WeightsNotFoundError(
+            f"{what}: {given!r} is not a local folder and not in the Hugging Face cache {cache}, and the Hub did "
+            f"not answer for it ({_first_line(e)}). {advice}"
+        ) from e
+    return WeightsSource(given, "hub", None, given, None, cache)
+
+
 def _quiet(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """diffusers warns when `accelerate` is missing unless low_cpu_mem_usage is chosen explicitly."""
     if cls.__module__.startswith("diffusers"):
@@ -82,32 +242,26 @@ def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return module.eval().requires_grad_(False)
 
 
-def load_part(cls: Any, name_or_path: str, subfolder: str | None, what: str, **kwargs: Any) -> Any:
-    """`cls.from_pretrained` of one component, with a clear error when the weights are not on this machine."""
-    local = Path(name_or_path).expanduser()
-    if local.exists():
-        where = local / subfolder if subfolder else local
-        if not where.exists():
+def load_part(cls: Any, source: WeightsSource, subfolder: str, what: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` of one component of a resolved source, with a clear error when it is not there."""
+    if source.root is not None:
+        try:
+            return cls.from_pretrained(str(source.root), subfolder=subfolder, **_quiet(cls, kwargs))
+        except OSError as e:  # the folder lacks the config or the weights file
             raise WeightsNotFoundError(
-                f"{what}: {local} exists but has no {subfolder!r} folder; pass the root of a diffusers-format "
-                f"snapshot (with {subfolder}/config.json), e.g. the folder `hf download` wrote"
-            )
-        return cls.from_pretrained(str(local), subfolder=subfolder, **_quiet(cls, kwargs))
+                f"{what}: cannot load {cls.__name__} from {source.root / subfolder} ({_first_line(e)})"
+            ) from e
     try:
         with warnings.catch_warnings():  # diffusers passes a deprecated hub argument; not the user's concern
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            return cls.from_pretrained(name_or_path, subfolder=subfolder, **_quiet(cls, kwargs))
+            return cls.from_pretrained(
+                source.repo_id, subfolder=subfolder, cache_dir=str(source.cache_dir), **_quiet(cls, kwargs)
+            )
     except (OSError, ValueError, RuntimeError) as e:
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
-        )
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise WeightsNotFoundError(
-            f"{what} weights {name_or_path!r} (subfolder {subfolder!r}) not found: not a local path, and not in "
-            f"the Hugging Face cache {cache}{' (HF_HUB_OFFLINE is set)' if offline else ''}. On a machine with "
-            f"network run `hf download {name_or_path} --local-dir DIR` (older hubs: `huggingface-cli download "
-            f"{name_or_path} --local-dir DIR`), copy DIR here and pass it as the model path (--model-path DIR). "
-            f"Cause: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{what}: downloading {source.repo_id!r} (subfolder {subfolder!r}) into {source.cache_dir} failed "
+            f"({_first_line(e)}). On a machine with network run `hf download {source.repo_id} --local-dir DIR`, copy "
+            f"DIR here and pass it as the model path (--model-path DIR)"
         ) from e
 
 

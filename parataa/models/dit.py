@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from ._common import GuidedAdapter, check_chunk_size, load_part, place, resolve_device, resolve_dtype
+from ._common import (
+    GuidedAdapter,
+    check_chunk_size,
+    load_part,
+    place,
+    resolve_device,
+    resolve_dtype,
+    resolve_weights,
+)
 
 __all__ = ["DiTDenoiser", "load_dit", "DIT_XL_2_256"]
 
@@ -98,14 +106,25 @@ def load_dit(
     class_labels: Sequence[int] = (0,),
     *,
     with_vae: bool = True,
+    hub: bool = True,
+    repo: str | None = DIT_XL_2_256,
     **kwargs: Any,
 ) -> DiTDenoiser:
-    """A DiTDenoiser from a diffusers-format snapshot (hub id or local folder with transformer/ and vae/)."""
+    """A DiTDenoiser from a diffusers-format snapshot (hub id or local folder with transformer/ and vae/).
+
+    hub=False: `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the
+    published hub id named in the advice of error messages (None: no advice).
+    The published DiT config names the class `Transformer2DModel`; diffusers maps it to `DiTTransformer2DModel`.
+    """
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
     what = f"DiT model {name_or_path}"
-    transformer = load_part(DiTTransformer2DModel, name_or_path, "transformer", what)
-    vae = load_part(AutoencoderKL, name_or_path, "vae", what) if with_vae else None
+    parts = ("transformer", "vae") if with_vae else ("transformer",)
+    source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
+    transformer = load_part(DiTTransformer2DModel, source, "transformer", what)
+    vae = load_part(AutoencoderKL, source, "vae", what) if with_vae else None
     if vae is not None:
         kwargs.setdefault("vae_scaling_factor", float(getattr(vae.config, "scaling_factor", 0.18215)))
-    return DiTDenoiser(transformer, class_labels, vae=vae, **kwargs)
+    den = DiTDenoiser(transformer, class_labels, vae=vae, **kwargs)
+    den.source = source
+    return den

@@ -8,20 +8,36 @@
 
 `build_denoiser` returns (denoiser, spec): `spec(num_steps, sampler=..., eta=...)` builds the matching
 `Schedule` (DiT's respacing for DiT models, the diffusers tables otherwise), and `spec` also answers
-`spec["sample_shape"]`, `spec["schedule"]` ("dit" or "diffusers") and `spec["scheduler_config"]`.
+`spec["sample_shape"]`, `spec["schedule"]` ("dit" or "diffusers") and `spec["scheduler_config"]`; network models
+also answer `spec["source"]` (the name or path given) and `spec["weights"]` (where the weights were found: a local
+path, or a hub id with its cached snapshot and revision). `weights.weights_identity` adds the files' sha256.
+
+A weights path (`path=`, `--model-path`) is a local folder, or a hub id `owner/name` that is not a folder here;
+a path that does not exist fails at once (see `_common.resolve_weights`).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..schedules import Schedule, dit_schedule, from_diffusers_config
 
-__all__ = ["MODELS", "ModelSpec", "build_denoiser", "is_class_conditional", "default_cfg_scale", "sample_shape"]
+__all__ = [
+    "MODELS",
+    "GMM_OPTIONS",
+    "HUB_IDS",
+    "ModelSpec",
+    "build_denoiser",
+    "default_weights",
+    "is_class_conditional",
+    "default_cfg_scale",
+    "model_options",
+    "sample_shape",
+]
 
 MODELS = ("gmm", "tiny-dit", "tiny-sd", "dit-xl-2-256", "sd-v1-5")
 _CLASS_CONDITIONAL = {"gmm": True, "tiny-dit": True, "tiny-sd": False, "dit-xl-2-256": True, "sd-v1-5": False}
@@ -35,11 +51,27 @@ _SHAPES = {
 _DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
 
 
+# the published hub ids of the real models (the dit/stable_diffusion modules hold the same strings)
+HUB_IDS = {"dit-xl-2-256": "facebook/DiT-XL-2-256", "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+
+
 def _check_name(name: str) -> None:
     if name not in MODELS:
         close = difflib.get_close_matches(str(name), MODELS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"model must be one of {MODELS}, got {name!r}{hint}")
+
+
+def default_weights(name: str) -> str:
+    """Where model `name`'s weights are when no path is given: its hub id, or the embedded model's folder."""
+    _check_name(name)
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    if name == "gmm":
+        raise ValueError("model gmm is analytic and has no weights")
+    from .embedded import embedded_path
+
+    return str(embedded_path(name))
 
 
 def is_class_conditional(name: str) -> bool:
@@ -48,9 +80,36 @@ def is_class_conditional(name: str) -> bool:
     return _CLASS_CONDITIONAL[name]
 
 
-def sample_shape(name: str) -> tuple[int, ...]:
-    """The state shape of model `name` at its default weights, without loading them (noise can be drawn first)."""
+# The analytic mixture's options (a study config's `models[].options`) and their defaults. Network models take
+# only `sample_shape`: the state shape of weights other than the defaults (e.g. a local snapshot at another
+# resolution), so noise can be drawn before they are loaded.
+GMM_OPTIONS: dict[str, Any] = {"dim": 64, "classes": 10, "spread": 0.15, "seed": 0}
+
+
+def model_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`options` of model `name` checked (unknown keys refused, with the allowed ones named) and, for gmm, with
+    every default filled in."""
     _check_name(name)
+    options = dict(options or {})
+    allowed = GMM_OPTIONS if name == "gmm" else {"sample_shape": None}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(allowed), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"model {name} options: unknown key(s) {unknown}; allowed: {sorted(allowed)}{hint}")
+    if name == "gmm":
+        return {**GMM_OPTIONS, **options}
+    return options
+
+
+def sample_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+    """The state shape of model `name` with these options, without loading weights (noise can be drawn first):
+    gmm (dim,); a network model its `sample_shape` option, else its default weights' shape."""
+    options = model_options(name, options)
+    if name == "gmm":
+        return (int(options["dim"]),)
+    if options.get("sample_shape") is not None:
+        return tuple(int(s) for s in options["sample_shape"])
     return _SHAPES[name]
 
 
@@ -69,11 +128,16 @@ class ModelSpec:
     scheduler_config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, num_steps: int, sampler: str = "ddim", eta: float | None = None) -> Schedule:
+    def __call__(
+        self, num_steps: int, sampler: str = "ddim", eta: float | None = None, final_noise: str | None = None
+    ) -> Schedule:
+        """The schedule; final_noise None is the family's own rule ("none" for DiT, "diffusers" otherwise)."""
         if self.schedule == "dit":
-            return dit_schedule(num_steps, sampler=sampler, eta=eta)
+            return dit_schedule(num_steps, sampler=sampler, eta=eta, final_noise=final_noise or "none")
         assert self.scheduler_config is not None
-        return from_diffusers_config(self.scheduler_config, num_steps, sampler=sampler, eta=eta)
+        return from_diffusers_config(
+            self.scheduler_config, num_steps, sampler=sampler, eta=eta, final_noise=final_noise or "diffusers"
+        )
 
     def __getitem__(self, key: str) -> Any:
         if key in ("name", "schedule", "sample_shape", "scheduler_config"):
@@ -129,9 +193,11 @@ def build_denoiser(
     dtype: Any = None,
     chunk_size: int | None = None,
     path: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, ModelSpec]:
-    """(denoiser, spec) for model `name`, one condition per sample; `path` overrides the weights' location."""
-    _check_name(name)
+    """(denoiser, spec) for model `name`, one condition per sample; `path` overrides the weights' location,
+    `options` are the model's options (`model_options`: gmm dim, classes, spread, seed)."""
+    options = model_options(name, options)
     conditions = list(conditions)
     cfg = _DEFAULT_CFG[name] if cfg_scale is None else float(cfg_scale)
     if name == "gmm":
@@ -139,29 +205,26 @@ def build_denoiser(
 
         if path is not None:
             raise ValueError("model gmm is analytic and takes no path; drop --model-path")
-        mix = GaussianMixture()
+        o = options
+        mix = GaussianMixture(int(o["dim"]), int(o["classes"]), float(o["spread"]), int(o["seed"]))
         den = GaussianMixtureDenoiser(mix, _labels(name, conditions, mix.num_classes), cfg)
         return den, ModelSpec(name, "diffusers", (mix.dim,), dict(mix.scheduler_config))
     kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size)
+    src = default_weights(name) if path is None else str(path)
+    # a path the user gave is a local folder; only the published hub id (the default) may come from the hub
+    hub = src == HUB_IDS.get(name)
     if name in ("tiny-dit", "dit-xl-2-256"):
-        from .dit import DIT_XL_2_256, load_dit
+        from .dit import load_dit
 
         if name == "tiny-dit":
-            from .embedded import embedded_path
-
-            src = str(path) if path is not None else str(embedded_path("tiny-dit"))
-            den = load_dit(src, _labels(name, conditions, 10), with_vae=False, guided_channels=None, **kw)
+            labels = _labels(name, conditions, 10)
+            den = load_dit(src, labels, with_vae=False, guided_channels=None, hub=hub, repo=None, **kw)
         else:
-            src = str(path) if path is not None else DIT_XL_2_256
-            den = load_dit(src, _labels(name, conditions, 1000), with_vae=True, guided_channels=3, **kw)
-        return den, ModelSpec(name, "dit", den.sample_shape, None, {"source": src})
-    from .stable_diffusion import SD_V1_5, load_stable_diffusion
+            labels = _labels(name, conditions, 1000)
+            den = load_dit(src, labels, with_vae=True, guided_channels=3, hub=hub, repo=HUB_IDS[name], **kw)
+        return den, ModelSpec(name, "dit", den.sample_shape, None, {"source": src, "weights": den.source.record()})
+    from .stable_diffusion import load_stable_diffusion
 
-    if name == "tiny-sd":
-        from .embedded import embedded_path
-
-        src = str(path) if path is not None else str(embedded_path("tiny-sd"))
-    else:
-        src = str(path) if path is not None else SD_V1_5
-    den = load_stable_diffusion(src, _prompts(name, conditions), **kw)
-    return den, ModelSpec(name, "diffusers", den.sample_shape, den.scheduler_config, {"source": src})
+    den = load_stable_diffusion(src, _prompts(name, conditions), hub=hub, repo=HUB_IDS.get(name), **kw)
+    extra = {"source": src, "weights": den.source.record()}
+    return den, ModelSpec(name, "diffusers", den.sample_shape, den.scheduler_config, extra)

@@ -17,11 +17,13 @@ import torch
 from ._common import (
     GuidedAdapter,
     WeightsNotFoundError,
+    WeightsSource,
     check_chunk_size,
     load_part,
     place,
     resolve_device,
     resolve_dtype,
+    resolve_weights,
 )
 from .tokenizer import CLIPTokenizer
 
@@ -95,16 +97,31 @@ class StableDiffusionDenoiser(GuidedAdapter):
         return samples
 
 
-def _scheduler_config(name_or_path: str, what: str) -> dict[str, Any]:
-    local = Path(name_or_path).expanduser()
-    if local.exists():
-        f = local / "scheduler" / "scheduler_config.json"
+def _scheduler_config(source: WeightsSource, what: str) -> dict[str, Any]:
+    if source.root is not None:
+        f = source.root / "scheduler" / "scheduler_config.json"
         if not f.is_file():
-            raise WeightsNotFoundError(f"{what}: no scheduler/scheduler_config.json under {local}")
+            raise WeightsNotFoundError(f"{what}: no scheduler/scheduler_config.json under {source.root}")
         return json.loads(f.read_text())
     from diffusers import DDIMScheduler
 
-    return dict(load_part(DDIMScheduler, name_or_path, "scheduler", what).config)
+    return dict(load_part(DDIMScheduler, source, "scheduler", what).config)
+
+
+def check_tokenizer(root: Path, tokenizer: CLIPTokenizer, what: str) -> None:
+    """A snapshot's own tokenizer (tokenizer/vocab.json) must be CLIP's: parataa tokenizes with the shipped CLIP
+    vocabulary, and a snapshot with other tokens (added embeddings, another text model) would get wrong ids."""
+    vocab_file = root / "tokenizer" / "vocab.json"
+    if not vocab_file.is_file():
+        return
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    if vocab != tokenizer.encoder:
+        extra = sorted(set(vocab) - set(tokenizer.encoder))[:3]
+        raise ValueError(
+            f"{what}: {vocab_file} is not the CLIP vocabulary parataa tokenizes with ({len(vocab)} tokens, "
+            f"{tokenizer.vocab_size} expected{'; e.g. extra ' + repr(extra) if extra else ''}); models with other "
+            "tokenizers are not supported"
+        )
 
 
 def load_stable_diffusion(
@@ -112,23 +129,38 @@ def load_stable_diffusion(
     prompts: Sequence[str] = ("",),
     *,
     with_vae: bool | None = None,
+    hub: bool = True,
+    repo: str | None = SD_V1_5,
     **kwargs: Any,
 ) -> StableDiffusionDenoiser:
     """A StableDiffusionDenoiser from a diffusers-format snapshot (unet/, text_encoder/, scheduler/, vae/).
 
-    with_vae None: use the VAE when the snapshot has one (SD v1.5), run in pixel space otherwise (tiny-sd).
+    with_vae None: use the VAE when the snapshot has one (SD v1.5), run in pixel space otherwise (tiny-sd). Only
+    these components are read (and tokenizer/vocab.json, checked against parataa's CLIP tokenizer when present):
+    the safety checker and feature extractor that SD's model_index.json lists are not used. hub=False:
+    `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the published hub
+    id named in the advice of error messages (None: no advice).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     what = f"Stable Diffusion model {name_or_path}"
-    unet = load_part(UNet2DConditionModel, name_or_path, "unet", what)
-    text_encoder = load_part(CLIPTextModel, name_or_path, "text_encoder", what, dtype=torch.float32)
-    sched = _scheduler_config(name_or_path, what)
-    local = Path(name_or_path).expanduser()
+    parts = ("unet", "text_encoder", "scheduler")
+    source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
     if with_vae is None:
-        with_vae = not local.exists() or (local / "vae").exists()
-    vae = load_part(AutoencoderKL, name_or_path, "vae", what) if with_vae else None
+        with_vae = source.root is None or (source.root / "vae").is_dir()
+    tokenizer = CLIPTokenizer()
+    if source.root is not None:
+        check_tokenizer(source.root, tokenizer, what)
+    unet = load_part(UNet2DConditionModel, source, "unet", what)
+    text_encoder = load_part(CLIPTextModel, source, "text_encoder", what, dtype=torch.float32)
+    sched = _scheduler_config(source, what)
+    vae = load_part(AutoencoderKL, source, "vae", what) if with_vae else None
     if vae is not None:
         kwargs.setdefault("vae_scaling_factor", float(getattr(vae.config, "scaling_factor", 0.18215)))
-    return StableDiffusionDenoiser(unet, text_encoder, prompts, scheduler_config=sched, vae=vae, **kwargs)
+    tokenizer.max_length = int(text_encoder.config.max_position_embeddings)
+    den = StableDiffusionDenoiser(
+        unet, text_encoder, prompts, scheduler_config=sched, vae=vae, tokenizer=tokenizer, **kwargs
+    )
+    den.source = source
+    return den

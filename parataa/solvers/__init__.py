@@ -35,9 +35,22 @@ SOLVERS: dict[str, Callable[..., SolveResult]] = {
 }
 
 
-def solve(model, schedule, noise, config: SolverConfig, **kwargs) -> SolveResult:
-    """Run the solver `config.method` names."""
-    return SOLVERS[config.method](model, schedule, noise, config, **kwargs)
+def solve(model, schedule, noise, config: SolverConfig, *, engine: str = "eager", **kwargs) -> SolveResult:
+    """Run the solver `config.method` names.
+
+    engine: "eager" (the reference loops), "static" (fixed shapes, masks, one small device-to-host copy per
+    iteration; any device), "graphed" (each window-size bucket's whole iteration, model call included, captured
+    in CUDA graphs and replayed; the model must be graph-safe), "graphed-solver" (the solver captured, the model
+    called eagerly, e.g. a DistributedDenoiser). The non-eager engines take `buckets`, `ls_dtype`, `linsolve` and
+    `warmup` (parataa/solvers/static.py) and give the same SolveResult (docs/METHOD.md section 11).
+    """
+    if engine == "eager":
+        return SOLVERS[config.method](model, schedule, noise, config, **kwargs)
+    from .static import ENGINES, solve_static
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return solve_static(model, schedule, noise, config, engine=engine, **kwargs)
 
 
 __all__ = [

@@ -117,6 +117,16 @@ def stop_test(
     return u_star, valid & (j[None, :] > u_star[:, None])
 
 
+def updated_positions(
+    config: SolverConfig, valid: torch.Tensor, u_star: torch.Tensor, accepted: torch.Tensor
+) -> torch.Tensor:
+    """The positions that take the method's update: those below u*, and under the "sum" rule an accepted window
+    too (it takes its last update before it freezes, docs/METHOD.md section 9)."""
+    j = torch.arange(valid.shape[1], device=valid.device)
+    below = valid & (j[None, :] < u_star[:, None])
+    return below | accepted if config.stop == "sum" else below
+
+
 @dataclass
 class WindowEval:
     """The window of this iteration and the model's eps at its states (shared by the window solvers and Picard)."""
@@ -200,9 +210,7 @@ def run_window_solver(
         thr = threshold_all[t]
         u_star, accepted = stop_test(config, rho, valid, win, thr, state.spent)
         j = torch.arange(win.size, device=t.device)
-        below = valid & (j[None, :] < u_star[:, None])
-        if config.stop == "sum":
-            below = below | accepted  # an accepted window takes its last update (docs/METHOD.md section 9)
+        below = updated_positions(config, valid, u_star, accepted)
         # 4. accepted steps keep their values ("step"); x_{u*} takes the exact step; steps below u* the update
         new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, win, state, ev.vi, ev.vj))
         x_new = torch.where(below[..., None], new_vals, x_cur)

@@ -12,7 +12,7 @@ rule baseline:
     log:
         PATHS["log_baseline"],
     params:
-        spec=lambda wc: plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard)),
+        spec=lambda wc: plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard)).to_dict(),
         record=lambda wc: record_path("baseline", wc),
         folder=PATHS["submitit"],
     conda:
@@ -32,7 +32,7 @@ rule sample:
     params:
         spec=lambda wc: plan.group_spec(
             config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group)
-        ),
+        ).to_dict(),
         record=lambda wc: record_path("group", wc),
         folder=PATHS["submitit"],
     conda:

@@ -4,11 +4,11 @@ import sys
 from pathlib import Path
 
 from parataa.jobs.launch import submit_and_wait
-from parataa.jobs.plan import absolute
+from parataa.jobs.spec import JobSpec
 from parataa.storage import atomic_write_json, read_manifest, sha256_file
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-spec = absolute(dict(sm.params.spec))  # the cluster job may start in another directory
+spec = JobSpec.from_dict(sm.params.spec).absolute()  # the cluster job may start in another directory
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 logfile = open(sm.log[0], "a", buffering=1)  # noqa: SIM115 - open for the whole script
 
@@ -24,7 +24,7 @@ summary = submit_and_wait(
     resources=sm.resources,
     folder=sm.params.folder,
     record=sm.params.record,
-    name=spec["name"].replace("/", "_"),
+    name=spec.name.replace("/", "_"),
     log=log,
 )
 out = Path(sm.output[0])
@@ -38,7 +38,7 @@ else:
     atomic_write_json(
         out,
         {
-            "name": spec["name"],
+            "name": spec.name,
             "job_id": summary.get("job_id"),
             "runs": runs,
             "runs_dirs": summary["runs_dirs"],

@@ -1,12 +1,12 @@
-"""Check that multi-process window evaluation reproduces the single-process solve bit for bit.
+"""Test harness: check that multi-process window evaluation reproduces the single-process solve bit for bit.
 
-    python -m parataa.distributed_check --world-size 3 [--chunk-size 4] [--out results.pt]
+    python -m tests.distributed_harness --world-size 3 [--chunk-size 4] [--out results.pt]   (from the repo root)
 
 spawns N CPU processes (gloo), runs real solves on every rank with a `DistributedDenoiser` — TAA on a tiny
 randomly initialised conv net (float32, guidance by batch doubling, so batch-shape effects are real), FP+ on
 the exact Gaussian-mixture model, and TAA with an out-of-memory error injected on the last rank — and compares the
 trajectories of rank 0 with the same solves in this process without a process group. Prints a JSON summary and
-exits 1 on any mismatch. Tests import `run_check` and `run_scenarios`.
+exits 1 on any mismatch. tests/test_distributed.py imports `run_check`, `run_scenarios` and the test doubles.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistributedDenoiser, barrier, check_world_size, cleanup, init_from_env
-from .models import GaussianMixture, GaussianMixtureDenoiser
-from .noise import NoiseBundle, draw_noise
-from .schedules import Schedule, from_diffusers_config
-from .solvers import Denoiser, preset, solve
+from parataa.distributed import DistributedDenoiser, barrier, check_world_size, cleanup, init_from_env
+from parataa.models import GaussianMixture, GaussianMixtureDenoiser
+from parataa.noise import NoiseBundle, draw_noise
+from parataa.schedules import Schedule, from_diffusers_config
+from parataa.solvers import Denoiser, preset, solve
 
 __all__ = [
     "InjectedOOM",
@@ -42,6 +42,7 @@ __all__ = [
     "problem",
     "main",
     "run_check",
+    "run_job",
     "run_scenarios",
 ]
 
@@ -212,7 +213,7 @@ def run_check(world_size: int, chunk_size: int = 4) -> dict[str, dict[str, Any]]
     """Spawn `world_size` gloo processes on CPU, run `run_scenarios` on each, return rank 0's results."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    worker = importlib.import_module("parataa.distributed_check")._worker  # picklable under `python -m`
+    worker = importlib.import_module("tests.distributed_harness")._worker  # picklable under `python -m`
     with tempfile.TemporaryDirectory(prefix="parataa-dist-") as tmp:
         path = str(Path(tmp) / "rank0.pt")
         torch.multiprocessing.start_processes(
@@ -225,12 +226,38 @@ def run_check(world_size: int, chunk_size: int = 4) -> dict[str, dict[str, Any]]
         return torch.load(path, weights_only=False)
 
 
+def _job_worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+    from parataa.jobs.shard import ShardJob
+
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+        }
+    )
+    try:
+        ShardJob()(spec)
+    finally:
+        cleanup()
+
+
+def run_job(spec: dict[str, Any], world_size: int) -> None:
+    """Run a job spec (`JobSpec.to_dict()`) as `world_size` gloo processes on this machine, as torchrun would."""
+    worker = importlib.import_module("tests.distributed_harness")._job_worker
+    torch.multiprocessing.start_processes(
+        worker, args=(world_size, free_port(), spec), nprocs=world_size, join=True, start_method="spawn"
+    )
+
+
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parataa.distributed_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.distributed_harness", description=__doc__.split("\n")[0])
     parser.add_argument("--world-size", type=int, required=True, help="number of gloo processes to spawn")
     parser.add_argument("--chunk-size", type=int, default=4, help="rows per network call")
     parser.add_argument("--out", type=Path, default=None, help="save rank 0's results here (torch.save)")
