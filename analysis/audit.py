@@ -1,11 +1,17 @@
-"""Audit of the paper's claims (analysis/paper_claims.yaml) against stored results.
+"""Audit of the paper's claims (analysis/paper_claims.yaml) against stored results: two verdicts per claim.
 
-For every claim: the measured value, a verdict (reproduced / not reproduced / not measurable here, with the
-reason and the exact command that would measure it), shape evidence from the embedded and analytic models
-where the claim is about real models, and the evidence figure. Written as Markdown and as one self-contained
+1. **On the paper's models** (DiT-XL/2, SD v1.5, or the model a claim names): decided only by results of those
+   models (`decide`: reproduced / not reproduced / not measurable here, with the command that measures it).
+   Embedded or analytic results never count here.
+2. **On the embedded models** (tiny-dit, tiny-sd, and the analytic gmm where a claim is about it): the claim's
+   shape restated so this study can decide it, as `checks` over the study's settings (analysis.yardstick:
+   steps at the stop and to 40 dB, the rule-free yardstick). Each check gives one outcome per cell (and per
+   compared solver, metric or series); `decide_embedded` (pure) turns them into reproduced (all hold) /
+   not reproduced (none holds) / partly reproduced / not run in this study (no cell has what the check needs),
+   or not measurable here / not applicable where the claim says so.
+
+The two are never mixed. Written as Markdown (figures linked relative to audit.md) and as one self-contained
 HTML page (figures embedded as base64 PNG).
-
-`decide` (the verdict) is a pure function of the claim's measure spec and the measured values.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,28 +30,53 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .tables import per_seed
+from .labels import setting_label
+from .tables import per_seed as samples_per_seed
 
 __all__ = [
     "REPRODUCED",
     "NOT_REPRODUCED",
+    "PARTLY",
+    "NOT_RUN",
     "NOT_MEASURABLE",
+    "NOT_APPLICABLE",
     "CLAIMS_PATH",
     "Verdict",
+    "Outcome",
+    "EmbeddedResult",
     "ClaimResult",
     "load_claims",
     "decide",
+    "decide_embedded",
+    "run_check",
     "measure",
+    "measure_embedded",
     "audit",
     "write_report",
 ]
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
+PARTLY = "partly reproduced"
+NOT_RUN = "not run in this study"
 NOT_MEASURABLE = "not measurable here"
+NOT_APPLICABLE = "not applicable"
+PAPER_VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURABLE, NOT_APPLICABLE)
+EMBEDDED_VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_RUN, NOT_MEASURABLE, NOT_APPLICABLE)
 CLAIMS_PATH = Path(__file__).with_name("paper_claims.yaml")
-KINDS = ("range", "at_most", "at_least", "sequence", "fewer_than", "ordering", "setting", "study")
+KINDS = ("range", "at_most", "at_least", "sequence", "fewer_than", "ordering", "setting", "study", "checks")
+CHECK_KINDS = ("fewer_than", "range", "at_most", "at_least", "monotone")
 GROUP = ["model", "sampler", "steps"]
+METRIC_NAMES = {
+    "its_stop_mean": "steps at the stop",
+    "to_30db_mean": "steps to 30 dB",
+    "to_40db_mean": "steps to 40 dB",
+    "to_50db_mean": "steps to 50 dB",
+    "speedup_to_40db": "speed-up to 40 dB",
+    "speedup_stop": "speed-up at the stop",
+    "speedup_time": "wall-clock speed-up",
+}
+HIGHER_IS_BETTER = ("speedup_to_40db", "speedup_stop", "speedup_time")
 
 
 @dataclass(frozen=True)
@@ -53,14 +85,28 @@ class Verdict:
     reason: str
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One comparison of a check in one cell: whether the claim holds there, and the numbers."""
+
+    holds: bool
+    text: str
+
+
+@dataclass
+class EmbeddedResult:
+    statement: str
+    verdict: Verdict
+    outcomes: list[Outcome] = field(default_factory=list)
+    figure: str | None = None
+
+
 @dataclass
 class ClaimResult:
     claim: dict[str, Any]
-    verdict: Verdict
+    verdict: Verdict  # on the paper's models
     measured: str
-    shape: str = ""
-    figure: Path | None = None
-    details: list[str] = field(default_factory=list)
+    embedded: EmbeddedResult
 
 
 def load_claims(path: str | Path = CLAIMS_PATH) -> dict[str, Any]:
@@ -69,7 +115,7 @@ def load_claims(path: str | Path = CLAIMS_PATH) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a mapping with a 'claims' list")
     ids = set()
     for c in data["claims"]:
-        for key in ("id", "claim", "source", "setting", "models", "measure", "command"):
+        for key in ("id", "claim", "source", "setting", "models", "measure", "command", "embedded"):
             if key not in c:
                 raise ValueError(f"{path}: claim {c.get('id', '?')!r} lacks {key!r}")
         if c["id"] in ids:
@@ -78,18 +124,33 @@ def load_claims(path: str | Path = CLAIMS_PATH) -> dict[str, Any]:
         kind = c["measure"].get("kind")
         if kind not in KINDS:
             raise ValueError(f"{path}: claim {c['id']!r} measure.kind must be one of {KINDS}, got {kind!r}")
+        emb = c["embedded"]
+        if "not_applicable" not in emb and "not_measurable" not in emb:
+            for key in ("claim", "checks"):
+                if key not in emb:
+                    raise ValueError(f"{path}: claim {c['id']!r} embedded lacks {key!r}")
+            for chk in emb["checks"]:
+                if chk.get("kind") not in CHECK_KINDS:
+                    raise ValueError(
+                        f"{path}: claim {c['id']!r} embedded check kind must be one of {CHECK_KINDS}, "
+                        f"got {chk.get('kind')!r}"
+                    )
     return data
 
 
-# --------------------------------------------------------------------------------------------- verdict
+# ------------------------------------------------------------------------------- verdict: paper's models
 
 
 def _fmt(v: float) -> str:
-    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    if isinstance(v, float) and math.isinf(v):
+        return "never" if v > 0 else "-inf"
+    return f"{v:.3g}"
 
 
 def decide(spec: Mapping[str, Any], values: Any) -> Verdict:
-    """The verdict of one claim from its measure spec and the measured values (pure: no I/O, no data).
+    """The verdict of one claim on the paper's models from its measure spec and the measured values (pure).
 
     values by kind: range / at_most / at_least: a list of floats (one per model x sampler x steps group);
     sequence: {seed: value}; fewer_than / ordering: a list of {solver: value} (one per group);
@@ -169,22 +230,30 @@ def decide(spec: Mapping[str, Any], values: Any) -> Verdict:
     raise ValueError(f"measure.kind must be one of {KINDS}, got {kind!r}")
 
 
-# -------------------------------------------------------------------------------------------- measuring
-
-
 def _norm(name: object) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _select(s: pd.DataFrame, select: Mapping[str, Any]) -> pd.DataFrame:
-    for col, want in select.items():
-        if col not in s.columns:
-            return s.iloc[:0]
+def select(s: pd.DataFrame, selector: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows matching every `column: value` (or list of values) of the selector. A column the frame lacks reads
+    as missing, which only `null` in the list matches (`splitting: [exact, null]`: exact, or runs stored before
+    the option existed)."""
+    for col, want in selector.items():
         wants = want if isinstance(want, list) else [want]
-        if pd.api.types.is_numeric_dtype(s[col]):
-            s = s[np.isclose(s[col].to_numpy(float)[:, None], np.asarray(wants, float)[None, :]).any(axis=1)]
+        null_ok = any(w is None for w in wants)
+        wants = [w for w in wants if w is not None]
+        if col not in s.columns:
+            if not null_ok:
+                return s.iloc[:0]
+            continue
+        v = s[col]
+        missing = v.isna().to_numpy()
+        if wants and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wants):
+            num = pd.to_numeric(v, errors="coerce").to_numpy(float)
+            hit = np.isclose(num[:, None], np.asarray(wants, float)[None, :]).any(axis=1)
         else:
-            s = s[s[col].astype(str).isin([str(w) for w in wants])]
+            hit = v.astype(str).isin([str(w) for w in wants]).to_numpy()
+        s = s[hit | (missing & null_ok)]
     return s
 
 
@@ -205,11 +274,11 @@ def _best(cells: pd.DataFrame, by: list[str], higher_is_better: bool) -> pd.Data
     return cells.loc[idx.to_numpy()]
 
 
-def _values(spec: Mapping[str, Any], s: pd.DataFrame, select: Mapping[str, Any]) -> tuple[Any, list[str]]:
+def _values(spec: Mapping[str, Any], s: pd.DataFrame, sel_spec: Mapping[str, Any]) -> tuple[Any, list[str]]:
     """Measured values for `decide` and one human-readable line per group / cell."""
     kind, metric = spec["kind"], spec["metric"]
     higher = metric.startswith("speedup") or metric == "psnr"
-    sel = _select(s, select)
+    sel = select(s, sel_spec)
     if sel.empty:
         return None, []
     if kind == "sequence":
@@ -256,16 +325,37 @@ def _values(spec: Mapping[str, Any], s: pd.DataFrame, select: Mapping[str, Any])
     return [float(v) for v in cells["value"]], lines
 
 
-def measure(claim: Mapping[str, Any], samples: pd.DataFrame) -> tuple[Verdict, str, str]:
-    """(verdict, measured text, shape-evidence text) of one claim on the stored samples."""
+def _of_models(df: pd.DataFrame, models: Sequence[str]) -> pd.Series:
+    names = {_norm(m) for m in models}
+    return df["model"].map(lambda m: _norm(m) in names) if not df.empty else pd.Series(dtype=bool)
+
+
+def measure(
+    claim: Mapping[str, Any], samples: pd.DataFrame, settings_frame: pd.DataFrame | None = None
+) -> tuple[Verdict, str]:
+    """(verdict, measured text) of one claim on the paper's models: only results of `claim.models` count.
+
+    measure.kind `checks` applies the claim's embedded checks to the settings of those models' runs
+    (`settings_frame`, analysis.yardstick.settings): the same shape, decided on the real models."""
     spec = claim["measure"]
+    if not claim.get("paper_claim", True):
+        return Verdict(NOT_APPLICABLE, spec.get("reason", "not a claim of the paper")), "—"
     if spec["kind"] in ("setting", "study"):
-        return decide(spec, None), "—", ""
+        return decide(spec, None), "—"
+    if spec["kind"] == "checks":
+        st = settings_frame if settings_frame is not None else pd.DataFrame()
+        mine = st[_of_models(st, claim["models"]).to_numpy(bool)] if not st.empty else st
+        outcomes = [o for chk in claim["embedded"].get("checks", []) for o in run_check(chk, mine)]
+        reason = (
+            f"no results of {list(claim['models'])} (real weights, the paper's GPUs) with the solvers and settings "
+            "the checks compare"
+        )
+        v = decide_embedded(outcomes, NOT_MEASURABLE, reason)
+        return v, "; ".join(o.text for o in outcomes) if outcomes else "—"
     if samples.empty:
-        return Verdict(NOT_MEASURABLE, "no verified results were loaded"), "—", ""
-    s = per_seed(samples)
-    models = {_norm(m) for m in claim["models"]}
-    is_claim_model = s["model"].map(lambda m: _norm(m) in models)
+        return Verdict(NOT_MEASURABLE, "no verified results were loaded"), "—"
+    s = samples_per_seed(samples)
+    is_claim_model = _of_models(s, claim["models"])
     values, lines = _values(spec, s[is_claim_model], spec.get("select", {}))
     verdict = decide(spec, values)
     if verdict.verdict == NOT_MEASURABLE:
@@ -275,44 +365,252 @@ def measure(claim: Mapping[str, Any], samples: pd.DataFrame) -> tuple[Verdict, s
                 f"{dict(spec.get('select', {}))}"
             )
         else:
-            why = f"the claim is about {list(claim['models'])}, the stored results have models {present}"
+            why = (
+                f"the claim is about {list(claim['models'])} (real weights, the paper's GPUs), the stored results "
+                f"have models {present}"
+            )
         verdict = Verdict(NOT_MEASURABLE, f"{verdict.reason}: {why}" + (f" ({lines[0]})" if lines else ""))
-    measured = "; ".join(lines) if lines else "—"
-    shape = ""
-    if claim.get("real_models", True):
-        others = s[~is_claim_model]
-        if not others.empty:
-            sel = spec.get("shape_select", {k: v for k, v in spec.get("select", {}).items() if k != "model"})
-            _, slines = _values({**spec, "kind": "range" if spec["kind"] == "sequence" else spec["kind"]}, others, sel)
-            if slines:
-                shape = "; ".join(slines)
-    return verdict, measured, shape
+    return verdict, "; ".join(lines) if lines else "—"
+
+
+# ----------------------------------------------------------------------------- verdict: embedded models
+
+
+def decide_embedded(
+    outcomes: Sequence[Outcome], none_verdict: str = NOT_RUN, none_reason: str = "no cell of this study has it"
+) -> Verdict:
+    """reproduced when every outcome holds, not reproduced when none does, partly reproduced otherwise; with no
+    outcome at all, `none_verdict` (not run in this study, unless the claim says why it cannot be measured)."""
+    if not outcomes:
+        return Verdict(none_verdict, none_reason)
+    n, k = len(outcomes), sum(o.holds for o in outcomes)
+    if k == n:
+        return Verdict(REPRODUCED, f"holds in all {n} comparison(s)")
+    if k == 0:
+        return Verdict(NOT_REPRODUCED, f"holds in none of {n} comparison(s)")
+    return Verdict(PARTLY, f"holds in {k} of {n} comparison(s)")
+
+
+def metric_values(st: pd.DataFrame, metric: str) -> pd.Series:
+    """A settings-frame metric as a comparable number: steps to N dB are +inf when a seed never got there
+    (speed-up 0), NaN when no seed was measured."""
+    if metric not in st.columns:
+        raise ValueError(f"metric {metric!r} is not a column of the settings frame (have {sorted(st.columns)})")
+    v = st[metric].astype(float).copy()
+    m = re.fullmatch(r"(?:to_(\d+)db_mean|speedup_to_(\d+)db)", metric)
+    if m and "n_measured" in st.columns:
+        db = m.group(1) or m.group(2)
+        cens = st.get(f"n_censored_{db}db", pd.Series(0, index=st.index)).fillna(0).to_numpy() > 0
+        v[cens] = math.inf if metric.startswith("to_") else 0.0
+        v[st["n_measured"].fillna(0).to_numpy() == 0] = math.nan
+    return v
+
+
+def _num(v: float) -> str:
+    if math.isnan(v):
+        return "not measured"
+    if math.isinf(v):
+        return "never (a seed did not get there)"
+    return f"{v:.3g}"
+
+
+def _pick(st: pd.DataFrame, selector: Mapping[str, Any], metric: str) -> tuple[float, str] | None:
+    """The best value of `metric` over the settings matching `selector`, and that setting's label."""
+    s = select(st, selector)
+    if s.empty:
+        return None
+    v = metric_values(s, metric).dropna()
+    if v.empty:
+        return None
+    i = v.idxmax() if metric in HIGHER_IS_BETTER else v.idxmin()
+    return float(v.loc[i]), _named(s.loc[i])
+
+
+def _named(r: pd.Series, drop: str | None = None) -> str:
+    """'TAA [m=3 k=20 W=T tol 1e-3]': the setting's variant, then its hyperparameters (less `drop`'s)."""
+    label = str(r.get("label") or setting_label(r["solver_tag"], int(r["steps"])))
+    variant = str(r.get("variant") or label)
+    hyper = label[len(variant) :].split() if label.startswith(variant) else label.split()
+    if drop:
+        hyper = [h for h in hyper if not h.startswith(drop + "=")]
+    return f"{variant} [{' '.join(hyper)}]" if hyper else variant
+
+
+def _where(key: Sequence[Any], names: Sequence[str]) -> str:
+    d = dict(zip(names, key, strict=True))
+    base = f"{d['model']}/{d['sampler']}-{d['steps']}"
+    extra = [f"{k}={v}" for k, v in d.items() if k not in GROUP]
+    return base + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
+    """The outcomes of one check on a settings frame (analysis.yardstick.settings; pure).
+
+    Common keys: `cells` (a selector on model / sampler / steps: which cells count), `exclude` (a selector of
+    settings left out). Kinds:
+      fewer_than  subject, others (selectors), metrics, by (columns that must match, e.g. order), strict:
+                  per cell (x by) and metric and other, best subject < best other (<= when strict: false)
+      range       subject, metric, low, high, rel_tol: per cell, best subject in [low, high] (widened)
+      at_most / at_least  subject, metric, value, abs_tol: per cell, best subject <= / >= value (+- tol)
+      monotone    subject, along, metrics, series (columns fixed along a series), abs_tol: per series with
+                  >= 2 values of `along`, the metric never rises by more than abs_tol as `along` grows
+    """
+    kind = check["kind"]
+    s = select(st, check.get("cells", {})) if not st.empty else st
+    if check.get("exclude") and not s.empty:
+        drop = select(s, check["exclude"]).index
+        s = s.drop(index=drop)
+    if s.empty:
+        return []
+    out: list[Outcome] = []
+    if kind == "fewer_than":
+        by = [*GROUP, *_as_list(check.get("by", []))]
+        by = [c for c in by if c in s.columns]
+        strict = bool(check.get("strict", True))
+        rel = "<" if strict else "<="
+        subj_sel = check["subject"]
+        for key, g in s.groupby(by, sort=True, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            for metric in _as_list(check["metrics"] if "metrics" in check else check["metric"]):
+                a = _pick(g, subj_sel, metric)
+                if a is None:
+                    continue
+                for other in check["others"]:
+                    b = _pick(g.drop(index=select(g, subj_sel).index), other, metric)
+                    if b is None or (math.isinf(a[0]) and math.isinf(b[0])):
+                        continue
+                    holds = a[0] < b[0] if strict else a[0] <= b[0]
+                    out.append(
+                        Outcome(
+                            holds,
+                            f"{_where(key[: len(GROUP)], GROUP)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} "
+                            f"{_num(a[0])} {rel} {b[1]} {_num(b[0])}: {'holds' if holds else 'fails'}",
+                        )
+                    )
+        return out
+    if kind in ("range", "at_most", "at_least"):
+        metric = check["metric"]
+        for key, g in s.groupby(GROUP, sort=True):
+            a = _pick(g, check["subject"], metric)
+            if a is None:
+                continue
+            v = a[0]
+            if kind == "range":
+                lo = check["low"] * (1 - check.get("rel_tol", 0.0))
+                hi = check["high"] * (1 + check.get("rel_tol", 0.0))
+                holds = lo <= v <= hi
+                want = f"in [{lo:.3g}, {hi:.3g}]"
+            elif kind == "at_most":
+                bound = check["value"] + check.get("abs_tol", 0.0)
+                holds, want = v <= bound, f"<= {bound:.3g}"
+            else:
+                bound = check["value"] - check.get("abs_tol", 0.0)
+                holds, want = v >= bound, f">= {bound:.3g}"
+            out.append(
+                Outcome(
+                    bool(holds),
+                    f"{_where(key, GROUP)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} {_num(v)} {want}: "
+                    f"{'holds' if holds else 'fails'}",
+                )
+            )
+        return out
+    if kind == "monotone":
+        along = check["along"]
+        tol = float(check.get("abs_tol", 0.0))
+        s = select(s, check.get("subject", {}))
+        series = [c for c in (*GROUP, *_as_list(check.get("series", []))) if c in s.columns]
+        if along not in s.columns:
+            return []
+        for key, g in s.groupby(series, sort=True, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            if g[along].nunique() < 2:
+                continue
+            g = g.sort_values(along)
+            for metric in _as_list(check["metrics"] if "metrics" in check else check["metric"]):
+                v = metric_values(g, metric).to_numpy(float)
+                xs = g[along].to_numpy()
+                if np.isnan(v).any():
+                    continue
+                rises = [
+                    (xs[i], xs[i + 1]) for i in range(len(v) - 1) if not (v[i + 1] <= v[i] + tol or math.isinf(v[i]))
+                ]
+                holds = not rises
+                sym = {"window": "W", "order": "k", "history": "m"}.get(along, along)
+                steps = int(g["steps"].iloc[0])
+                pts = ", ".join(
+                    f"{sym}={'T' if along in ('window', 'order') and x >= steps else f'{x:g}'}: {_num(y)}"
+                    for x, y in zip(xs, v, strict=True)
+                )
+                out.append(
+                    Outcome(
+                        holds,
+                        f"{_where(key[: len(GROUP)], GROUP)}, {_named(g.iloc[0], sym)}, "
+                        f"{METRIC_NAMES.get(metric, metric)} vs {sym}: {pts}: "
+                        + ("never rises" if holds else "rises from " + ", ".join(f"{a:g} to {b:g}" for a, b in rises)),
+                    )
+                )
+        return out
+    raise ValueError(f"check kind must be one of {CHECK_KINDS}, got {kind!r}")
+
+
+def measure_embedded(claim: Mapping[str, Any], st: pd.DataFrame) -> EmbeddedResult:
+    """The embedded-model verdict of one claim on a settings frame (analysis.yardstick.settings)."""
+    emb = claim["embedded"]
+    if "not_applicable" in emb:
+        return EmbeddedResult("—", Verdict(NOT_APPLICABLE, str(emb["not_applicable"]).strip()))
+    statement = str(emb.get("claim", "")).strip()
+    if "not_measurable" in emb:
+        return EmbeddedResult(statement, Verdict(NOT_MEASURABLE, str(emb["not_measurable"]).strip()))
+    outcomes: list[Outcome] = []
+    for chk in emb["checks"]:
+        outcomes += run_check(chk, st)
+    none_verdict = NOT_MEASURABLE if emb.get("if_no_cells") == "not measurable here" else NOT_RUN
+    none_reason = str(
+        emb.get("no_cells_reason", "the study has no cell with the solvers and settings it needs")
+    ).strip()
+    return EmbeddedResult(statement, decide_embedded(outcomes, none_verdict, none_reason), outcomes, emb.get("figure"))
 
 
 def audit(
     samples: pd.DataFrame,
-    figures: Mapping[str, Sequence[Path]] | None = None,
+    settings_frame: pd.DataFrame,
     claims_path: str | Path = CLAIMS_PATH,
 ) -> tuple[list[ClaimResult], dict[str, Any]]:
+    """Both verdicts of every claim. `samples`: the study's samples; `settings_frame`: analysis.yardstick.settings
+    of the study's runs. Paper verdicts count only the claim's models, embedded ones only `embedded_models`."""
     data = load_claims(claims_path)
-    figures = figures or {}
+    embedded = settings_frame
+    if not settings_frame.empty and data.get("embedded_models"):
+        embedded = settings_frame[_of_models(settings_frame, data["embedded_models"]).to_numpy(bool)]
     results = []
     for c in data["claims"]:
-        verdict, measured, shape = measure(c, samples)
-        fig = None
-        for p in figures.get(c.get("figure", ""), []):
-            if str(p).endswith(".png"):
-                fig = Path(p)
-                break
-        results.append(ClaimResult(c, verdict, measured, shape, fig))
+        verdict, measured = measure(c, samples, settings_frame)
+        results.append(ClaimResult(c, verdict, measured, measure_embedded(c, embedded)))
     return results, data
 
 
 # -------------------------------------------------------------------------------------------- reporting
 
 
-def _command(r: ClaimResult) -> str:
-    return r.claim["command"] if r.verdict.verdict != REPRODUCED else ""
+def _counts(results: Sequence[ClaimResult]) -> tuple[dict[str, int], dict[str, int]]:
+    paper = {v: sum(r.verdict.verdict == v for r in results) for v in PAPER_VERDICTS}
+    emb = {v: sum(r.embedded.verdict.verdict == v for r in results) for v in EMBEDDED_VERDICTS}
+    return paper, emb
+
+
+def headline(results: Sequence[ClaimResult]) -> str:
+    paper, emb = _counts(results)
+    p = ", ".join(f"{n} {v}" for v, n in paper.items() if n)
+    e = ", ".join(f"{n} {v}" for v, n in emb.items() if n)
+    return f"On the paper's models: {p}. On the embedded models: {e}."
+
+
+def _figure_files(name: str | None, figures: Mapping[str, Sequence[Path]]) -> list[Path]:
+    return [Path(p) for p in figures.get(name or "", []) if str(p).endswith(".png")]
 
 
 def write_report(
@@ -321,111 +619,153 @@ def write_report(
     out_dir: str | Path,
     context: Mapping[str, Any],
     notes: Sequence[str] = (),
+    figures: Mapping[str, Sequence[Path]] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """audit.md and audit.html (self-contained) in out_dir. Returns the paths."""
+    """audit.md (figures linked relative to it) and audit.html (self-contained) in out_dir. `figures`: name ->
+    files (PNG used); `missing`: name -> why the figure was not made. Returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "audit.md"
     page = out / "audit.html"
-    counts = {v: sum(r.verdict.verdict == v for r in results) for v in (REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE)}
+    figures = figures or {}
+    missing = missing or {}
+
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(Path(p).resolve(), out.resolve())).as_posix()
+
+    def fig_md(name: str | None) -> list[str]:
+        if not name:
+            return []
+        files = _figure_files(name, figures)
+        if files:
+            return [f"![{name}]({rel(p)})" for p in files]
+        return [f"*Figure `{name}` was not made: {missing.get(name, 'its inputs are not in this study')}.*"]
 
     lines = ["# Audit of the paper's claims", ""]
     for k, v in context.items():
         lines.append(f"- **{k}**: {v}")
-    lines += ["", f"> {data.get('real_model_note', '').strip()}", ""]
-    lines.append("Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
-    lines += ["", "| claim | source | verdict | measured |", "|---|---|---|---|"]
+    lines += ["", f"> {str(data.get('real_model_note', '')).strip()}", ""]
+    lines += [f"**{headline(results)}**", ""]
+    lines += fig_md(data.get("headline_figure", "steps_to_sequential"))
+    lines += [
+        "",
+        "| claim | source | on the paper's models | on the embedded models |",
+        "|---|---|---|---|",
+    ]
     for r in results:
+        cid = r.claim["id"]
         lines.append(
-            f"| {r.claim['id']} | {r.claim['source']} | **{r.verdict.verdict}** | {r.measured.replace('|', '/')} |"
+            f"| [{cid}](#{cid}) | {r.claim['source']} | {r.verdict.verdict} | **{r.embedded.verdict.verdict}** |"
         )
     for r in results:
         c = r.claim
+        e = r.embedded
         lines += [
             "",
-            f"## {c['id']}: {r.verdict.verdict}",
+            f'<a id="{c["id"]}"></a>',
+            "",
+            f"## {c['id']}",
             "",
             f"**Claim.** {c['claim'].strip()}",
             "",
             f"- Source: {c['source']}",
             f"- Setting: {str(c['setting']).strip()}",
-            f"- Measured: {r.measured}",
-            f"- Verdict: **{r.verdict.verdict}**: {r.verdict.reason}",
         ]
         if c.get("note"):
             lines.append(f"- Note: {str(c['note']).strip()}")
-        if r.shape:
-            lines.append(
-                f"- Shape evidence (embedded/analytic models; NOT evidence for the real-model claim): {r.shape}"
-            )
-        if _command(r):
-            lines.append(f"- To measure on a cluster: `{_command(r)}`")
-        if r.figure is not None:
-            rel = Path(r.figure)
-            try:
-                rel = rel.relative_to(out)
-            except ValueError:
-                pass
-            lines.append(f"- Evidence figure: ![{c.get('figure')}]({rel})")
-        elif c.get("figure"):
-            lines.append(f"- Evidence figure `{c['figure']}`: not produced (its inputs are missing, see notes)")
+        lines += [
+            "",
+            f"**On the paper's models ({', '.join(c['models'])}): {r.verdict.verdict}.** {r.verdict.reason}",
+            "",
+            f"- Measured: {r.measured}",
+        ]
+        if r.verdict.verdict != REPRODUCED and r.verdict.verdict != NOT_APPLICABLE:
+            lines.append(f"- To measure it: `{c['command']}`")
+        lines += ["", f"**On the embedded models: {e.verdict.verdict}.** {e.verdict.reason}", ""]
+        if e.statement and e.statement != "—":
+            lines += [f"- Tested as: {e.statement}"]
+        lines += [f"- {'holds' if o.holds else 'FAILS'}: {o.text.rsplit(': ', 1)[0]}" for o in e.outcomes]
+        lines += [""] + fig_md(e.figure)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md.write_text("\n".join(lines) + "\n")
 
-    e = html.escape
+    esc = html.escape
     css = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;line-height:1.4}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-        ".reproduced{color:#0a6b0a}.not-reproduced{color:#a00}.not-measurable-here{color:#8a5a00}"
+        ".reproduced{color:#0a6b0a}.not-reproduced{color:#a00}.partly-reproduced{color:#8a5a00}"
+        ".not-measurable-here,.not-run-in-this-study,.not-applicable{color:#666}"
         ".note{background:#fff4d6;padding:8px;border-left:4px solid #e0a800}img{max-width:100%}"
-        "code{background:#f2f2f2;padding:1px 4px}"
+        "code{background:#f2f2f2;padding:1px 4px}li.fails{color:#a00}"
     )
+
+    def cls(v: str) -> str:
+        return v.replace(" ", "-")
+
+    def fig_html(name: str | None) -> list[str]:
+        if not name:
+            return []
+        files = [p for p in _figure_files(name, figures) if p.is_file()]
+        if not files:
+            why = missing.get(name, "its inputs are not in this study")
+            return [f"<p><i>Figure {esc(name)} was not made: {esc(why)}.</i></p>"]
+        return [
+            f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+            f"<figcaption>{esc(p.name)}</figcaption></figure>"
+            for p in files
+        ]
+
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>ParaTAA audit</title><style>{css}</style>"
         "</head><body><h1>Audit of the paper's claims</h1><ul>"
     ]
-    h += [f"<li><b>{e(str(k))}</b>: {e(str(v))}</li>" for k, v in context.items()]
-    h.append(f"</ul><p class='note'>{e(str(data.get('real_model_note', '')).strip())}</p>")
-    h.append("<p>Verdicts: " + ", ".join(f"{n} {e(v)}" for v, n in counts.items()) + "</p>")
-    h.append("<table><tr><th>claim</th><th>source</th><th>verdict</th><th>measured</th></tr>")
+    h += [f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in context.items()]
+    h.append(f"</ul><p class='note'>{esc(str(data.get('real_model_note', '')).strip())}</p>")
+    h.append(f"<p><b>{esc(headline(results))}</b></p>")
+    h += fig_html(data.get("headline_figure", "steps_to_sequential"))
+    h.append(
+        "<table><tr><th>claim</th><th>source</th><th>on the paper's models</th><th>on the embedded models</th></tr>"
+    )
     for r in results:
-        cls = r.verdict.verdict.replace(" ", "-")
+        cid = esc(r.claim["id"])
         h.append(
-            f"<tr><td><a href='#{e(r.claim['id'])}'>{e(r.claim['id'])}</a></td><td>{e(r.claim['source'])}"
-            f"</td><td class='{cls}'><b>{e(r.verdict.verdict)}</b></td><td>{e(r.measured)}</td></tr>"
+            f"<tr><td><a href='#{cid}'>{cid}</a></td><td>{esc(r.claim['source'])}</td>"
+            f"<td class='{cls(r.verdict.verdict)}'>{esc(r.verdict.verdict)}</td>"
+            f"<td class='{cls(r.embedded.verdict.verdict)}'><b>{esc(r.embedded.verdict.verdict)}</b></td></tr>"
         )
     h.append("</table>")
     for r in results:
-        c = r.claim
-        cls = r.verdict.verdict.replace(" ", "-")
-        h.append(f"<h2 id='{e(c['id'])}'>{e(c['id'])}: <span class='{cls}'>{e(r.verdict.verdict)}</span></h2>")
-        h.append(f"<p><b>Claim.</b> {e(c['claim'].strip())}</p><ul>")
-        h.append(f"<li>Source: {e(c['source'])}</li><li>Setting: {e(str(c['setting']).strip())}</li>")
-        h.append(f"<li>Measured: {e(r.measured)}</li>")
-        h.append(f"<li>Verdict: <b class='{cls}'>{e(r.verdict.verdict)}</b>: {e(r.verdict.reason)}</li>")
+        c, e = r.claim, r.embedded
+        h.append(f"<h2 id='{esc(c['id'])}'>{esc(c['id'])}</h2><p><b>Claim.</b> {esc(c['claim'].strip())}</p><ul>")
+        h.append(f"<li>Source: {esc(c['source'])}</li><li>Setting: {esc(str(c['setting']).strip())}</li>")
         if c.get("note"):
-            h.append(f"<li>Note: {e(str(c['note']).strip())}</li>")
-        if r.shape:
-            h.append(
-                "<li>Shape evidence (embedded/analytic models; <b>not</b> evidence for the real-model claim): "
-                f"{e(r.shape)}</li>"
-            )
-        if _command(r):
-            h.append(f"<li>To measure on a cluster: <code>{e(_command(r))}</code></li>")
+            h.append(f"<li>Note: {esc(str(c['note']).strip())}</li>")
         h.append("</ul>")
-        if r.figure is not None and Path(r.figure).is_file():
-            b64 = base64.b64encode(Path(r.figure).read_bytes()).decode()
-            h.append(
-                f"<figure><img alt='{e(str(c.get('figure')))}' src='data:image/png;base64,{b64}'>"
-                f"<figcaption>{e(str(c.get('figure')))}</figcaption></figure>"
-            )
-        elif c.get("figure"):
-            h.append(
-                f"<p><i>Evidence figure {e(c['figure'])}: not produced (its inputs are missing, see notes).</i></p>"
-            )
+        v = r.verdict.verdict
+        h.append(
+            f"<p><b>On the paper's models ({esc(', '.join(c['models']))}): <span class='{cls(v)}'>{esc(v)}</span>."
+            f"</b> {esc(r.verdict.reason)}</p><ul><li>Measured: {esc(r.measured)}</li>"
+        )
+        if v not in (REPRODUCED, NOT_APPLICABLE):
+            h.append(f"<li>To measure it: <code>{esc(c['command'])}</code></li>")
+        h.append("</ul>")
+        ev = e.verdict.verdict
+        h.append(
+            f"<p><b>On the embedded models: <span class='{cls(ev)}'>{esc(ev)}</span>.</b> {esc(e.verdict.reason)}</p>"
+        )
+        items = [f"<li>Tested as: {esc(e.statement)}</li>"] if e.statement and e.statement != "—" else []
+        items += [
+            f"<li class='{'holds' if o.holds else 'fails'}'>{'holds' if o.holds else 'FAILS'}: "
+            f"{esc(o.text.rsplit(': ', 1)[0])}</li>"
+            for o in e.outcomes
+        ]
+        if items:
+            h.append("<ul>" + "".join(items) + "</ul>")
+        h += fig_html(e.figure)
     if notes:
-        h.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+        h.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     h.append("</body></html>")
     page.write_text("\n".join(h))
     return [md, page]

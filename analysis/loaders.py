@@ -13,6 +13,7 @@ The expected study matrix (model x sampler x steps x solver_tag x seeds) comes f
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import yaml
 
 from parataa.manifest import RUN_FORMAT, ManifestError, verify
 from parataa.manifest import RUN_REQUIRED_FILES as REQUIRED_FILES
-from parataa.solver_config import expand_solver_grid
+from parataa.solver_config import SolverConfig, expand_solver_grid
 
 __all__ = [
     "RUN_FORMAT",
@@ -41,8 +42,15 @@ __all__ = [
     "expected_cells",
     "missing_cells",
     "read_study_config",
+    "FIDELITY_FILE",
+    "fidelity_from_iterates",
+    "psnr_db",
+    "run_seeds",
 ]
 
+FIDELITY_FILE = "fidelity.parquet"
+FIDELITY_COLUMNS = ("psnr_db", "err_max", "err_rms", "image_psnr_db")
+DATA_RANGE = 2.0  # states in [-1, 1]
 CELL = ["model", "sampler", "steps", "solver_tag"]
 
 
@@ -205,9 +213,12 @@ def _tag_names(v: Any) -> list[str]:
     return out
 
 
-def workflow_solver_tags(config: Mapping[str, Any], steps: int) -> list[str]:
-    """Tags of every parallel cell of a workflow study config at `steps` (grids expanded), in config order."""
-    return [r["tag"] for r in expand_solver_grid(config, steps)]
+def workflow_solver_tags(
+    config: Mapping[str, Any], steps: int, model: str | None = None, sampler: str | None = None
+) -> list[str]:
+    """Tags of every parallel cell of a workflow study config at `steps` (grids expanded), in config order; with
+    `model` and `sampler`, that cell's, including the config's `grids` that name it."""
+    return [r["tag"] for r in expand_solver_grid(config, steps, model, sampler)]
 
 
 def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
@@ -238,7 +249,7 @@ def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
         for sampler in _as_list(cfg["samplers"]):
             for steps in _as_list(cfg["steps"]):
                 if workflow:
-                    cell_tags = ["sequential", *workflow_solver_tags(cfg, int(steps))]
+                    cell_tags = ["sequential", *workflow_solver_tags(cfg, int(steps), model, str(sampler))]
                 else:
                     cell_tags = _tags_for(tags, model, str(sampler), int(steps))
                 for tag in cell_tags:
@@ -261,6 +272,66 @@ def missing_cells(samples: pd.DataFrame, expected: pd.DataFrame) -> list[str]:
             what = "no verified run" if len(lost) == len(want) else f"seeds {lost} missing"
             out.append(f"{where}: {what} (runs/{key[0]}/{key[1]}-{key[2]}/{key[3]}/)")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+
+
+def _cell3(run: Run) -> tuple[str, str, int]:
+    c = run.config
+    return (str(c.get("model")), str(c.get("sampler")), int(c.get("steps", -1)))
+
+
+def run_seeds(run: Run, meta: Mapping[str, str] | None = None) -> list[int]:
+    """Seeds in the order of the run's tensors (safetensors metadata `seeds`, else samples.parquet order)."""
+    if meta is None:
+        _, meta = run.read_safetensors("trajectory.safetensors")
+    if "seeds" in meta:
+        return [int(v) for v in json.loads(meta["seeds"])]
+    return [int(v) for v in run.read_parquet("samples.parquet")["seed"]]
+
+
+def psnr_db(mse: np.ndarray, data_range: float = DATA_RANGE) -> np.ndarray:
+    """10 log10(range^2 / MSE); +inf where the MSE is 0."""
+    mse = np.asarray(mse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(data_range**2 / mse)
+
+
+def fidelity_from_iterates(run: Run, reference: Mapping[tuple, np.ndarray]) -> pd.DataFrame:
+    """The rows of fidelity.parquet for the samples whose iterates the run stored (iterates.safetensors:
+    [K, I, *S] float32, row k = seed `seeds[k]`), against `reference[(model, sampler, steps, seed)]`. Seeds
+    without a reference x0 get no rows."""
+    tensors, meta = run.read_safetensors("iterates.safetensors")
+    if "iterates" not in tensors:
+        raise ResultError(run.path, f"iterates.safetensors has no 'iterates' tensor (has {sorted(tensors)})")
+    x = tensors["iterates"]
+    seeds = run_seeds(run, meta)[: x.shape[0]]
+    s = run.read_parquet("samples.parquet").iloc[0]
+    ident = {k: s[k] for k in ("model", "sampler", "steps", "solver", "solver_tag")}
+    rows = []
+    for j, seed in enumerate(seeds):
+        ref = reference.get((str(ident["model"]), str(ident["sampler"]), int(ident["steps"]), int(seed)))
+        if ref is None:
+            continue
+        d = x[j].reshape(x.shape[1], -1).astype(np.float64) - ref.reshape(1, -1)
+        mse = (d**2).mean(axis=1)
+        rows.append(
+            pd.DataFrame(
+                {
+                    **ident,
+                    "seed": int(seed),
+                    "sample": j,
+                    "iteration": np.arange(1, x.shape[1] + 1),
+                    "psnr_db": psnr_db(mse),
+                    "err_max": np.abs(d).max(axis=1),
+                    "err_rms": np.sqrt(mse),
+                    "image_psnr_db": np.nan,
+                    "source": "iterates.safetensors",
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 # ------------------------------------------------------------------------------------------------- study
@@ -324,6 +395,70 @@ class Study:
 
     def runs_with(self, name: str) -> list[Run]:
         return [r for r in self.runs if r.has(name)]
+
+    @cached_property
+    def sequential_x0(self) -> dict[tuple, np.ndarray]:
+        """(model, sampler, steps, seed) -> x0 of the sequential run (trajectory.safetensors, float64)."""
+        out: dict[tuple, np.ndarray] = {}
+        for run in self.runs:
+            if run.config.get("solver") != "sequential":
+                continue
+            tensors, meta = run.read_safetensors("trajectory.safetensors")
+            x0 = tensors["x0"] if "x0" in tensors else tensors["trajectory"][:, 0]
+            key = _cell3(run)
+            for i, seed in enumerate(run_seeds(run, meta)):
+                out[(*key, seed)] = np.asarray(x0[i], dtype=np.float64)
+        return out
+
+    @cached_property
+    def fidelity(self) -> pd.DataFrame:
+        """Distance of every iteration's x0 to the sequential x0 of the same seed, one row per (run, sample,
+        iteration): the identifying columns, seed, sample, iteration (1-based), psnr_db (data range 2),
+        err_max, err_rms, image_psnr_db, and `source`.
+
+        From each parallel run's fidelity.parquet (written by the jobs for every sample); for runs stored
+        without it, derived from iterates.safetensors (x0 of every iteration, float32, for the run's first
+        `save_iterates` samples only) against the sequential x0; runs with neither have no rows.
+        Rows past a sample's own stop (a batch runs until its last sample stops) are dropped.
+        """
+        parts = []
+        for run in self.runs:
+            if run.config.get("solver") == "sequential":
+                continue
+            if run.has(FIDELITY_FILE):
+                df = run.read_parquet(FIDELITY_FILE).assign(source=FIDELITY_FILE)
+            elif run.has("iterates.safetensors"):
+                df = fidelity_from_iterates(run, self.sequential_x0)
+            else:
+                continue
+            if df.empty:
+                continue
+            stop = run.read_parquet("samples.parquet").set_index("seed")["iterations"]
+            df = df[df["iteration"].to_numpy() <= stop.reindex(df["seed"]).to_numpy()]
+            parts.append(df.assign(run=str(run.path.relative_to(self.root))))
+        if not parts:
+            return pd.DataFrame(columns=[*CELL, "solver", "seed", "sample", "iteration", *FIDELITY_COLUMNS, "source"])
+        return pd.concat(parts, ignore_index=True)
+
+    @cached_property
+    def solver_settings(self) -> pd.DataFrame:
+        """Per (model, sampler, steps, solver_tag): every SolverConfig field the run's manifest records
+        (config.solver_config), fields this checkout's SolverConfig has but an older run lacks filled with
+        their defaults. Lets claims and tables select on options samples.parquet has no column for."""
+        defaults = SolverConfig().to_dict()
+        rows = {}
+        for run in self.runs:
+            c = run.config
+            key = (*_cell3(run), c.get("solver_tag"))
+            if key in rows:
+                continue
+            sc = dict(c.get("solver_config") or {})
+            rows[key] = {**{k: v for k, v in defaults.items() if k not in sc}, **sc}
+        if not rows:
+            return pd.DataFrame(columns=CELL)
+        df = pd.DataFrame.from_dict(rows, orient="index")
+        df.index = pd.MultiIndex.from_tuples(list(rows), names=CELL)
+        return df.reset_index()
 
 
 def load_study(

@@ -24,7 +24,8 @@ Exactness: under the stored threshold the recount equals the stored count (teste
 Under a looser threshold it is an estimate (exact for the steps frozen by the safeguard; the real solver
 would have frozen other states earlier and its later iterates would differ). Under a tighter threshold a
 solve is censored whenever a frozen state's last logged rho fails it: the run never logged what follows.
-Picard logs the first-order rho but stops on its own rule (ParaDiGMS), so it is not recounted.
+Picard logs the first-order rho but stops on its own rule (ParaDiGMS), and the summed-residual rule accepts
+steps by their sum (docs/METHOD.md section 9): neither is recounted (`first_order_tags` tells them apart).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "parse_threshold",
     "with_step_scales",
     "recount_steps",
+    "first_order_tags",
     "summary_table",
     "recount_table",
     "window_table",
@@ -171,14 +173,34 @@ def with_step_scales(convergence: pd.DataFrame, scales: pd.DataFrame) -> pd.Data
 # -------------------------------------------------------------------------------------------- recount
 
 
-def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd.DataFrame:
+def first_order_tags(conv: pd.DataFrame, settings: pd.DataFrame | None = None) -> tuple[set[str], set[str]]:
+    """(tags of runs that stop on each step's first-order residual, the others). From the runs' solver settings
+    (Study.solver_settings: method, stop) when given: Picard stops on its own change-based rule, stop="sum" on
+    the summed residual (docs/METHOD.md section 9). Without settings, from the logs: a run on the per-step rule
+    never accepts a step whose rho_t exceeds its threshold."""
+    tags = {str(t) for t in conv["solver_tag"].unique()}
+    if settings is not None and {"solver_tag", "method", "stop"} <= set(settings.columns):
+        s = settings[settings["solver_tag"].astype(str).isin(tags)]
+        other = set(s.loc[(s["method"] == "picard") | (s["stop"].fillna("step") != "step"), "solver_tag"].astype(str))
+    else:
+        bad = conv["converged"].to_numpy(bool) & (conv["rho"].to_numpy(float) > conv["threshold"].to_numpy(float))
+        other = {str(t) for t in conv.loc[bad, "solver_tag"].unique()}
+        if "solver" in conv.columns:
+            other |= {str(t) for t in conv.loc[conv["solver"] == "picard", "solver_tag"].unique()}
+    return tags - other, other
+
+
+def recount_steps(
+    convergence_df: pd.DataFrame, threshold_fn: ThresholdFn, settings: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Steps to converge of every logged solve under a new threshold (see the module docstring).
 
     convergence_df: rows of convergence.parquet (sample or seed, iteration, step, rho, converged, and the
     identifying columns present). threshold_fn(rows) -> new threshold per row.
     Returns one row per solve: its identifying columns, `iterations` (the recount; NaN when censored),
     `censored` (a step never meets the new threshold in the logged iterations), `recounted` (False for
-    solvers whose stopping rule is not the first-order one: Picard).
+    runs whose stopping rule is not the per-step first-order one: Picard, the summed-residual rule;
+    `first_order_tags`, from `settings` = Study.solver_settings when given).
     """
     need = {"iteration", "step", "rho", "converged"}
     if not need <= set(convergence_df.columns):
@@ -186,6 +208,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
     id_cols = [c for c in ("model", "sampler", "steps", "solver", "solver_tag") if c in convergence_df.columns]
     id_cols.append("seed" if "seed" in convergence_df.columns else "sample")
     df = convergence_df.sort_values([*id_cols, "step", "iteration"]).reset_index(drop=True)
+    other_rule = first_order_tags(df, settings)[1] if {"solver_tag", "threshold"} <= set(df.columns) else set()
     thr = np.asarray(threshold_fn(df), dtype=float)
     if thr.shape != (len(df),):
         raise ValueError(f"threshold_fn must return one threshold per row ({len(df)}), got shape {thr.shape}")
@@ -214,8 +237,7 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
         key = key if isinstance(key, tuple) else (key,)
         rec = dict(zip(id_cols, key, strict=True))
         T = int(rec["steps"]) if "steps" in rec else int(grp["step"].max()) + 1
-        solver = rec.get("solver")
-        if solver == "picard":
+        if rec.get("solver") == "picard" or rec.get("solver_tag") in other_rule:
             rows.append({**rec, "iterations": math.nan, "censored": False, "recounted": False})
             continue
         try:
@@ -238,6 +260,8 @@ def recount_steps(convergence_df: pd.DataFrame, threshold_fn: ThresholdFn) -> pd
 
 
 def per_seed(samples: pd.DataFrame) -> pd.DataFrame:
+    """samples plus speedup_steps = steps / iterations and speedup_time = sequential wall_s of the same seed
+    (lowest world size) / wall_s, per seed."""
     s = samples.copy()
     s["speedup_steps"] = s["steps"] / s["iterations"]
     seq = s[s["solver"] == "sequential"]
@@ -261,16 +285,38 @@ def _agg(df: pd.DataFrame, by: list[str], cols: Sequence[str]) -> pd.DataFrame:
     return out
 
 
+SUMMARY_CAPTION = (
+    "Per cell: mean and sample std over seeds. Wall-clock time is measured per shard (the samples of a shard "
+    "are solved in one batch, so each gets the shard's time divided evenly): wall_s_mean is the mean time per "
+    "sample, speedup_time_mean the sequential time of the same seeds over it, and their spread "
+    "(*_shard_std) is the std over shards, empty with one shard per cell. speedup_steps = steps / iterations "
+    "at the solver's own stop; the rule-free comparison is the yardstick table."
+)
+
+
 def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x sampler x steps x solver (tag): mean and spread over seeds."""
+    """One row per model x sampler x steps x solver (tag): mean and spread over seeds.
+
+    Wall-clock columns: a shard's samples share one batched solve whose time is split evenly, so a spread over
+    seeds would be zero by construction; the spread is taken over shards instead (n_shards, *_shard_std; NaN
+    with a single shard)."""
     if samples.empty:
         return pd.DataFrame(columns=[*GROUP, "n_seeds"])
     s = per_seed(samples)
-    out = _agg(s, GROUP, ["iterations", "nfe", "wall_s", "speedup_steps", "speedup_time", "err_max", "psnr"])
+    if "run" not in s.columns:
+        s = s.assign(run=s.groupby(GROUP, dropna=False).ngroup().astype(str))
+    out = _agg(s, GROUP, ["iterations", "nfe", "speedup_steps", "err_max", "psnr"])
     g = s.groupby(GROUP, sort=True, dropna=False)
     out["finished_frac"] = g["finished"].mean()
     out["err_max_max"] = g["err_max"].max()
     out["world_size"] = g["world_size"].max()
+    shards = s.groupby([*GROUP, "run"], sort=True, dropna=False)[["wall_s", "speedup_time"]].mean()
+    sg = shards.groupby(level=GROUP, sort=True, dropna=False)
+    out["n_shards"] = sg.size()
+    out["wall_s_mean"] = g["wall_s"].mean()
+    out["wall_s_shard_std"] = sg["wall_s"].std(ddof=1)
+    out["speedup_time_mean"] = sg["speedup_time"].mean()
+    out["speedup_time_shard_std"] = sg["speedup_time"].std(ddof=1)
     cols = [
         "n_seeds",
         "finished_frac",
@@ -278,12 +324,13 @@ def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
         "iterations_std",
         "nfe_mean",
         "nfe_std",
-        "wall_s_mean",
-        "wall_s_std",
         "speedup_steps_mean",
         "speedup_steps_std",
+        "n_shards",
+        "wall_s_mean",
+        "wall_s_shard_std",
         "speedup_time_mean",
-        "speedup_time_std",
+        "speedup_time_shard_std",
         "err_max_mean",
         "err_max_max",
         "psnr_mean",
@@ -293,64 +340,87 @@ def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index()
 
 
+RECOUNT_CAPTION = (
+    "Parallel steps recounted from the stored residuals under other thresholds (an estimate; see "
+    "analysis/tables.py). <rule>_censored counts the seeds whose logs never show every step passing the rule "
+    "(a tighter rule than the solver stopped on): their count is unknown, so <rule>_mean and _std are left "
+    "empty in any cell with a censored seed rather than averaged over the others."
+)
+
+
 def recount_table(
-    samples: pd.DataFrame, convergence: pd.DataFrame, thresholds: Iterable[Threshold]
+    samples: pd.DataFrame,
+    convergence: pd.DataFrame,
+    thresholds: Iterable[Threshold],
+    settings: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Per cell: stored iterations and the recount under each threshold (mean/std over seeds, censored count)."""
+    """Per cell: stored iterations and the recount under each threshold: mean and std over seeds (NaN when any
+    seed is censored), censored seeds out of n_seeds."""
     notes: list[str] = []
-    base = samples.groupby(GROUP, sort=True)["iterations"].agg(["mean", "std"])
-    base.columns = ["stored_mean", "stored_std"]
+    g0 = samples.groupby(GROUP, sort=True)["iterations"]
+    base = pd.DataFrame({"n_seeds": g0.size(), "stored_mean": g0.mean(), "stored_std": g0.std(ddof=1)})
     tables = [base]
     for th in thresholds:
         try:
-            rc = recount_steps(convergence, th)
+            rc = recount_steps(convergence, th, settings)
         except ValueError as e:
             notes.append(f"recount under {th.label} skipped: {e}")
             continue
         rc = rc[rc["recounted"]]
         g = rc.groupby(GROUP, sort=True)
+        cens = g["censored"].sum().astype(int)
         t = pd.DataFrame(
             {
-                f"{th.label}_mean": g["iterations"].mean(),
-                f"{th.label}_std": g["iterations"].std(ddof=1),
-                f"{th.label}_censored": g["censored"].sum().astype(int),
+                f"{th.label}_mean": g["iterations"].mean().where(cens == 0),
+                f"{th.label}_std": g["iterations"].std(ddof=1).where(cens == 0),
+                f"{th.label}_censored": cens,
             }
         )
         tables.append(t)
-        notes.append(f"{th.label}: {th.description}")
+        n_cells, n_cens = len(cens), int((cens > 0).sum())
+        notes.append(
+            f"{th.label}: {th.description}"
+            + (f"; {n_cens} of {n_cells} recounted cells have censored seeds (mean left empty)" if n_cens else "")
+        )
     out = pd.concat(tables, axis=1).reset_index()
+    for c in out.columns:
+        if c.endswith("_censored"):
+            out[c] = out[c].astype("Int64")
     return out, notes
 
 
 def _hyper_key(s: pd.DataFrame, vary: Sequence[str]) -> list[str]:
-    fixed = ["method", "order", "history", "window", "ridge", "abs_tol", "rel_tol", "tol_scale", "init", "cfg_scale"]
+    fixed = ["variant", "method", "order", "history", "window", "ridge", "abs_tol", "rel_tol", "tol_scale", "init"]
     return ["model", "sampler", "steps", "solver"] + [c for c in fixed if c in s.columns and c not in vary]
 
 
-def window_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Iterations (and NFE) vs window W, for solver settings stored at several windows."""
-    s = samples[samples["solver"] != "sequential"]
-    if s.empty or "window" not in s.columns:
-        return pd.DataFrame()
-    key = _hyper_key(s, ["window"])
-    n_w = s.groupby(key, dropna=False)["window"].transform("nunique")
-    s = s[n_w > 1]
-    if s.empty:
-        return pd.DataFrame()
-    return _agg(s, [*key, "window"], ["iterations", "nfe", "wall_s"]).reset_index()
+YARD_COLS = ["its_stop_mean", "to_40db_mean", "n_censored_40db", "n_measured", "nfe_mean"]
 
 
-def grid_table(samples: pd.DataFrame, method: str = "taa") -> pd.DataFrame:
-    """Iterations of `method` over the history m x order k grid (other settings fixed)."""
-    s = samples[samples["method"] == method] if "method" in samples.columns else samples.iloc[:0]
+def _study_slice(st: pd.DataFrame, vary: Sequence[str], method: str | None = None) -> pd.DataFrame:
+    """Settings (analysis.yardstick.settings) that differ from others only in the `vary` columns."""
+    s = st[st["solver"] != "sequential"] if "solver" in st.columns else st
+    if method is not None:
+        s = s[s["method"] == method] if "method" in s.columns else s.iloc[:0]
+    if s.empty or not set(vary) <= set(s.columns):
+        return pd.DataFrame()
+    key = _hyper_key(s, vary)
+    sizes = s.groupby(key, dropna=False)[list(vary)].transform("nunique")
+    s = s[(sizes > 1).any(axis=1)]
     if s.empty:
         return pd.DataFrame()
-    key = _hyper_key(s, ["history", "order"])
-    sizes = s.groupby(key, dropna=False)[["history", "order"]].transform("nunique")
-    s = s[(sizes["history"] > 1) | (sizes["order"] > 1)]
-    if s.empty:
-        return pd.DataFrame()
-    return _agg(s, [*key, "history", "order"], ["iterations", "nfe"]).reset_index()
+    cols = [c for c in (*key, *vary, "solver_tag", "n_seeds", *YARD_COLS) if c in s.columns]
+    return s.sort_values([*key, *vary])[cols].reset_index(drop=True)
+
+
+def window_table(st: pd.DataFrame) -> pd.DataFrame:
+    """Per setting stored at several windows W (others fixed): steps at the stop and to 40 dB vs W."""
+    return _study_slice(st, ["window"])
+
+
+def grid_table(st: pd.DataFrame, method: str = "taa") -> pd.DataFrame:
+    """`method`'s settings over the history m x order k grid (others fixed): steps at the stop and to 40 dB."""
+    return _study_slice(st, ["history", "order"], method)
 
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -415,12 +485,16 @@ def to_latex(df: pd.DataFrame, caption: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, caption: str = "") -> list[Path]:
-    """name.csv (full precision), name.md and name.tex (rounded for reading). Returns the paths."""
+def write_table(
+    df: pd.DataFrame, out_dir: str | Path, name: str, caption: str = "", display: pd.DataFrame | None = None
+) -> list[Path]:
+    """name.csv (full precision), name.md and name.tex (rounded for reading, or `display`: the same table
+    already written out as text). Returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
     df.to_csv(paths[0], index=False)
-    paths[1].write_text((f"{caption}\n\n" if caption else "") + to_markdown(df))
-    paths[2].write_text(to_latex(df, caption))
+    shown = df if display is None else display
+    paths[1].write_text((f"{caption}\n\n" if caption else "") + to_markdown(shown))
+    paths[2].write_text(to_latex(shown, caption))
     return paths

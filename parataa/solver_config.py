@@ -29,6 +29,7 @@ __all__ = [
     "SolverConfig",
     "check_choice",
     "expand_solver_grid",
+    "grid_applies",
     "fmt_num",
     "preset",
     "solver_tag",
@@ -210,16 +211,50 @@ def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> 
     return "_".join(parts)
 
 
-def expand_solver_grid(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
+def grid_applies(grid: Mapping[str, Any], model: str | None, sampler: str | None, steps: int) -> bool:
+    """Whether a study's `grids` entry ({models, samplers, steps, solvers}; a missing list means every value)
+    covers the cell (model, sampler, steps). With model or sampler None, no grid applies."""
+    if model is None or sampler is None:
+        return False
+    return all(
+        want is None or value in list(want)
+        for want, value in ((grid.get("models"), model), (grid.get("samplers"), sampler), (grid.get("steps"), steps))
+    )
+
+
+def expand_solver_grid(
+    config: Mapping[str, Any], steps: int, model: str | None = None, sampler: str | None = None
+) -> list[dict[str, Any]]:
     """Every parallel solver configuration of a study config at `steps`: [{"solver", "tag", "config"}] in config
     order. A solver block `{option: value | [grid]}` is expanded as a Cartesian product over its lists; the study's
     `solver_defaults` apply except where the preset fixes an option. W >= T and k >= T both mean "the whole
     trajectory" and are one cell, stored as None. Raises ValueError naming the solver on a bad option or on two
-    grid points that share a tag but differ."""
+    grid points that share a tag but differ.
+
+    `grids` (optional): a list of `{models, samplers, steps, solvers}` whose solver blocks are added only in the
+    cells they name (`grid_applies`), after the study-wide `solvers`; a setting both produce is one cell. Given
+    `model` and `sampler`, the configurations of that cell; without them, the study-wide ones only."""
     defaults = dict(config.get("solver_defaults") or {})
     out: list[dict[str, Any]] = []
     seen: dict[str, dict[str, Any]] = {}
-    for name, block in config["solvers"].items():
+    blocks = [("solvers", config["solvers"])]
+    for i, grid in enumerate(config.get("grids") or []):
+        if grid_applies(grid, model, sampler, steps):
+            blocks.append((f"grids[{i}].solvers", grid.get("solvers") or {}))
+    for where, solvers in blocks:
+        _expand(where, solvers, defaults, steps, seen, out)
+    return out
+
+
+def _expand(
+    where: str,
+    solvers: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    steps: int,
+    seen: dict[str, dict[str, Any]],
+    out: list[dict[str, Any]],
+) -> None:
+    for name, block in solvers.items():
         _check_solver_name(name)
         block = dict(block or {})
         keys = list(block)
@@ -230,7 +265,7 @@ def expand_solver_grid(config: Mapping[str, Any], steps: int) -> list[dict[str, 
             try:
                 cfg = preset(name, **over)
             except (ValueError, TypeError) as e:
-                raise ValueError(f"solvers.{name}: {e}") from e
+                raise ValueError(f"{where}.{name}: {e}") from e
             if cfg.window is not None and cfg.window >= steps:
                 cfg = cfg.replace(window=None)
             if cfg.order is not None and cfg.order >= steps and name != "fp":
@@ -240,9 +275,8 @@ def expand_solver_grid(config: Mapping[str, Any], steps: int) -> list[dict[str, 
             if tag in seen:
                 if seen[tag] != d:
                     raise ValueError(
-                        f"solvers.{name}: two grid points share the tag {tag!r} but differ: {seen[tag]} vs {d}"
+                        f"{where}.{name}: two grid points share the tag {tag!r} but differ: {seen[tag]} vs {d}"
                     )
                 continue
             seen[tag] = d
             out.append({"solver": name, "tag": tag, "config": d})
-    return out

@@ -34,9 +34,13 @@ __all__ = [
     "count",
 ]
 
-def solver_runs(config: Mapping[str, Any], steps: int) -> list[dict[str, Any]]:
-    """Every parallel solver configuration of the study at `steps` (parataa.solver_config.expand_solver_grid)."""
-    return expand_solver_grid(config, steps)
+
+def solver_runs(
+    config: Mapping[str, Any], steps: int, model: str | None = None, sampler: str | None = None
+) -> list[dict[str, Any]]:
+    """Every parallel solver configuration of the study at `steps` (parataa.solver_config.expand_solver_grid);
+    with `model` and `sampler`, that cell's, including the study's `grids` that name it."""
+    return expand_solver_grid(config, steps, model, sampler)
 
 
 def shards(config: Mapping[str, Any]) -> list[list[int]]:
@@ -45,8 +49,10 @@ def shards(config: Mapping[str, Any]) -> list[list[int]]:
     return [seeds[i : i + k] for i in range(0, len(seeds), k)]
 
 
-def groups(config: Mapping[str, Any], steps: int) -> list[list[dict[str, Any]]]:
-    runs = solver_runs(config, steps)
+def groups(
+    config: Mapping[str, Any], steps: int, model: str | None = None, sampler: str | None = None
+) -> list[list[dict[str, Any]]]:
+    runs = solver_runs(config, steps, model, sampler)
     k = int(config["runs_per_job"])
     return [runs[i : i + k] for i in range(0, len(runs), k)]
 
@@ -103,7 +109,7 @@ def targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
                 for sampler in config["samplers"]:
                     w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
                     out["baseline"].append(p["baseline"].format(**w))
-                    for g in range(len(groups(config, steps))):
+                    for g in range(len(groups(config, steps, m["name"], sampler))):
                         out["group"].append(p["group"].format(group=g, **w))
     return out
 
@@ -161,7 +167,7 @@ def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: in
 
 def group_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, group: int) -> JobSpec:
     """The job of one group of `runs_per_job` parallel cells of one seed shard."""
-    gs = groups(config, int(steps))
+    gs = groups(config, int(steps), model, sampler)
     if not 0 <= group < len(gs):
         raise ValueError(f"group {group} does not exist: {len(gs)} job groups at steps={steps}")
     baseline = paths(config)["baseline"].format(model=model, sampler=sampler, steps=steps, shard=shard)
@@ -178,9 +184,10 @@ def count(config: Mapping[str, Any]) -> dict[str, int]:
     n_shards = len(shards(config))
     cells = jobs = 0
     for steps in config["steps"]:
-        per = len(solver_runs(config, steps)) + 1
-        cells += per * len(config["models"]) * len(config["samplers"])
-        jobs += (len(groups(config, steps)) + 1) * len(config["models"]) * len(config["samplers"])
+        for m in config["models"]:
+            for sampler in config["samplers"]:
+                cells += len(solver_runs(config, steps, m["name"], sampler)) + 1
+                jobs += len(groups(config, steps, m["name"], sampler)) + 1
     return {
         "cells": cells,
         "runs": cells * n_shards,

@@ -1,7 +1,11 @@
 # Tables, figures and the audit of the paper's claims (python -m analysis, analysis/README.md), run on the
 # driver once the aggregate exists. `--config` gets the validated study config the workflow ran, recorded by
 # `study_config` as results/<study>/config.yaml, so the analysis' --strict check expects exactly the matrix
-# that was computed, whichever --configfile / --config produced it.
+# that was computed, whichever --configfile / --config produced it. Tables, figures and the audit are registered
+# for `snakemake --report report.html` (one HTML page holding the study; captions in workflow/report/).
+
+
+report: "../report/workflow.rst"
 
 
 rule study_config:
@@ -24,7 +28,13 @@ rule tables:
         aggregate=AGGREGATE,
         config=PATHS["study_config"],
     output:
-        directory(PATHS["tables"]),
+        report(
+            directory(PATHS["tables"]),
+            patterns=["{name}.csv"],
+            category="Tables",
+            caption="../report/tables.rst",
+            labels={"table": "{name}"},
+        ),
     log:
         PATHS["log_analysis"].format(part="tables"),
     params:
@@ -43,7 +53,13 @@ rule figures:
         aggregate=AGGREGATE,
         config=PATHS["study_config"],
     output:
-        directory(PATHS["figures"]),
+        report(
+            directory(PATHS["figures"]),
+            patterns=["{name}.png"],
+            category="Figures",
+            caption="../report/figures.rst",
+            labels={"figure": "{name}"},
+        ),
     log:
         PATHS["log_analysis"].format(part="figures"),
     params:
@@ -64,7 +80,7 @@ rule audit:
         figures=PATHS["figures"],
     output:
         md=PATHS["audit_md"],
-        html=PATHS["audit_html"],
+        html=report(PATHS["audit_html"], category="Audit", caption="../report/audit.rst", labels={"page": "audit"}),
     log:
         PATHS["log_analysis"].format(part="audit"),
     params:
