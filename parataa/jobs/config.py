@@ -186,34 +186,13 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
     for n in sorted({n for n in names if names.count(n) > 1}):
         msgs.append(f"config.models: model {n!r} listed twice; list each model once")
     for i, m in enumerate(cfg["models"]):
-<<<<<<< HEAD
         for problem in check_conditions(m["name"], m["conditions"], m["options"]):
             msgs.append(f"config.models[{i}].conditions{problem}")
-=======
-        if m["name"] == "gmm":
-            bad = [c for c in m["conditions"] if not isinstance(c, int)]
-            if bad:
-                msgs.append(f"config.models[{i}].conditions: gmm takes class labels (integers), got {bad}")
-            if m["name"] == "gmm" and m["options"].get("classes") is not None:
-                if not isinstance(m["options"]["classes"], int) or m["options"]["classes"] < 1:
-                    msgs.append(
-                        f"config.models[{i}].options.classes: must be an integer >= 1, got {m['options']['classes']!r}"
-                    )
-            unknown = sorted(set(m["options"]) - {"dim", "classes", "spread", "seed"})
-            for k in unknown:
-                close = difflib.get_close_matches(k, ["dim", "classes", "spread", "seed"], n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else "; allowed: dim, classes, spread, seed"
-                msgs.append(f"config.models[{i}].options.{k}: unknown gmm option{hint}")
-        elif set(m["options"]) - {"sample_shape"}:
-            msgs.append(
-                f"config.models[{i}].options: {m['name']} takes only 'sample_shape' here, got {sorted(m['options'])}"
-            )
     for i, grid in enumerate(cfg.get("grids") or []):
         for key, have in (("models", names), ("samplers", cfg["samplers"]), ("steps", cfg["steps"])):
             extra = [v for v in grid.get(key) or [] if v not in have]
             if extra:
                 msgs.append(f"config.grids[{i}].{key}: {extra} not in the study's {key} {list(have)}")
->>>>>>> analysis
     for steps in cfg["steps"]:
         for name in names:
             for sampler in cfg["samplers"]:
