@@ -586,11 +586,34 @@ def audit(
     embedded = settings_frame
     if not settings_frame.empty and data.get("embedded_models"):
         embedded = settings_frame[_of_models(settings_frame, data["embedded_models"]).to_numpy(bool)]
+    # runs on synthetic (random) weights measure cost and plumbing, never the paper's claims
+    real_samples, real_settings = _real_weights(samples), _real_weights(settings_frame)
+    synthetic = sorted(_synthetic_models(samples) | _synthetic_models(settings_frame))
     results = []
     for c in data["claims"]:
-        verdict, measured = measure(c, samples, settings_frame)
+        verdict, measured = measure(c, real_samples, real_settings)
+        fake = [m for m in synthetic if _norm(m) in {_norm(x) for x in c.get("models", [])}]
+        if verdict.verdict == NOT_MEASURABLE and fake:
+            verdict = Verdict(
+                NOT_MEASURABLE,
+                f"{verdict.reason}; the stored results of {fake} were made with synthetic random-weight checkpoints "
+                "(parataa_synthetic.json in the weights folder): they do not count for the paper's claims",
+            )
         results.append(ClaimResult(c, verdict, measured, measure_embedded(c, embedded)))
     return results, data
+
+
+def _synthetic_models(df: pd.DataFrame) -> set[str]:
+    if df.empty or "synthetic_weights" not in df.columns:
+        return set()
+    return set(df.loc[df["synthetic_weights"].astype(bool).to_numpy(), "model"])
+
+
+def _real_weights(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose runs used real (not synthetic) weights; all rows of results stored without the flag."""
+    if df.empty or "synthetic_weights" not in df.columns:
+        return df
+    return df[~df["synthetic_weights"].astype(bool).to_numpy()]
 
 
 # -------------------------------------------------------------------------------------------- reporting

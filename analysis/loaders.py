@@ -349,6 +349,8 @@ class Study:
         for run in self.runs:
             df = run.read_parquet(name)
             df["run"] = str(run.path.relative_to(self.root))
+            if name == "samples.parquet":  # random-weight checkpoints (parataa.models.synthetic) say so
+                df["synthetic_weights"] = bool((run.manifest.get("weights") or {}).get("synthetic", False))
             if name == "timings.parquet":
                 df["world_size"] = run.world_size
             parts.append(df)

@@ -664,6 +664,26 @@ def test_the_two_verdicts_are_never_mixed() -> None:
     assert r.verdict.verdict == NOT_MEASURABLE and r.embedded.verdict.verdict == REPRODUCED
 
 
+def test_runs_on_synthetic_weights_never_decide_a_paper_claim() -> None:
+    """Full-size random-weight checkpoints (parataa.models.synthetic) exercise the real-model path; the audit
+    measures nothing of the paper on them and says why."""
+    window = [
+        {"solver": "fp+", "window": 5, "its": 22, "to40": 20},
+        {"solver": "fp+", "its": 14, "to40": 12},
+    ]
+    fake = _st(*({**r, "model": "dit-xl-2-256", "synthetic_weights": True} for r in window))
+    results, _ = audit(pd.DataFrame(), fake)
+    r = next(r for r in results if r.claim["id"] == "window-size-study")
+    assert r.verdict.verdict == NOT_MEASURABLE and "synthetic" in r.verdict.reason
+    real = _st(*({**r, "model": "dit-xl-2-256", "synthetic_weights": False} for r in window))
+    results, _ = audit(pd.DataFrame(), real)
+    assert next(r for r in results if r.claim["id"] == "window-size-study").verdict.verdict == REPRODUCED
+
+
+def test_samples_say_whether_their_weights_were_synthetic() -> None:
+    assert not load_study(MINI).samples["synthetic_weights"].any()
+
+
 # ------------------------------------------------------------------------------------------------ figures
 
 
