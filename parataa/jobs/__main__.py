@@ -19,7 +19,7 @@ def _noise(args: argparse.Namespace) -> int:
     else:
         from ..models.registry import sample_shape
 
-        shape = list(sample_shape(args.model, json.loads(args.options)))
+        shape = list(sample_shape(args.model, json.loads(args.options), args.model_path))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = save_noise(draw_noise(seeds, args.steps, shape), out)
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--shape", default=None, help="comma-separated state shape (default: the model's)")
     n.add_argument("--model", default=None, help="model name whose state shape to use")
     n.add_argument("--options", default="{}", help="the model's options (JSON)")
+    n.add_argument("--model-path", default=None, help="the model's weights folder (its config gives the shape)")
     n.set_defaults(func=_noise)
     a = sub.add_parser("aggregate", help="concatenate verified runs into one table set")
     a.add_argument("out", help="output directory")

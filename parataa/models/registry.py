@@ -19,6 +19,7 @@ a path that does not exist fails at once (see `_common.resolve_weights`).
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,14 +103,24 @@ def model_options(name: str, options: Mapping[str, Any] | None = None) -> dict[s
     return options
 
 
-def sample_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
-    """The state shape of model `name` with these options, without loading weights (noise can be drawn first):
-    gmm (dim,); a network model its `sample_shape` option, else its default weights' shape."""
+def sample_shape(
+    name: str, options: Mapping[str, Any] | None = None, path: str | Path | None = None
+) -> tuple[int, ...]:
+    """The state shape of model `name` without loading weights (noise can be drawn first): gmm (dim,); a network
+    model its `sample_shape` option, else what the network config in the weights folder `path` says (in_channels x
+    sample_size^2 of transformer/ or unet/: a checkpoint of another resolution), else its default weights'."""
     options = model_options(name, options)
     if name == "gmm":
         return (int(options["dim"]),)
     if options.get("sample_shape") is not None:
         return tuple(int(s) for s in options["sample_shape"])
+    if path is not None:
+        for part in ("transformer", "unet"):
+            cfg = Path(path).expanduser() / part / "config.json"
+            if cfg.is_file():
+                c = json.loads(cfg.read_text())
+                size = c["sample_size"] if isinstance(c["sample_size"], int) else c["sample_size"][0]
+                return (int(c["in_channels"]), int(size), int(size))
     return _SHAPES[name]
 
 
