@@ -27,6 +27,16 @@ from parataa.solvers import preset, solve
 from tests.distributed_harness import InjectedOOM, free_port, problem, run_check, run_scenarios
 from tests.helpers import gmm_problem
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Bitwise comparisons across processes need the same kernels in each: the spawned ranks run one thread
+    (distributed_harness), so does this process while a test compares with them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 SCENARIOS = ("taa-net", "fp+-gmm", "taa-net-oom")
 CHUNK = 4
 

@@ -77,8 +77,8 @@ def schema_fields(schema: dict) -> set[str]:
             out.add(path.rstrip("."))
             return
         for name, sub in props.items():
-            if path == "solvers.":
-                walk(sub, "solvers.<solver>.")
+            if path in ("solvers.", "grids[].solvers."):
+                walk(sub, f"{path}<solver>.")
                 continue
             walk(sub, f"{path}{name}.")
 
@@ -91,36 +91,58 @@ NAN, INF = float("nan"), float("inf")
 # and each value here is one a job would refuse or mishandle if the dry run let it through.
 HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
     "study": [("has space", ["config.study", "does not match"]), ("x\n", ["config.study"])],
-    "results_dir": [("x$(touch PWNED)", ["config.results_dir", "shell metacharacters"]),
-                    ("`touch PWNED`", ["config.results_dir"]), ("~/r", ["config.results_dir"]),
-                    ("a{b}", ["config.results_dir"]), ("r%j", ["config.results_dir"])],
+    "results_dir": [
+        ("x$(touch PWNED)", ["config.results_dir", "shell metacharacters"]),
+        ("`touch PWNED`", ["config.results_dir"]),
+        ("~/r", ["config.results_dir"]),
+        ("a{b}", ["config.results_dir"]),
+        ("r%j", ["config.results_dir"]),
+    ],
     "reports_dir": [("r;rm -rf x", ["config.reports_dir", "letters, digits, spaces"])],
     "figures_dir": [("f'x", ["config.figures_dir"]), ("-f", ["config.figures_dir"])],
     "models[].name": [("dit", ["config.models[0].name", "did you mean"])],
-    "models[].cfg_scale": [(NAN, ["config.models[0].cfg_scale", "not a finite number"]),
-                           (-1, ["config.models[0].cfg_scale"]), ("5", ["config.models[0].cfg_scale"])],
-    "models[].conditions": [([99], ["config.models[0].conditions[0]", "10 classes", "got 99"]),
-                            ([-1], ["config.models[0].conditions[0]", "got -1"]),
-                            (["cat"], ["config.models[0].conditions[0]", "class labels"]),
-                            ([], ["config.models[0].conditions"])],
+    "models[].cfg_scale": [
+        (NAN, ["config.models[0].cfg_scale", "not a finite number"]),
+        (-1, ["config.models[0].cfg_scale"]),
+        ("5", ["config.models[0].cfg_scale"]),
+    ],
+    "models[].conditions": [
+        ([99], ["config.models[0].conditions[0]", "10 classes", "got 99"]),
+        ([-1], ["config.models[0].conditions[0]", "got -1"]),
+        (["cat"], ["config.models[0].conditions[0]", "class labels"]),
+        ([], ["config.models[0].conditions"]),
+    ],
     "models[].options": [({"dimm": 3}, ["config.models[0].options.dimm", "did you mean 'dim'"])],
-    "models[].options.dim": [(-4, ["config.models[0].options.dim", "minimum of 1"]),
-                             (2.5, ["config.models[0].options.dim"])],
+    "models[].options.dim": [
+        (-4, ["config.models[0].options.dim", "minimum of 1"]),
+        (2.5, ["config.models[0].options.dim"]),
+    ],
     "models[].options.classes": [(0, ["config.models[0].options.classes"])],
-    "models[].options.spread": [("wide", ["config.models[0].options.spread", "number"]),
-                                (0, ["config.models[0].options.spread"]),
-                                (INF, ["config.models[0].options.spread", "not a finite number"])],
-    "models[].options.seed": [(-1, ["config.models[0].options.seed"]),
-                              (2**64, ["config.models[0].options.seed", "maximum"])],
+    "models[].options.spread": [
+        ("wide", ["config.models[0].options.spread", "number"]),
+        (0, ["config.models[0].options.spread"]),
+        (INF, ["config.models[0].options.spread", "not a finite number"]),
+    ],
+    "models[].options.seed": [
+        (-1, ["config.models[0].options.seed"]),
+        (2**64, ["config.models[0].options.seed", "maximum"]),
+    ],
     "models[].options.sample_shape": [([4, 0], ["config.models[0].options.sample_shape[1]"])],
     "models[].path": [("weights/x", ["config.models[0].path", "no weights"])],
     "models[].dtype": [("float8", ["config.models[0].dtype"])],
     "models[].chunk_size": [(0, ["config.models[0].chunk_size", "an integer >= 1"])],
     "samplers": [(["ddin"], ["config.samplers[0]", "did you mean 'ddim'"]), ([], ["config.samplers"])],
-    "steps": [([0], ["config.steps[0]", "minimum of 1"]), ([1001], ["config.steps[0]", "maximum"]),
-              ([25.0], ["config.steps[0]", "integer"])],
-    "seeds": [([-3], ["config.seeds[0]", "-3"]), ([2**64], ["config.seeds[0]", "maximum"]),
-              ([1, 1], ["config.seeds", "non-unique"]), ([1.0], ["config.seeds[0]", "integer"])],
+    "steps": [
+        ([0], ["config.steps[0]", "minimum of 1"]),
+        ([1001], ["config.steps[0]", "maximum"]),
+        ([25.0], ["config.steps[0]", "integer"]),
+    ],
+    "seeds": [
+        ([-3], ["config.seeds[0]", "-3"]),
+        ([2**64], ["config.seeds[0]", "maximum"]),
+        ([1, 1], ["config.seeds", "non-unique"]),
+        ([1.0], ["config.seeds[0]", "integer"]),
+    ],
     "seeds_per_shard": [(0, ["config.seeds_per_shard", "minimum of 1"])],
     "runs_per_job": [(0, ["config.runs_per_job", "minimum of 1"])],
     "max_jobs": [(0, ["config.max_jobs", "minimum of 1"])],
@@ -133,12 +155,16 @@ HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
     "solver_defaults.tol_scale": [("sigmaa", ["config.solver_defaults.tol_scale", "did you mean 'sigma'"])],
     "solver_defaults.init": [("zeros", ["config.solver_defaults.init"])],
     "solver_defaults.max_iters": [(0, ["config.solver_defaults.max_iters", "an integer >= 1"])],
-    "solvers.<solver>.window": [(-1, ["config.solvers.taa.window", "an integer >= 1 or null"]),
-                                ([5, -1], ["config.solvers.taa.window[1]", "an integer >= 1"])],
+    "solvers.<solver>.window": [
+        (-1, ["config.solvers.taa.window", "an integer >= 1 or null"]),
+        ([5, -1], ["config.solvers.taa.window[1]", "an integer >= 1"]),
+    ],
     "solvers.<solver>.order": [(0, ["config.solvers.taa.order", "an integer >= 1 or null"])],
     "solvers.<solver>.history": [([2, 0], ["config.solvers.taa.history[1]", "an integer >= 1"])],
-    "solvers.<solver>.ridge": [(-1, ["config.solvers.taa.ridge", "a finite number >= 0"]),
-                               (NAN, ["config.solvers.taa.ridge", "not a finite number"])],
+    "solvers.<solver>.ridge": [
+        (-1, ["config.solvers.taa.ridge", "a finite number >= 0"]),
+        (NAN, ["config.solvers.taa.ridge", "not a finite number"]),
+    ],
     "solvers.<solver>.abs_tol": [([1e-3, -1], ["config.solvers.taa.abs_tol[1]", "a finite number >= 0"])],
     "solvers.<solver>.rel_tol": [("tight", ["config.solvers.taa.rel_tol", "a finite number >= 0"])],
     "solvers.<solver>.picard_tol": [(-0.1, ["config.solvers.taa.picard_tol", "a finite number >= 0"])],
@@ -156,6 +182,26 @@ HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
 }
 
 
+HOSTILE.update(
+    {
+        "solvers.<solver>.splitting": [("eulr", ["config.solvers.taa.splitting", "exact or euler"])],
+        "solvers.<solver>.stop": [("steps", ["config.solvers.taa.stop", "step (per step) or sum"])],
+        "solvers.<solver>.sum_tol": [(NAN, ["config.solvers.taa.sum_tol", "not a finite number"])],
+        "grids[].models": [(["tiny-sd"], ["config.grids[0].models", "not in the study's models"])],
+        "grids[].samplers": [(["dpm"], ["config.grids[0].samplers"])],
+        "grids[].steps": [([0], ["config.grids[0].steps"])],
+    }
+)
+# a grid's solver blocks are validated as the study's: the same hostile values, the grid's path in the message
+HOSTILE.update(
+    {
+        "grids[]." + field: [
+            (v, [m.replace("config.solvers.", "config.grids[0].solvers.") for m in msgs]) for v, msgs in rows
+        ]
+        for field, rows in list(HOSTILE.items())
+        if field.startswith("solvers.<solver>.")
+    }
+)
 MODEL_FOR = {"models[].options.sample_shape": "tiny-dit"}  # fields of network models; the smoke study's is gmm
 
 
@@ -164,6 +210,8 @@ def _hostile(field: str, value: object) -> dict:
     cfg = copy.deepcopy(smoke())
     if field in MODEL_FOR:
         cfg["models"] = [{"name": MODEL_FOR[field], "conditions": [0]}]
+    if field.startswith("grids[]"):
+        cfg["grids"] = [{"solvers": {"taa": {}}}]
     keys = field.replace("[]", ".0").replace("<solver>", "taa").split(".")
     node = cfg
     for k in keys[:-1]:
@@ -502,4 +550,3 @@ def test_killed_snakemake_leaves_no_job_running_and_its_lock_is_named(tmp_path):
     plan = snakemake(*args, "-n", cwd=tmp_path)
     assert plan.returncode == 0 and "left by snakemake" not in plan.stdout + plan.stderr
     assert re.search(r"^baseline\s+1$", plan.stdout + plan.stderr, re.M)
-
