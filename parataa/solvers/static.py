@@ -108,6 +108,39 @@ def elimination_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tu
     return torch.where(ok[..., None], gamma, torch.zeros_like(gamma)), ok
 
 
+def _check_engine(model: Denoiser, engine: str, device: torch.device) -> torch.device:
+    """The device the engine runs on (cuda:<current> for a bare "cuda"), after checking that it can."""
+    if engine not in ENGINES[1:]:
+        raise ValueError(f"engine must be one of {ENGINES[1:]} for StaticSolver, got {engine!r}")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if engine != "static":
+        if device.type != "cuda":
+            raise ValueError(
+                f"engine={engine!r} captures CUDA graphs and needs a CUDA device, but the noise bundle is on "
+                f"{device}; move the noise (noise.to('cuda')) and the model to a GPU, or use engine='static'"
+            )
+        if engine == "graphed" and getattr(model, "graph_safe", True) is False:
+            raise GraphCaptureError(
+                f"the model {type(model).__name__} declares graph_safe = False (it synchronises with the host "
+                "inside its call), so it cannot be captured with the iteration; use engine='graphed-solver' "
+                "(the model is called eagerly between captured solver graphs) or engine='static'"
+            )
+    return device
+
+
+def _check_numerics(engine: str, ls_dtype: torch.dtype, linsolve: str | None, warmup: int) -> str:
+    """The least-squares solver to use (lapack for the static engine, elimination when graphed), checked."""
+    if ls_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"ls_dtype must be torch.float64 (the reference) or torch.float32, got {ls_dtype!r}")
+    linsolve = linsolve or ("lapack" if engine == "static" else "elimination")
+    if linsolve not in LINSOLVES:
+        raise ValueError(f"linsolve must be one of {LINSOLVES}, got {linsolve!r}")
+    if not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"warmup must be a positive integer (eager runs before a capture), got {warmup!r}")
+    return linsolve
+
+
 class StaticSolver:
     """A solver on fixed shapes for one (model, schedule, config, number of samples, sample shape), reusable across
     noise bundles: buffers and captured graphs are kept, so only the first solve pays for the captures.
@@ -143,30 +176,8 @@ class StaticSolver:
         linsolve: str | None = None,
         warmup: int = 2,
     ) -> None:
-        if engine not in ENGINES[1:]:
-            raise ValueError(f"engine must be one of {ENGINES[1:]} for StaticSolver, got {engine!r}")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        if engine != "static":
-            if self.device.type != "cuda":
-                raise ValueError(
-                    f"engine={engine!r} captures CUDA graphs and needs a CUDA device, but the noise bundle is on "
-                    f"{self.device}; move the noise (noise.to('cuda')) and the model to a GPU, or use engine='static'"
-                )
-            if engine == "graphed" and getattr(model, "graph_safe", True) is False:
-                raise GraphCaptureError(
-                    f"the model {type(model).__name__} declares graph_safe = False (it synchronises with the host "
-                    "inside its call), so it cannot be captured with the iteration; use engine='graphed-solver' "
-                    "(the model is called eagerly between captured solver graphs) or engine='static'"
-                )
-        if ls_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"ls_dtype must be torch.float64 (the reference) or torch.float32, got {ls_dtype!r}")
-        linsolve = linsolve or ("lapack" if engine == "static" else "elimination")
-        if linsolve not in LINSOLVES:
-            raise ValueError(f"linsolve must be one of {LINSOLVES}, got {linsolve!r}")
-        if not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"warmup must be a positive integer (eager runs before a capture), got {warmup!r}")
+        self.device = _check_engine(model, engine, torch.device(device))
+        linsolve = _check_numerics(engine, ls_dtype, linsolve, warmup)
         self.model, self.config, self.engine = model, config, engine
         self.ls_dtype, self.linsolve, self.warmup = ls_dtype, linsolve, warmup
         self.schedule = schedule
@@ -187,13 +198,25 @@ class StaticSolver:
             if bad:
                 raise ValueError(f"buckets must lie in [1, W={self.W}], got {bad}; W is added automatically")
         self.buckets = tuple(sorted(set(bs) | {self.W}))
+        self._tables(schedule.to(self.device))
+        self._allocate(n, d)
+        # per-bucket model inputs and outputs (persistent, so graphs can read and write them)
+        self.in_x: dict[int, torch.Tensor] = {}
+        self.in_tau: dict[int, torch.Tensor] = {}
+        self.in_s: dict[int, torch.Tensor] = {}
+        self.eps_buf: dict[int, torch.Tensor] = {}
+        self.pos: dict[int, torch.Tensor] = {}
+        self._graphs: dict[int, list[Any]] = {}
+        self._pool = None
+        self.capture_s = 0.0  # seconds spent warming up and capturing graphs (not part of any iteration's time)
+
+    def _tables(self, sched: Schedule) -> None:
+        """Per-step tables with a scratch entry at index T (what padding positions read)."""
         dev, f64 = self.device, torch.float64
-        sched = schedule.to(dev)
 
         def pad(v: torch.Tensor, value: float) -> torch.Tensor:
             return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=dev)])
 
-        # per-step tables with a scratch entry at index T (what padding positions read)
         self.a_p, self.b_p, self.c_p = pad(sched.a, 1.0), pad(sched.b, 0.0), pad(sched.c, 0.0)
         self.tau_p = torch.cat([sched.timesteps, sched.timesteps[-1:]])
         if self.method == "picard":
@@ -202,7 +225,11 @@ class StaticSolver:
             inv_var[0] = float("inf")
             self.inv_var_p = pad(inv_var, 1.0)
         elif self.method != "sequential":
-            self.thr_p = pad(stop_thresholds(config, sched), 0.0)
+            self.thr_p = pad(stop_thresholds(self.config, sched), 0.0)
+
+    def _allocate(self, n: int, d: int) -> None:
+        """The solver state, its history and the device-side log, each with the scratch slots padding uses."""
+        T, dev, f64 = self.T, self.device, torch.float64
         # state, with scratch slots: state index T+1, step index T
         self.xs = torch.zeros(n, T + 2, d, dtype=f64, device=dev)
         self.xi_p = torch.zeros(n, T + 1, d, dtype=f64, device=dev)
@@ -230,15 +257,6 @@ class StaticSolver:
             self.log_hi = torch.zeros_like(self.log_lo)
             self.log_w = torch.zeros_like(self.log_lo)
         self.pack = torch.zeros(n + 3, dtype=torch.long, device=dev)
-        # per-bucket model inputs and outputs (persistent, so graphs can read and write them)
-        self.in_x: dict[int, torch.Tensor] = {}
-        self.in_tau: dict[int, torch.Tensor] = {}
-        self.in_s: dict[int, torch.Tensor] = {}
-        self.eps_buf: dict[int, torch.Tensor] = {}
-        self.pos: dict[int, torch.Tensor] = {}
-        self._graphs: dict[int, list[Any]] = {}
-        self._pool = None
-        self.capture_s = 0.0  # seconds spent warming up and capturing graphs (not part of any iteration's time)
 
     # ------------------------------------------------------------------------------------------------ buffers
     def _bucket(self, width: int) -> int:
@@ -325,8 +343,9 @@ class StaticSolver:
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
         # the reference shares one step index across samples: a 0-d coefficient times [N, D]; here [N, 1] rows
-        self.xs[r, t] = step_rhs(self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps
-                                 + self.c_p[t][:, None] * self.xi_p[r, t])
+        self.xs[r, t] = step_rhs(
+            self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps + self.c_p[t][:, None] * self.xi_p[r, t]
+        )
         self.frozen -= 1
         self.iterations += 1
         self.nfe += 1
@@ -589,8 +608,13 @@ class StaticSolver:
             self._raise_if_nonfinite(self.pack.to("cpu", copy=True), None)
             walls = [(time.perf_counter() - t_solve) / max(it, 1)] * it  # one wait for all T steps: their mean
         timings = [
-            {"iteration": i, "model_s": _seconds(models[i]) - comms[i], "solver_s": walls[i] - _seconds(models[i]),
-             "comm_s": comms[i], "rows": rows[i]}
+            {
+                "iteration": i,
+                "model_s": _seconds(models[i]) - comms[i],
+                "solver_s": walls[i] - _seconds(models[i]),
+                "comm_s": comms[i],
+                "rows": rows[i],
+            }
             for i in range(it)
         ]
         return make_result(self._final_state(it, self._log_rows(it), timings), self.schedule, noise, self.config)
@@ -633,8 +657,9 @@ class StaticSolver:
             comm, model = self._iterate(B)
             self.pack.to("cpu", copy=True)
             wall = time.perf_counter() - t0
-            out.append({"width": int(w), "bucket": B, "wall_s": wall, "model_s": _seconds(model) - comm,
-                        "comm_s": comm})
+            out.append(
+                {"width": int(w), "bucket": B, "wall_s": wall, "model_s": _seconds(model) - comm, "comm_s": comm}
+            )
         return out
 
     # ---------------------------------------------------------------------------------------------- results
@@ -658,9 +683,19 @@ class StaticSolver:
                 t = torch.full((n,), self.T - 1 - i, dtype=torch.long)
                 zero = torch.zeros(n, dtype=torch.float64)
                 done = torch.ones(n, dtype=torch.bool)
-                out.append({"sample": samples, "iteration": torch.full((n,), i, dtype=torch.long), "step": t,
-                            "rho": zero, "threshold": zero, "converged": done, "window_lo": t, "window_hi": t + 1,
-                            "fallback": ~done})
+                out.append(
+                    {
+                        "sample": samples,
+                        "iteration": torch.full((n,), i, dtype=torch.long),
+                        "step": t,
+                        "rho": zero,
+                        "threshold": zero,
+                        "converged": done,
+                        "window_lo": t,
+                        "window_hi": t + 1,
+                        "fallback": ~done,
+                    }
+                )
             return out
         rho, thr, conv, fb, lo, hi, w = (
             v[:it].to("cpu", copy=True)
@@ -671,17 +706,19 @@ class StaticSolver:
         for i in range(it):
             valid = j[None, :] < w[i][:, None]
             vi, vj = torch.nonzero(valid, as_tuple=True)
-            out.append({
-                "sample": vi,
-                "iteration": torch.full((vi.numel(),), i, dtype=torch.long),
-                "step": lo[i][vi] + vj,
-                "rho": rho[i][vi, vj],
-                "threshold": thr[i][vi, vj],
-                "converged": conv[i][vi, vj],
-                "window_lo": lo[i][vi],
-                "window_hi": hi[i][vi],
-                "fallback": fb[i][vi, vj],
-            })
+            out.append(
+                {
+                    "sample": vi,
+                    "iteration": torch.full((vi.numel(),), i, dtype=torch.long),
+                    "step": lo[i][vi] + vj,
+                    "rho": rho[i][vi, vj],
+                    "threshold": thr[i][vi, vj],
+                    "converged": conv[i][vi, vj],
+                    "window_lo": lo[i][vi],
+                    "window_hi": hi[i][vi],
+                    "fallback": fb[i][vi, vj],
+                }
+            )
         return out
 
     def _final_state(self, it: int, log: list, timings: list) -> SolverState:
@@ -704,8 +741,15 @@ class StaticSolver:
 
     def _callback(self, callback: Callback, iteration: int) -> None:
         T, n = self.T, self.N
-        view = SolverState(x=self.xs[:, : T + 1], frozen=self.frozen, entered=self.entered, iteration=iteration + 1,
-                           iterations=self.iterations, nfe=self.nfe, spent=self.spent)
+        view = SolverState(
+            x=self.xs[:, : T + 1],
+            frozen=self.frozen,
+            entered=self.entered,
+            iteration=iteration + 1,
+            iterations=self.iterations,
+            nfe=self.nfe,
+            spent=self.spent,
+        )
         if self.method == "sequential":
             lo, hi = self.frozen, self.frozen + 1
             rho = torch.zeros(n, 1, dtype=torch.float64, device=self.device)
@@ -713,8 +757,17 @@ class StaticSolver:
             lo, hi, w = self.log_lo[iteration], self.log_hi[iteration], self.log_w[iteration]
             j = torch.arange(self.W, device=self.device)
             rho = torch.where(j[None, :] < w[:, None], self.log_rho[iteration], math.nan)
-        callback(IterationInfo(iteration=iteration, trajectory=self.xs[:, : T + 1].view(n, T + 1, *self.shape),
-                               frozen=self.frozen, window_lo=lo, window_hi=hi, rho=rho, state=view))
+        callback(
+            IterationInfo(
+                iteration=iteration,
+                trajectory=self.xs[:, : T + 1].view(n, T + 1, *self.shape),
+                frozen=self.frozen,
+                window_lo=lo,
+                window_hi=hi,
+                rho=rho,
+                state=view,
+            )
+        )
 
 
 def _seconds(model: Any) -> float:
@@ -741,6 +794,14 @@ def solve_static(
             f"resume is not supported by engine={engine!r}: resume a checkpointed solve with the eager engine "
             "(engine='eager'), which continues it bit for bit"
         )
-    solver = StaticSolver(model, schedule, config, num_samples=noise.num_samples, sample_shape=noise.sample_shape,
-                          device=noise.x_T.device, engine=engine, **options)
+    solver = StaticSolver(
+        model,
+        schedule,
+        config,
+        num_samples=noise.num_samples,
+        sample_shape=noise.sample_shape,
+        device=noise.x_T.device,
+        engine=engine,
+        **options,
+    )
     return solver.solve(noise, init=init, callback=callback)
