@@ -90,17 +90,21 @@ def release() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- tiny
-def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
+def embedded_setup(name: str, args: argparse.Namespace) -> tuple[Any, ...]:
+    """(device, T, seeds, model, its spec, schedule, all seeds' noise, one bundle per seed, graph engine) of an
+    embedded model at DDIM-T, conditions cycling over the ten digits."""
     from parataa.models.registry import build_denoiser
 
     dev = torch.device(args.device)
     T, seeds = args.steps, list(range(args.seeds))
-    model, spec = build_denoiser("tiny-dit", [s % 10 for s in seeds], cfg_scale=5.0, device=dev,
-                                 dtype=torch.float32)
+    model, spec = build_denoiser(name, [s % 10 for s in seeds], cfg_scale=5.0, device=dev, dtype=torch.float32)
     sched = spec(T, sampler="ddim")
     noise_all = draw_noise(seeds, T, spec.sample_shape).to(dev)
-    one = [noise_all.select([i]) for i in seeds]
-    eng = graph_engine(dev)
+    return dev, T, seeds, model, spec, sched, noise_all, [noise_all.select([i]) for i in seeds], graph_engine(dev)
+
+
+def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
+    dev, T, seeds, model, spec, sched, noise_all, one, eng = embedded_setup("tiny-dit", args)
     out: dict[str, Any] = {"runs": [], "batch": [], "sequences": {}, "lsq": [], "errors": {}}
 
     def record(label: str, engine: str, i: int, res, wall: float, ref: torch.Tensor | None) -> None:
@@ -241,16 +245,8 @@ def window_sequences(model, sched, shape, one, refs, dev, solver_name: str) -> d
 # ------------------------------------------------------------------------------------------------------- sd
 def run_sd(args: argparse.Namespace) -> dict[str, Any]:
     from parataa.models.embedded import digit_prompt
-    from parataa.models.registry import build_denoiser
 
-    dev = torch.device(args.device)
-    T, seeds = args.steps, list(range(args.seeds))
-    model, spec = build_denoiser("tiny-sd", [s % 10 for s in seeds], cfg_scale=5.0, device=dev,
-                                 dtype=torch.float32)
-    sched = spec(T, sampler="ddim")
-    noise_all = draw_noise(seeds, T, spec.sample_shape).to(dev)
-    one = [noise_all.select([i]) for i in seeds]
-    eng = graph_engine(dev)
+    dev, T, seeds, model, spec, sched, noise_all, one, eng = embedded_setup("tiny-sd", args)
     out: dict[str, Any] = {"runs": [], "errors": {}, "prompts": [digit_prompt(s % 10) for s in seeds]}
     refs = [solve(model, sched, one[i], preset("sequential")).x0 for i in seeds]
 
