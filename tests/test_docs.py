@@ -2,7 +2,7 @@
 
 - relative Markdown links in the documentation point at files that exist (and at headings that exist, for a
   link with #anchor, by GitHub's slug rules);
-- "docs/FILE.md section N" / "FILE.md section N" references name a file of the repository with a heading
+- "docs/<FILE>.md section N" / "<FILE>.md section N" references name a file of the repository with a heading
   numbered N;
 - upper-case document names (README.md, METHOD.md, ...) name files of the repository;
 - the tests the documents cite by name exist;
@@ -34,7 +34,7 @@ LINKED_DOCS = (
     "parataa/assets/models/README.md",
     "ci/slurm/*.md",
 )
-# Text files scanned for "FILE.md section N" references and document names.
+# Text files scanned for "<FILE>.md section N" references and document names.
 TEXT_SUFFIXES = (".py", ".yaml", ".yml", ".md", ".smk")
 TEXT_NAMES = ("Snakefile",)
 # Built from parts so that this file does not match its own check.
@@ -360,21 +360,23 @@ def test_github_slugs() -> None:
 
 
 def test_the_checks_catch_what_they_are_for(files: set[str], dirs: set[str]) -> None:
-    doc = "docs/EXAMPLE.md"
+    # the broken names are built from parts, so that this file itself cites no missing document
+    example, missing, notes, gone = (f"{n}.md" for n in ("EXAMPLE", "MISSING", "NOTES", "GONE"))
+    doc = f"docs/{example}"
     text = (
         "[ok](METHOD.md) [ok](METHOD.md#4-stopping-rule-and-sliding-window) [ok](../README.md)\n"
-        "[gone](MISSING.md) [bad anchor](METHOD.md#no-such-heading) [out](../../x.md)\n"
+        f"[gone]({missing}) [bad anchor](METHOD.md#no-such-heading) [out](../../x.md)\n"
         "`[in code](nowhere.md)`\n```\n[in a fence](nowhere.md)\n```\n[ok](https://example.org/x.md)\n"
     )
     problems = broken_links(doc, text, files, dirs)
     assert len(problems) == 3, problems
-    assert "MISSING.md" in problems[0] and "no-such-heading" in problems[1] and "leaves" in problems[2]
+    assert missing in problems[0] and "no-such-heading" in problems[1] and "leaves" in problems[2]
     src = (
         "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md\n# section 12,\n"
-        "NOTES.md section 1, docs/STORAGE.md, GONE.md\n"
+        f"{notes} section 1, docs/STORAGE.md, {gone}\n"
     )
     problems, _ = reference_problems("parataa/example.py", src, files)
     assert len(problems) == 4, problems
-    assert "no heading numbered [12]" in problems[0] and "NOTES.md section 1" in problems[1]
-    assert "NOTES.md" in problems[2] and "GONE.md" in problems[3]
+    assert "no heading numbered [12]" in problems[0] and f"{notes} section 1" in problems[1]
+    assert notes in problems[2] and gone in problems[3]
     assert section_numbers("3-5") == [3, 4, 5] and section_numbers("1, 2 and 7") == [1, 2, 7]
