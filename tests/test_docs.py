@@ -40,9 +40,6 @@ TEXT_NAMES = ("Snakefile",)
 # Built from parts so that this file does not match its own check.
 OUTSIDE = ("../" + "shared", "/" + "work" + "/")
 
-# Known stale references to a design note that docs/METHOD.md replaces: (file, text). Each entry must still
-# occur; once its line cites docs/METHOD.md instead, the test asks for the entry to be removed.
-PENDING: frozenset[tuple[str, str]] = frozenset()
 
 
 # ------------------------------------------------------------------------------------------------ file set
@@ -257,16 +254,13 @@ def numbered_headings(doc: str) -> set[int]:
     return out
 
 
-def reference_problems(rel: str, text: str, files: set[str]) -> tuple[list[str], set[tuple[str, str]]]:
-    """Broken section references and document names in one file, and the PENDING entries it still has."""
-    problems, pending = [], set()
+def reference_problems(rel: str, text: str, files: set[str]) -> list[str]:
+    """Broken section references and document names in one file."""
+    problems = []
     basenames = {PurePosixPath(f).name for f in files}
     for m in SECTION_REF.finditer(text):  # over the whole text: a reference may wrap onto the next line
         n = text.count("\n", 0, m.start()) + 1
         ref = " ".join(m.group(0).split())
-        if (rel, ref) in PENDING:
-            pending.add((rel, ref))
-            continue
         doc = resolve_doc(rel, m.group("file"), files)
         if doc is None:
             problems.append(f"{rel}:{n}: {ref!r}: {m.group('file')} is not a file of the repository")
@@ -276,15 +270,12 @@ def reference_problems(rel: str, text: str, files: set[str]) -> tuple[list[str],
         if missing:
             problems.append(f"{rel}:{n}: {ref!r}: {doc} has no heading numbered {missing}")
     for n, line in enumerate(text.splitlines(), 1):
-        pending_here = [p for f, p in PENDING if f == rel and p in line]
         for m in DOC_NAME.finditer(line):
             name = m.group("path")
-            if any(p.startswith(name) for p in pending_here):
-                continue
             ok = resolve_doc(rel, name, files) is not None if "/" in name else name in basenames
             if not ok:
                 problems.append(f"{rel}:{n}: {name} is not a file of the repository")
-    return problems, pending
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -306,16 +297,10 @@ def test_relative_links_resolve(files: set[str], dirs: set[str]) -> None:
 
 def test_section_references_and_document_names_resolve(files: set[str]) -> None:
     problems: list[str] = []
-    still_pending: set[tuple[str, str]] = set()
     for rel in text_files(files):
         text = read_text(rel)
-        if text is None:
-            continue
-        p, pend = reference_problems(rel, text, files)
-        problems += p
-        still_pending |= pend
-    for rel, ref in sorted(PENDING - still_pending):
-        problems.append(f"{rel} no longer says {ref!r}: remove its entry from PENDING in tests/test_docs.py")
+        if text is not None:
+            problems += reference_problems(rel, text, files)
     assert not problems, "unresolved references:\n" + "\n".join(problems)
 
 
@@ -375,7 +360,7 @@ def test_the_checks_catch_what_they_are_for(files: set[str], dirs: set[str]) -> 
         "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md\n# section 12,\n"
         f"{notes} section 1, docs/STORAGE.md, {gone}\n"
     )
-    problems, _ = reference_problems("parataa/example.py", src, files)
+    problems = reference_problems("parataa/example.py", src, files)
     assert len(problems) == 4, problems
     assert "no heading numbered [12]" in problems[0] and f"{notes} section 1" in problems[1]
     assert notes in problems[2] and gone in problems[3]
