@@ -50,15 +50,16 @@ from parataa.solvers import preset, solve  # noqa: E402
 from parataa.solvers.static import StaticSolver, default_buckets  # noqa: E402
 
 WINDOWS = (8, 16, 32, 50, 100)
-# the exact solvers timed on the embedded models (label -> preset, options); the report picks the fastest whose
-# every seed ends >= 40 dB from the sequential image, and the fastest such Picard as the matched-fidelity peer
+# the exact solvers timed on the embedded models (label -> preset, its options, StaticSolver options); the report
+# picks the fastest whose every seed ends >= 40 dB from the sequential image, and the fastest such Picard as the
+# matched-fidelity peer. "ls-float32" is the documented float32 least-squares option, never a default.
 PARALLEL = {
-    "picard": ("picard", {}),
-    "picard ptol0.05": ("picard", {"picard_tol": 0.05}),
-    "taa-euler": ("taa-euler", {}),
-    "taa-euler m5": ("taa-euler", {"history": 5}),
-    "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}),
-    "taa-euler m5 sum0.02": ("taa-euler", {"history": 5, "sum_tol": 0.02}),
+    "picard": ("picard", {}, {}),
+    "picard ptol0.05": ("picard", {"picard_tol": 0.05}, {}),
+    "taa-euler": ("taa-euler", {}, {}),
+    "taa-euler m3": ("taa-euler", {"history": 3}, {}),
+    "taa-euler ls-float32": ("taa-euler", {}, {"ls_dtype": torch.float32}),
+    "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}, {}),
 }
 EAGER_TOO = ("picard", "taa-euler")  # also run through the eager reference loops, for context
 
@@ -126,40 +127,59 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
         record("sequential", "eager", i, res, wall, None)
     ref_all = torch.cat(refs)
 
-    def static_runs(label: str, cfg, engine: str, net=None) -> None:
-        progress(f"tiny: {label} ({engine})")
+    # every graphed engine is built and captured first, then all are timed in interleaved rounds (the order rotated
+    # each round), so clock drift and warm-up fall on every solver alike; a run's wall time is its median over rounds
+    engines: dict[str, StaticSolver] = {}
+
+    def build(label: str, cfg, net=None, **options) -> None:
+        progress(f"tiny: capture {label} ({eng})")
         solver = StaticSolver(net or model, sched, cfg, num_samples=1, sample_shape=spec.sample_shape, device=dev,
-                              engine=engine)
+                              engine=eng, **options)
         solver.prepare(one[0])  # every bucket's graphs captured before the timed solves
         solver.solve(one[0])
-        for i in seeds:
-            res, wall = timed(lambda i=i: solver.solve(one[i]))
-            record(label, engine, i, res, wall, refs[i])
-        out.setdefault("capture_s", {})[f"{label}/{engine}"] = solver.capture_s
+        engines[label] = solver
+        out.setdefault("capture_s", {})[f"{label}/{eng}"] = solver.capture_s
 
-    static_runs("sequential", preset("sequential"), eng)
+    build("sequential", preset("sequential"))
     if args.compile and dev.type == "cuda":
         try:
             compiled = copy.copy(model)
             compiled.transformer = torch.compile(model.transformer)
             t0 = time.perf_counter()
-            static_runs("sequential-compiled", preset("sequential"), eng, compiled)
+            build("sequential-compiled", preset("sequential"), compiled)
             out["compile_and_capture_s"] = time.perf_counter() - t0
         except Exception as err:  # torch.compile does not run everywhere: record why, keep the rest
             out["errors"]["sequential-compiled"] = f"{type(err).__name__}: {err}"[:2000]
+    for label, (name, opts, options) in PARALLEL.items():
+        build(label, preset(name, **opts), **options)
+    labels = list(engines)
+    walls: dict[str, list[list[float]]] = {label: [[] for _ in seeds] for label in labels}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in range(args.rounds):
+        progress(f"tiny: timing round {r + 1}/{args.rounds} ({len(labels)} engines x {len(seeds)} seeds)")
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            for i in seeds:
+                res, wall = timed(lambda i=i, label=label: engines[label].solve(one[i]))
+                walls[label][i].append(wall)
+                if (label, i) not in rows:  # iterations, PSNR and timings from the first round (deterministic)
+                    record(label, eng, i, res, wall, refs[i])
+                    rows[(label, i)] = out["runs"][-1]
+    for (label, i), row in rows.items():
+        row["wall_s"], row["wall_s_rounds"] = statistics.median(walls[label][i]), walls[label][i]
+    engines.clear()
+    release()
     progress("tiny: diffusers loop")
     try:
         out["runs"] += diffusers_loop(model, one, refs, T, dev, seeds)
     except Exception as err:
         out["errors"]["sequential-diffusers"] = f"{type(err).__name__}: {err}"[:2000]
-    for label, (name, opts) in PARALLEL.items():
+    for label in EAGER_TOO:  # the eager reference loops, once per seed (context, not a headline)
+        name, opts, _ = PARALLEL[label]
         cfg = preset(name, **opts)
-        static_runs(label, cfg, eng)
-        if label in EAGER_TOO:
-            solve(model, sched, one[0], cfg)
-            for i in seeds:
-                res, wall = timed(lambda i=i, cfg=cfg: solve(model, sched, one[i], cfg))
-                record(label, "eager", i, res, wall, refs[i])
+        solve(model, sched, one[0], cfg)
+        for i in seeds:
+            res, wall = timed(lambda i=i, cfg=cfg: solve(model, sched, one[i], cfg))
+            record(label, "eager", i, res, wall, refs[i])
     # batch throughput: N samples in one solve (sequential batch vs parallel)
     progress("tiny: batch throughput")
     for n in args.batch:
@@ -185,8 +205,8 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
     out["sequences"] = window_sequences(model, sched, spec.sample_shape, one, refs, dev, args.seq_solver)
     progress("tiny: float32 least squares")
     # float32 against float64 Anderson least squares (same engine, same model, the static path)
-    for label in ("taa-euler", "taa-euler m5"):
-        name, opts = PARALLEL[label]
+    for label in ("taa-euler", "taa-euler m3"):
+        name, opts, _ = PARALLEL[label]
         for i in seeds:
             r64 = solve(model, sched, one[i], preset(name, **opts), engine="static")
             r32 = solve(model, sched, one[i], preset(name, **opts), engine="static", ls_dtype=torch.float32)
@@ -398,7 +418,7 @@ def windows_model(key, args, dev, world, T, buckets, seqs, dit_schedule, from_di
     progress(f"{key}: replays done")
     # the solver's share of an iteration at W = T for several solvers (graphed; the eager loop's share is above)
     res["share"] = {}
-    for label, (name, opts) in {"taa-euler": ("taa-euler", {}), "taa-euler m5": ("taa-euler", {"history": 5}),
+    for label, (name, opts) in {"taa-euler": ("taa-euler", {}), "taa-euler m3": ("taa-euler", {"history": 3}),
                                 "fp+": ("fp+", {}), "picard": ("picard", {})}.items():
         s = StaticSolver(graph_model, sched, preset(name, **opts), num_samples=1, sample_shape=shape, device=dev,
                          engine=engine, buckets=[T])
@@ -445,6 +465,7 @@ def main() -> None:
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline")
     ap.add_argument("--models", default="xl,sd", help="windows: xl and/or sd")
     ap.add_argument("--sequences", default="", help="windows: tiny.json,sd.json (window sequences to replay)")
+    ap.add_argument("--rounds", type=int, default=5, help="tiny: interleaved timing rounds (median per seed)")
     ap.add_argument("--iters", type=int, default=3, help="windows: timed iterations per measurement")
     ap.add_argument("--replay-seeds", type=int, default=3, help="windows: seeds whose window sequences are replayed")
     ap.add_argument("--small", action="store_true", help="windows: small stand-ins for the XL/SD models (CPU)")

@@ -91,6 +91,16 @@ def _explore(d: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def _timing_note(setting: dict[str, Any]) -> str:
+    """How the graphed rows were timed (older result files timed each seed once, one engine after the other)."""
+    r = setting.get("rounds")
+    if not r:
+        return "Graphed rows: one timed solve per seed, one engine after the other; wall ms is the mean over seeds."
+    return (f"Graphed rows: every engine captured first, then timed in {r} interleaved rounds (the engine order "
+            "rotated each round, so drift falls on all alike); wall ms is the mean over seeds of each seed's median "
+            "over the rounds. Eager rows: one timed solve per seed.")
+
+
 def _tiny_sections(tiny: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     s = tiny["setting"]
     rows, head = tiny_table(tiny)
@@ -105,7 +115,7 @@ def _tiny_sections(tiny: dict[str, Any], summary: dict[str, Any]) -> list[str]:
              f"replays, no host wait). `sequential-compiled`: torch.compile (default mode) inside that graph; "
              "`sequential-diffusers`: diffusers' DDIMScheduler.step loop with the same adapter (the plain baseline). "
              "PSNR against the eager sequential image, per seed (999 = identical). Graph captures happen in an "
-             "untimed warm-up solve.", "",
+             "untimed warm-up solve. " + _timing_note(s), "",
              "| solver | engine | iterations (mean / max) | wall ms | vs graphed sequential | vs eager sequential | "
              "PSNR min dB | PSNR per seed | solver share |", "|---|---|---|---|---|---|---|---|---|"]
     order = sorted(rows, key=lambda r: (not r["solver"].startswith("sequential"), r["solver"], r["engine"]))
