@@ -733,6 +733,8 @@ def test_smoke_study_end_to_end_local(tmp_path):
     assert p.returncode == 0, out[-5000:]
     _check_smoke_results(root)
     _check_smoke_analysis(root)
+    record = json.loads((root / "smoke" / "jobs" / "gmm" / "ddim-25" / "shard-0" / "group-0.json").read_text())
+    assert record["wall_s"] > 0 and record["peak_gpu_memory_gib"] is None  # the peak is measured on GPU jobs
     assert re.search(r"\[parataa\] smoke/gmm/ddpm-25/shard-0/group-0: run 6/6 picard", out)  # per-shard status
     assert "[launch]" in out and "FINISHED" in out
     print(f"smoke study (local profile): {time.time() - t0:.1f} s")

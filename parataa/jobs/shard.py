@@ -170,7 +170,9 @@ class ShardJob(submitit.helpers.Checkpointable):
                 summary["runs"].append(out.to_dict())
         summary["runs_dirs"] = [r.dir for r in spec.runs]
         summary["wall_s"] = time.perf_counter() - t_job
-        status(spec, f"done in {summary['wall_s']:.1f} s")
+        summary["peak_gpu_memory_gib"] = peak = _peak_gpu_memory_gib(device, world_size)
+        per_gpu = f", peak GPU memory per rank {', '.join(f'{v:.2f}' for v in peak)} GiB" if peak else ""
+        status(spec, f"done in {summary['wall_s']:.1f} s{per_gpu}")
         return summary
 
     # ------------------------------------------------------------------------------------------ steps
@@ -350,6 +352,19 @@ class ShardJob(submitit.helpers.Checkpointable):
             fidelity=fidelity,
             extra=extra,
         )
+
+
+def _peak_gpu_memory_gib(device: str, world_size: int) -> list[float] | None:
+    """Every rank's peak allocated GPU memory over the job (GiB, rank order); None on the CPU. A collective when
+    world_size > 1: every rank calls it."""
+    if not str(device).startswith("cuda"):
+        return None
+    peak = torch.cuda.max_memory_allocated(torch.device(device)) / 2**30
+    if world_size == 1:
+        return [peak]
+    out: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(out, peak)
+    return [float(v) for v in out]
 
 
 def _decoder(model: Any) -> Any:

@@ -41,6 +41,10 @@ except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the launcher cancelled the j
 # plan check it cheaply (parataa.jobs.verify). A group's record is the rule's output; a baseline's output is
 # its run's manifest, and its record lies beside the group records.
 record = job_record(
-    summary["runs_dirs"], name=spec.name, job_id=summary.get("job_id"), wall_s=summary.get("wall_s")
+    summary["runs_dirs"],
+    name=spec.name,
+    job_id=summary.get("job_id"),
+    wall_s=summary.get("wall_s"),
+    peak_gpu_memory_gib=summary.get("peak_gpu_memory_gib"),
 )
 atomic_write_json(sm.params.receipt if out.name == "manifest.json" else out, record)
