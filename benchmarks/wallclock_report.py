@@ -106,7 +106,8 @@ def _tiny_sections(tiny: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     rows, head = tiny_table(tiny)
     dev = s["device_name"]
     seq = head["sequential"]
-    lines = [f"## Wall-clock on tiny-dit (trained), DDIM-{s['steps']}, cfg 5, one sample per solve", "",
+    lines = [f"## Wall-clock on tiny-dit (trained), DDIM-{s['steps']}, cfg 5, one sample per solve (digit 0; a batch "
+             "of N: digits 0..N-1)", "",
              f"Device: **{dev}**, torch {s['torch']}, seeds 0..{s['seeds'] - 1}, all in one process "
              "(`benchmarks/wallclock.py tiny`). Engines: `eager` = the reference loops; `graphed` = the static engine "
              "with each window bucket's whole iteration (model call included) captured in CUDA graphs, one "

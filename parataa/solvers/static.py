@@ -78,34 +78,30 @@ def default_buckets(window: int) -> tuple[int, ...]:
 
 
 def elimination_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ridge_solve` by Gaussian elimination without pivoting, written in elementwise tensor operations.
+    """`ridge_solve` by Gaussian elimination without pivoting, written in batched elementwise tensor operations.
 
     The same system as `_history.ridge_solve` ((gram + ridge I) gamma = rhs, a unit diagonal for columns with no
     data when ridge = 0). Without pivoting it is stable for these symmetric positive (semi)definite systems; a zero
     pivot gives a non-finite gamma, reported as not ok exactly like a singular LAPACK solve. It launches only
-    elementwise kernels, which every CUDA graph can capture (batched LAPACK/cuSOLVER calls are not all capturable).
+    elementwise kernels and small reductions, which every CUDA graph can capture (batched LAPACK/cuSOLVER calls are
+    not all capturable): each elimination step and each back-substitution step works on the whole batch and every
+    row at once, about 8 kernels per unknown, since inside a replayed graph an iteration's cost is mostly kernel
+    count.
     """
     k = gram.shape[-1]
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     empty = (gram.abs().sum(dim=-1) == 0) & (rhs == 0)
     a = gram + ridge * eye + torch.diag_embed(empty.to(gram.dtype)) * (ridge == 0)
-    a = [[a[..., r, c] for c in range(k)] for r in range(k)]
-    b = [rhs[..., r] for r in range(k)]
-    for p in range(k):
-        for r in range(p + 1, k):
-            f = a[r][p] / a[p][p]
-            for c in range(p, k):
-                a[r][c] = a[r][c] - f * a[p][c]
-            b[r] = b[r] - f * b[p]
-    x: list[torch.Tensor] = [torch.zeros_like(b[0])] * k
+    m = torch.cat([a, rhs[..., None]], dim=-1)  # the augmented system [.., k, k + 1], eliminated in place
+    for p in range(k - 1):
+        f = m[..., p + 1 :, p] / m[..., p, p, None]
+        m[..., p + 1 :, p:] -= f[..., None] * m[..., p, None, p:]
+    x = torch.zeros_like(rhs)
     for p in reversed(range(k)):
-        s = b[p]
-        for q in range(p + 1, k):
-            s = s - a[p][q] * x[q]
-        x[p] = s / a[p][p]
-    gamma = torch.stack(x, dim=-1)
-    ok = torch.isfinite(gamma).all(dim=-1)
-    return torch.where(ok[..., None], gamma, torch.zeros_like(gamma)), ok
+        s = m[..., p, k] - (m[..., p, p + 1 : k] * x[..., p + 1 :]).sum(dim=-1) if p < k - 1 else m[..., p, k]
+        x[..., p] = s / m[..., p, p]
+    ok = torch.isfinite(x).all(dim=-1)
+    return torch.where(ok[..., None], x, torch.zeros_like(x)), ok
 
 
 def _check_engine(model: Denoiser, engine: str, device: torch.device) -> torch.device:
@@ -577,29 +573,32 @@ class StaticSolver:
         self.seeds = noise.seeds
         n, W = self.N, self.W
         sequential = self.method == "sequential"
-        f_host = self.frozen.to("cpu", copy=True)
+        # the host's view of the frozen boundaries, as Python ints: between an iteration's copy arriving and the next
+        # launch the GPU waits for the host, so that work stays in plain Python (a torch op on a CPU tensor costs
+        # microseconds each)
+        f_host = self.frozen.tolist()
         it, walls, models, comms, rows = 0, [], [], [], []
         if sequential:
             self._ready(1)
         t_solve = time.perf_counter()
-        while bool((f_host > 0).any()) and it < self.max_iters:
-            width = torch.clamp(f_host, max=W)
-            B = self._bucket(int(width.max()))
+        while max(f_host) > 0 and it < self.max_iters:
+            width = [min(f, W) for f in f_host]
+            B = self._bucket(max(width))
             self._ready(B)
             t0 = time.perf_counter()
             comm, model = self._iterate(B)
             if sequential:
-                f_host = f_host - 1  # known in advance: no copy, no wait
+                f_host = [f - 1 for f in f_host]  # known in advance: no copy, no wait
                 if callback is not None:
                     self._sync()
             else:
-                pack = self.pack.to("cpu", copy=True)  # the iteration's one device-to-host copy
+                pack = self.pack.tolist()  # the iteration's one device-to-host copy
                 f_host = pack[:n]
                 self._raise_if_nonfinite(pack, it)
             walls.append(time.perf_counter() - t0)
             models.append(model)
             comms.append(comm)
-            rows.append(n if sequential else int(width[width > 0].sum()))
+            rows.append(n if sequential else sum(w for w in width if w > 0))
             it += 1
             if callback is not None:
                 self._callback(callback, it - 1)
@@ -667,7 +666,7 @@ class StaticSolver:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _raise_if_nonfinite(self, pack: torch.Tensor, iteration: int | None) -> None:
+    def _raise_if_nonfinite(self, pack: torch.Tensor | list[int], iteration: int | None) -> None:
         n = self.N
         if int(pack[n]):
             s, t = int(pack[n + 1]), int(pack[n + 2])
