@@ -40,8 +40,9 @@ NOSTOP = {"stop": "step", "abs_tol": 1e-7, "rel_tol": 0.0}
 SIGMA = {"abs_tol": 1e-12, "rel_tol": 1e-3, "tol_scale": "sigma"}  # the paper's text: rho_t <= tau * sigma_t
 EULER = {"splitting": "euler", "init": "copy"}
 
-# label -> (preset, options, special); special is None, "jump" (init from the one-step prediction of x_T) or
-# "restart" (TAA whose steps drop their history when their residual grows)
+# label -> (preset, options, special); special is None, "jump" (init from the one-step prediction of x_T),
+# "coarse<c>" (init from a c-step sequential DDIM run) or "restart" (TAA whose steps drop their history when their
+# residual grows)
 CORE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fp+": ("fp+", {}, None),
     "fp+ nostop": ("fp+", NOSTOP, None),
@@ -80,6 +81,8 @@ EXPLORE: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "taa-euler m3 restart": ("taa-euler", {"history": 3}, "restart"),
     "aa euler m5": ("aa", {**EULER, "history": 5, "stop": "sum"}, None),
     "taa-euler k20": ("taa-euler", {"order": 20}, None),
+    "taa-euler coarse2-init": ("taa-euler", {"init": "trajectory"}, "coarse2"),
+    "taa-euler coarse5-init": ("taa-euler", {"init": "trajectory"}, "coarse5"),
 }
 WINDOWS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     **{f"taa-euler W{w}": ("taa-euler", {"window": w}, None) for w in (8, 16, 32, 50)},
@@ -129,7 +132,31 @@ def jump_init(model, sched, noise) -> torch.Tensor:
     return traj
 
 
-def run_variant(model, sched, noise, ref_x0, name, options, special):
+def coarse_init(model, spec, sched, noise, c: int) -> torch.Tensor:
+    """Every state from a c-step sequential DDIM run from the same x_T: a state at noise level A_t lies on the DDIM
+    line of the coarse step whose levels bracket A_t, x_t = sqrt(A_t) x0_s + sqrt(1 - A_t) eps_s, with x0_s and
+    eps_s of that step recovered from its two ends (exact for DDIM: both ends lie on that line). Costs c sequential
+    model calls, counted as c extra iterations."""
+    dev = noise.x_T.device
+    coarse = spec(c, sampler="ddim")
+    y = solve(model, coarse, draw_noise(list(noise.seeds), c, noise.sample_shape).to(dev),
+              preset("sequential")).trajectory.double()  # [N, c + 1, ...], index 0 the final state; same x_T
+    a_c = torch.cat([coarse.alpha_out, coarse.alpha_in[-1:]]).to(dev, torch.float64)  # A_0 .. A_c, decreasing
+    a_f = torch.cat([sched.alpha_out, sched.alpha_in[-1:]]).to(dev, torch.float64)  # A_0 .. A_T
+    # the coarse step s -> s + 1 whose levels bracket each fine level (outside the coarse range: the nearest step)
+    s = torch.clamp((a_c[None, :] >= a_f[:, None]).sum(dim=1) - 1, 0, c - 1)
+    lo, hi = a_c[s], a_c[s + 1]  # the step's less and more noisy levels
+    det = lo.sqrt() * (1 - hi).sqrt() - hi.sqrt() * (1 - lo).sqrt()
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    y_lo, y_hi = y[:, s], y[:, s + 1]
+    x0 = ((1 - hi).sqrt().view(shape) * y_lo - (1 - lo).sqrt().view(shape) * y_hi) / det.view(shape)
+    eps = (lo.sqrt().view(shape) * y_hi - hi.sqrt().view(shape) * y_lo) / det.view(shape)
+    traj = a_f.sqrt().view(shape) * x0 + (1 - a_f).sqrt().view(shape) * eps
+    traj[:, -1] = noise.x_T.double()
+    return traj
+
+
+def run_variant(model, sched, noise, ref_x0, name, options, special, spec=None):
     cfg = preset(name, **options)
     fidelity = FidelityRecorder(ref_x0)
     rsum: list[list[float]] = []  # per iteration, per sample: frozen residual + the window's rho sum
@@ -143,6 +170,9 @@ def run_variant(model, sched, noise, ref_x0, name, options, special):
     t0 = time.perf_counter()
     if special == "restart":
         res = run_window_solver(model, sched, noise, cfg, taa_restart_update(cfg), callback=rec)
+    elif special and special.startswith("coarse"):
+        extra = int(special.removeprefix("coarse"))
+        res = solve(model, sched, noise, cfg, init=coarse_init(model, spec, sched, noise, extra), callback=rec)
     elif special == "jump":
         res = solve(model, sched, noise, cfg, init=jump_init(model, sched, noise), callback=rec)
         extra = 1
@@ -215,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     for label, (name, options, special) in variants.items():
                         if only is not None and label not in only:
                             continue
-                        rec = run_variant(den, sched, noise, ref.x0, name, options, special)
+                        rec = run_variant(den, sched, noise, ref.x0, name, options, special, spec)
                         rec.update(
                             model=model_name,
                             sampler=sampler,

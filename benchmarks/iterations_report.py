@@ -149,7 +149,9 @@ def misses(data, variant: str) -> list[str]:
     return out
 
 
-def explore_table(data) -> list[str]:
+def explore_table(data, device: str | None = None) -> list[str]:
+    """Rows: variants; cells: iterations at the stop / to 40 dB / worst PSNR. A variant measured on another device
+    than `device` (the file's first) says where."""
     groups = defaultdict(dict)
     for (m, s, t, v), r in data.items():
         if t == 100 and ("taa-euler" in v or v.startswith("aa euler")) and "nostop" not in v:
@@ -168,7 +170,8 @@ def explore_table(data) -> list[str]:
                 continue
             t = to40(r)
             cells.append(f"{fmt(mean(r['iterations']))} / {fmt(t)} / {min(r['psnr_stop']):.0f}")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        where = sorted({r.get("device", "?") for r in groups[v].values()} - {device})
+        lines.append(f"| {v}{' (' + ', '.join(where) + ')' if where else ''} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -198,7 +201,11 @@ def markdown(path: str | Path) -> str:
     out += [
         "### Exploration (100-step cells): iterations at the stop / to 40 dB / worst PSNR at the stop",
         "",
-        *explore_table(data),
+        "Initialisations that cost model calls before the parallel solve count them as iterations in every number: "
+        "`jump-init` one call (the x0-prediction of x_T), `coarse<c>-init` c sequential calls (a c-step DDIM run "
+        "from the same x_T, each state put on the DDIM line of the coarse step around its noise level).",
+        "",
+        *explore_table(data, any_rec.get("device")),
         "",
     ]
     return "\n".join(out)
