@@ -559,6 +559,22 @@ def test_job_runs_deterministic_and_restores_the_callers_settings(tmp_path):
     assert storage.read_manifest(spec.runs[0].dir)["config"]["deterministic"] is True
 
 
+@pytest.mark.gpu
+def test_a_job_on_the_gpu_stores_its_runs_and_reports_its_peak_memory(tmp_path):
+    """A sampling job on CUDA (world size 1), as the workflow runs it after a CPU baseline: its runs are stored and
+    its summary carries the rank's peak GPU memory, which the job record keeps (scripts/gpu_rehearsal.sh reads it)."""
+    import dataclasses
+
+    from parataa.jobs.shard import ShardJob
+
+    cfg, spec = _small_spec(tmp_path)
+    _prepare(cfg)
+    summary = ShardJob()(dataclasses.replace(spec, device="cuda"))
+    peak = summary["peak_gpu_memory_gib"]
+    assert len(peak) == 1 and peak[0] > 0
+    assert all(storage.is_complete(r.dir) for r in spec.runs)
+
+
 def test_world_size_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     from parataa.jobs import shard as shard_mod
 
