@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["psnr_db", "FidelityRecorder", "iterations_to_db", "FIDELITY_COLUMNS"]
 
-FIDELITY_COLUMNS = ("sample", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db")
+from .storage import FIDELITY_COLUMNS  # noqa: E402 - one definition, in the torch-free module that stores them
 
 
 def psnr_db(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:

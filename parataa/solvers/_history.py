@@ -38,16 +38,21 @@ def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, 
     return dx, df, count
 
 
-def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve (gram + ridge I) gamma = rhs in batch; return gamma and a per-system ok flag.
-
-    Columns with no data at all (zero row and column) get a unit diagonal so that they solve to 0 instead of
-    making the system singular; a genuinely singular or non-finite system is reported, never patched.
-    """
+def ridge_system(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
+    """gram + ridge I, with a unit diagonal for columns with no data at all (zero row and column, zero rhs) when
+    ridge = 0, so that they solve to 0 instead of making the system singular."""
     k = gram.shape[-1]
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     empty = (gram.abs().sum(dim=-1) == 0) & (rhs == 0)
-    system = gram + ridge * eye + torch.diag_embed(empty.to(gram.dtype)) * (ridge == 0)
+    return gram + ridge * eye + torch.diag_embed(empty.to(gram.dtype)) * (ridge == 0)
+
+
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve (gram + ridge I) gamma = rhs in batch (`ridge_system`); return gamma and a per-system ok flag.
+
+    A genuinely singular or non-finite system is reported, never patched.
+    """
+    system = ridge_system(gram, rhs, ridge)
     gamma, info = torch.linalg.solve_ex(system, rhs[..., None])
     gamma = gamma[..., 0]
     ok = (info == 0) & torch.isfinite(gamma).all(dim=-1)

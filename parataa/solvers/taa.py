@@ -12,6 +12,8 @@ cumulative-sum, flip back, one batched solve. No Python loop over t.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..noise import NoiseBundle
@@ -23,14 +25,19 @@ from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
 def taa_coefficients(
-    dx_df: tuple[torch.Tensor, torch.Tensor], resid: torch.Tensor, valid: torch.Tensor, ridge: float
+    dx_df: tuple[torch.Tensor, torch.Tensor],
+    resid: torch.Tensor,
+    valid: torch.Tensor,
+    ridge: float,
+    solve: Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]] = ridge_solve,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step gamma_t [N, Wmax, m-1] from suffix-summed normal equations, and the per-step ok flag."""
+    """Per-step gamma_t [N, Wmax, m-1] from suffix-summed normal equations, and the per-step ok flag. `solve` is the
+    small ridge solver (the static engine's graph-safe `elimination_solve` where LAPACK cannot be captured)."""
     _, df = dx_df
     df = df * valid[..., None, None]
     gram = torch.einsum("nwid,nwjd->nwij", df, df)
     rhs = torch.einsum("nwid,nwd->nwi", df, resid * valid[..., None])
-    return ridge_solve(suffix_sum(gram), suffix_sum(rhs), ridge)
+    return solve(suffix_sum(gram), suffix_sum(rhs), ridge)
 
 
 def taa_update(config: SolverConfig):
