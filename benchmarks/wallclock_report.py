@@ -350,11 +350,14 @@ def _window_sections(w1, w2, tiny, sd, explore, summary, figdir) -> tuple[list[s
 
 def _projection(key, one, two, seqs, seq_g) -> list[str]:
     """Projected g-GPU solve time: per iteration, the graphed network call on ceil(B/g) states (measured on one GPU)
-    + the solver's own time at bucket B (1 GPU: wall - model) + the collectives (as measured on 2 GPUs)."""
+    + the solver's own time at bucket B (1 GPU: wall - model) + the collectives (as measured on 2 GPUs; zero
+    without a 2-GPU run)."""
     buckets = one["buckets"]
     call = {int(k): v for k, v in one["call_s"].items()}
+    comm_text = ("communication as measured on 2 GPUs, assumed the same for 4 and 8" if two else
+                 "communication **not measured** (no 2-GPU run) and taken as zero, so these are upper bounds")
     lines = ["", "Projection (**not measured**: per-rank call times measured on one GPU, the solver's time at each "
-             "bucket from the 1-GPU run, communication as measured on 2 GPUs, assumed the same for 4 and 8):", "",
+             f"bucket from the 1-GPU run, {comm_text}):", "",
              "| W | 1 GPU s (projected / replayed) | 2 GPUs s (projected / replayed) | 4 GPUs s | 8 GPUs s | "
              "8-GPU speedup vs graphed sequential |", "|---|---|---|---|---|---|"]
     for W in ("8", "16", "32", "50", "100"):
