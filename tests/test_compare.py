@@ -72,11 +72,16 @@ def test_compare_reports_the_stop_and_the_yardstick(capsys):
 def test_compare_flags_override_presets_only_where_given(capsys):
     out = _compare(
         capsys, "--model", "gmm", "--dim", "16", "--steps", "12", "--seeds", "0",
-        "--solvers", "fp,taa,taa-euler,picard", "--history", "3", "--order", "4",
+        "--solvers", "fp,taa,taa-euler,picard", "--history", "3", "--order", "4", "--init", "copy",
+        "--stop", "step", "--splitting", "exact", "--ridge", "1e-4",
     )  # fmt: skip
     cfg = {r["solver"]: r["config"] for r in out["results"]}
     assert cfg["fp"]["order"] == 1 and cfg["taa"]["order"] == 4 and cfg["taa"]["history"] == 3
-    assert cfg["taa-euler"]["init"] == "copy" and cfg["taa-euler"]["stop"] == "sum"  # preset kept
+    assert cfg["taa"]["init"] == "copy" and cfg["taa"]["stop"] == "step"
+    # what makes taa-euler what it is stays (PRESET_FIXED, as under a study's solver_defaults); the rest applies
+    eu = cfg["taa-euler"]
+    assert (eu["init"], eu["stop"], eu["splitting"], eu["history"], eu["order"]) == ("copy", "sum", "euler", 5, None)
+    assert eu["ridge"] == 1e-4
     assert cfg["picard"]["history"] == 2 and cfg["picard"]["order"] == 1  # not Picard's options
 
 

@@ -1,23 +1,26 @@
 """Solver options shared by the subcommands: one definition of the flags and of which flag applies to which
 solver. Every flag defaults to "not given": the solver's preset and then `SolverConfig`'s fields decide, so the
 defaults live in one place (parataa/solver_config.py). A flag that is given applies to every chosen solver it
-means something to: FP is always order 1; Picard has its own update, rule and copy initialisation (its flags
-are --window, --picard-tol and --max-iters); sequential takes none."""
+means something to and that its preset does not fix (`PRESET_FIXED`, as a study's `solver_defaults`; --order
+still reaches FP+/AA/TAA): FP is always order 1; Picard has its own update, rule and copy initialisation (its
+flags are --window, --picard-tol and --max-iters); taa-euler keeps its splitting, copies, history and summed rule;
+sequential takes none."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..solver_config import INITS, SPLITTINGS, STOPS, TOL_SCALES, SolverConfig, preset
+from ..solver_config import INITS, PRESET_FIXED, SPLITTINGS, STOPS, TOL_SCALES, SolverConfig, preset
 
 _DEFAULT = SolverConfig()
-# options each solver does not take from the shared flags
+# options that mean nothing to a solver (beyond what its preset fixes)
 _NOT_FOR = {
     "sequential": None,  # none at all
-    "fp": {"order", "history", "ridge"},
-    "picard": {"order", "history", "ridge", "init", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale"},
+    "fp": {"history", "ridge"},
+    "picard": {"order", "history", "ridge", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale"},
 }
+_ORDER_FROM_FLAG = {"fp+", "aa", "taa"}  # the --order flag sets their k (a study sets it in the solver's block)
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,4 +57,5 @@ def solver_config(name: str, args: argparse.Namespace) -> SolverConfig:
     skip = _NOT_FOR.get(name, set())
     if skip is None:
         return preset(name)
+    skip = skip | (PRESET_FIXED.get(name, frozenset()) - ({"order"} if name in _ORDER_FROM_FLAG else set()))
     return preset(name, **{k: v for k, v in given.items() if k not in skip})
