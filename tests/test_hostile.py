@@ -358,11 +358,24 @@ def test_cli_refuses_before_compute(argv, expect, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "out").exists()  # a refused command leaves nothing behind
 
 
-def test_cli_accepts_what_it_should(capsys):
-    from parataa.cli import main
+def test_cli_accepts_what_it_should(capsys, tmp_path, monkeypatch):
+    from parataa.cli import build_parser, main
+    from parataa.cli._checks import check_out_dir
+    from parataa.cli._processes import LAUNCHED
+    from parataa.cli.sample import check_args
 
     assert main(["compare", "--steps", "5", "--seeds", "0-1", "--solvers", "taa", "--conditions", "9"]) == 0
     assert "taa" in capsys.readouterr().out
+    # the dtype short names the loaders take (resolve_dtype) pass the CLI's check too
+    for dtype in ("fp16", "bf16", "float32"):
+        argv = ["sample", "--model", "gmm", "--dtype", dtype, "--out", str(tmp_path / "out"), "--class", "1"]
+        check_args(build_parser().parse_args(argv))
+    # in the processes --processes N starts, the launcher has proved --out: no N probes racing on one folder
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot write there"):
+        check_out_dir(str(tmp_path / "file" / "out"))
+    monkeypatch.setenv(LAUNCHED, "2")
+    assert check_out_dir(str(tmp_path / "file" / "out")) == tmp_path / "file" / "out"  # not probed again
 
 
 # --------------------------------------------------------------------------------- SLURM preflight

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ..conditions import check_condition
+from ._processes import LAUNCHED
 
 SEED_MAX = 2**63 - 1  # seeds are stored as int64 (docs/STORAGE.md); the workflow's schema has the same range
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+# the names parataa.models._common.resolve_dtype takes (that module imports torch)
+DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64", "fp64")
 
 
 def check_steps(steps: int) -> None:
@@ -69,8 +71,11 @@ def check_device(device: str) -> None:
 def check_out_dir(path: str) -> Path:
     """Prove the output folder writable before anything is computed, leaving nothing behind: the folders that
     do not exist yet are made, a probe file is written and removed, and so are the folders made for it (a run
-    that fails later must not leave an empty output folder)."""
+    that fails later must not leave an empty output folder). In the processes `--processes/--gpus N` starts the
+    launcher has already proved it, and N probes of one missing folder at once would race: they skip it."""
     out = Path(path)
+    if os.environ.get(LAUNCHED) is not None:
+        return out
     made: list[Path] = []
     try:
         missing = [p for p in (out, *out.parents) if not p.exists()]
