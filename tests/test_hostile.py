@@ -282,6 +282,8 @@ def test_a_huge_matrix_is_refused_at_once_with_the_count_and_the_fix():
     msg = str(pytest.raises(ConfigError, validate_config, cfg).value)
     grid = {**smoke(), "solvers": {"taa": {"history": list(range(1, 301)), "window": list(range(1, 301))}}}
     assert "jobs, above max_jobs" in str(pytest.raises(ConfigError, validate_config, grid).value)
+    in_grids = {**smoke(), "grids": [{"steps": [25], "solvers": grid["solvers"]}]}  # the same matrix through grids
+    assert "jobs, above max_jobs" in str(pytest.raises(ConfigError, validate_config, in_grids).value)
     assert time.perf_counter() - t0 < 5  # before any validation or expansion (the grid has 90,000 cells)
     assert "400,000 jobs" in msg and "max_jobs = 5,000" in msg and "--config max_jobs=400000" in msg
     raised = {**smoke(), "seeds": list(range(20_000)), "max_jobs": 40_000}  # 40,000 jobs, allowed explicitly

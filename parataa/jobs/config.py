@@ -156,8 +156,13 @@ def _matrix_size(cfg: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     limit = get["max_jobs"]
     n_shards = -(-len(cfg["seeds"]) // get["seeds_per_shard"])
     per_shard = len(cfg["models"]) * len(cfg["samplers"])
+    blocks = list(solvers.values())
+    for grid in cfg.get("grids") or []:  # a grid's blocks counted as if every cell ran them (an upper bound)
+        extra = grid.get("solvers") if isinstance(grid, dict) else None
+        if isinstance(extra, dict):
+            blocks += [b for b in extra.values() if isinstance(b, dict) or b is None]
     runs = 1
-    for block in solvers.values():
+    for block in blocks:
         runs_block = 1
         for v in (block or {}).values():
             runs_block *= len(v) if isinstance(v, list) else 1
