@@ -154,8 +154,10 @@ class ShardJob(submitit.helpers.Checkpointable):
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "restart": restart,
         }
+        load_peak = 0.0
         if todo:
             shard = self._load(spec, device, world_size, rank)
+            load_peak = _restart_peak(device)  # the solves' own peak is measured from here
             for i, run in enumerate(todo):
                 solved = self._solve(spec, run, shard)
                 if rank == 0:  # every rank holds the same result; one writes it
@@ -170,8 +172,11 @@ class ShardJob(submitit.helpers.Checkpointable):
                 summary["runs"].append(out.to_dict())
         summary["runs_dirs"] = [r.dir for r in spec.runs]
         summary["wall_s"] = time.perf_counter() - t_job
-        summary["peak_gpu_memory_gib"] = peak = _peak_gpu_memory_gib(device, world_size)
-        per_gpu = f", peak GPU memory per rank {', '.join(f'{v:.2f}' for v in peak)} GiB" if peak else ""
+        peak, solve_peak = _peak_gpu_memory_gib(device, world_size, load_peak)
+        summary["peak_gpu_memory_gib"], summary["solve_peak_gpu_memory_gib"] = peak, solve_peak
+        per_gpu = (
+            f", peak GPU memory per rank {_gib(peak)} GiB (after loading: {_gib(solve_peak)} GiB)" if peak else ""
+        )
         status(spec, f"done in {summary['wall_s']:.1f} s{per_gpu}")
         return summary
 
@@ -354,17 +359,35 @@ class ShardJob(submitit.helpers.Checkpointable):
         )
 
 
-def _peak_gpu_memory_gib(device: str, world_size: int) -> list[float] | None:
-    """Every rank's peak allocated GPU memory over the job (GiB, rank order); None on the CPU. A collective when
-    world_size > 1: every rank calls it."""
+def _restart_peak(device: str) -> float:
+    """The peak allocated GPU memory so far (GiB; 0 on the CPU), then the peak counter restarted."""
     if not str(device).startswith("cuda"):
-        return None
-    peak = torch.cuda.max_memory_allocated(torch.device(device)) / 2**30
+        return 0.0
+    dev = torch.device(device)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30
+    torch.cuda.reset_peak_memory_stats(dev)
+    return peak
+
+
+def _peak_gpu_memory_gib(
+    device: str, world_size: int, load_peak: float
+) -> tuple[list[float], list[float]] | tuple[None, None]:
+    """Every rank's peak allocated GPU memory (GiB, rank order) over the whole job and after loading (the solves
+    alone; `load_peak` is the peak up to then); (None, None) on the CPU. A collective when world_size > 1: every
+    rank calls it."""
+    if not str(device).startswith("cuda"):
+        return None, None
+    after = torch.cuda.max_memory_allocated(torch.device(device)) / 2**30
+    mine = (max(load_peak, after), after)
     if world_size == 1:
-        return [peak]
+        return [mine[0]], [mine[1]]
     out: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(out, peak)
-    return [float(v) for v in out]
+    torch.distributed.all_gather_object(out, mine)
+    return [float(v[0]) for v in out], [float(v[1]) for v in out]
+
+
+def _gib(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _decoder(model: Any) -> Any:

@@ -46,5 +46,6 @@ record = job_record(
     job_id=summary.get("job_id"),
     wall_s=summary.get("wall_s"),
     peak_gpu_memory_gib=summary.get("peak_gpu_memory_gib"),
+    solve_peak_gpu_memory_gib=summary.get("solve_peak_gpu_memory_gib"),
 )
 atomic_write_json(sm.params.receipt if out.name == "manifest.json" else out, record)
