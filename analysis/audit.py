@@ -32,6 +32,7 @@ import yaml
 
 from .labels import setting_label
 from .tables import per_seed as samples_per_seed
+from .tables import setting_keys
 
 __all__ = [
     "REPRODUCED",
@@ -456,7 +457,8 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
                   per cell (x by) and metric and other, best subject < best other (<= when strict: false)
       range       subject, metric, low, high, rel_tol: per cell, best subject in [low, high] (widened)
       at_most / at_least  subject, metric, value, abs_tol: per cell, best subject <= / >= value (+- tol)
-      monotone    subject, along, metrics, series (columns fixed along a series), abs_tol: per series with
+      monotone    subject, along, metrics, series (columns fixed along a series; default: every solver-setting
+                  column but `along`), abs_tol: per series with
                   >= 2 values of `along`, the metric never rises by more than abs_tol as `along` grows
     """
     kind = check["kind"]
@@ -522,7 +524,10 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
         along = check["along"]
         tol = float(check.get("abs_tol", 0.0))
         s = select(s, check.get("subject", {}))
-        series = [c for c in (*GROUP, *_as_list(check.get("series", []))) if c in s.columns]
+        # a series: one solver setting with only `along` varying (every other setting column, unless the check names
+        # its series)
+        named = _as_list(check["series"]) if "series" in check else setting_keys(s.columns, (along,))
+        series = [c for c in (*GROUP, *named) if c in s.columns]
         if along not in s.columns:
             return []
         for key, g in s.groupby(series, sort=True, dropna=False):

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from .labels import palette, solver_order  # noqa: E402
 from .loaders import Study  # noqa: E402
-from .tables import first_order_tags, grid_table, window_table  # noqa: E402
+from .tables import first_order_tags, grid_table, setting_keys, window_table  # noqa: E402
 from .yardstick import best_settings, per_seed, settings  # noqa: E402
 
 __all__ = [
@@ -301,7 +301,7 @@ def window_study(study: Study | Frames, out_dir: str | Path, notes: list[str] | 
         return _note(notes, "window_study: no solver setting was stored at more than one window size")
     groups = list(t.groupby(CELL3, sort=True))
     fig, axes = _facets(len(groups), width=4.8, height=3.6)
-    series_keys = [c for c in t.columns if c in ("variant", "history", "order", "init")]
+    series_keys = setting_keys(t.columns, ("window",))
     variants = set()
     for ax, (key, g) in zip(axes, groups, strict=True):
         for skey, s in g.groupby(series_keys, dropna=False):

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from parataa.solver_config import SolverConfig
+
 __all__ = [
     "Threshold",
     "authors_rule",
@@ -389,9 +391,15 @@ def recount_table(
     return out, notes
 
 
+def setting_keys(columns: Iterable[str], vary: Sequence[str] = ()) -> list[str]:
+    """The columns that name one solver setting (the variant label and every SolverConfig field) among `columns`,
+    except those in `vary`: what stays fixed along a study of `vary` (a window or m x k study)."""
+    cols = set(columns)
+    return [c for c in ("variant", *SolverConfig.field_names()) if c in cols and c not in vary]
+
+
 def _hyper_key(s: pd.DataFrame, vary: Sequence[str]) -> list[str]:
-    fixed = ["variant", "method", "order", "history", "window", "ridge", "abs_tol", "rel_tol", "tol_scale", "init"]
-    return ["model", "sampler", "steps", "solver"] + [c for c in fixed if c in s.columns and c not in vary]
+    return ["model", "sampler", "steps", "solver", *setting_keys(s.columns, vary)]
 
 
 YARD_COLS = ["its_stop_mean", "to_40db_mean", "n_censored_40db", "n_measured", "nfe_mean"]

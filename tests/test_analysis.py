@@ -480,7 +480,7 @@ def _st(*rows: dict) -> pd.DataFrame:
     for r in rows:
         r = dict(r)
         name, steps = r.pop("solver"), r.pop("steps", 25)
-        opts = {k: r.pop(k) for k in ("history", "order", "window", "init") if k in r}
+        opts = {k: r.pop(k) for k in ("history", "order", "window", "init", "picard_tol") if k in r}
         cfg = preset(name, **opts).to_dict()
         to40 = float(r.pop("to40"))
         never = math.isinf(to40)
@@ -499,6 +499,7 @@ def _st(*rows: dict) -> pd.DataFrame:
                 "order": cfg["order"] or steps,
                 "window": cfg["window"] or steps,
                 "init": cfg["init"],
+                "picard_tol": cfg["picard_tol"],
                 "device": r.pop("device", "cpu"),
                 "n_seeds": 3,
                 "n_measured": 3,
@@ -577,6 +578,15 @@ def test_claim_window_study_both_ways() -> None:
     assert e.verdict.verdict == NOT_REPRODUCED and "rises from 5 to 10" in e.outcomes[0].text
     assert "FP+ [k=T tol 1e-3], steps to 40 dB vs W: W=5: 10, W=10: 15, W=T: 12" in e.outcomes[0].text
     assert _verdict("window-size-study", _st({"solver": "fp+", "its": 12, "to40": 10})) == NOT_RUN
+    # two settings that differ in an option other than W (Picard's tolerance, as config/paper.yaml runs it) are two
+    # series: each falls as W grows, though the looser one at W = T is below the tighter one at W = 5
+    picard = _st(
+        {"solver": "picard", "picard_tol": 0.1, "window": 5, "its": 9, "to40": 8},
+        {"solver": "picard", "picard_tol": 0.1, "its": 8, "to40": 7},
+        {"solver": "picard", "picard_tol": 0.05, "window": 5, "its": 13, "to40": 12},
+        {"solver": "picard", "picard_tol": 0.05, "its": 12, "to40": 11},
+    )
+    assert _verdict("window-size-study", picard) == REPRODUCED
 
 
 def test_claim_m_k_grid_both_ways() -> None:
