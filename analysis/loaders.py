@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from parataa.manifest import FIDELITY_COLUMNS as STORED_FIDELITY_COLUMNS
 from parataa.manifest import RUN_FORMAT, ManifestError, verify
 from parataa.manifest import RUN_REQUIRED_FILES as REQUIRED_FILES
 from parataa.solver_config import SolverConfig, expand_solver_grid
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 FIDELITY_FILE = "fidelity.parquet"
-FIDELITY_COLUMNS = ("psnr_db", "err_max", "err_rms", "image_psnr_db")
+FIDELITY_COLUMNS = STORED_FIDELITY_COLUMNS[2:]  # the metrics of a stored fidelity.parquet (after sample, iteration)
 DATA_RANGE = 2.0  # states in [-1, 1]
 CELL = ["model", "sampler", "steps", "solver_tag"]
 

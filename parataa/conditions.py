@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # Labels each class-conditional model was trained with; None: text-conditional.
-_CLASSES: dict[str, int | None] = {"gmm": None, "tiny-dit": 10, "dit-xl-2-256": 1000, "tiny-sd": None, "sd-v1-5": None}
+_CLASSES: dict[str, int | None] = {"gmm": None, "tiny-dit": 10, "tiny-sd": None, "dit-xl-2-256": 1000, "sd-v1-5": None}
 MODELS = tuple(_CLASSES)
 GMM_DEFAULT_CLASSES = 10  # parataa.models.gmm.GaussianMixture's default num_classes
 PROMPT_TOKENS = 75  # CLIP's context of 77 ids minus the start and end tokens

@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["psnr_db", "FidelityRecorder", "iterations_to_db", "FIDELITY_COLUMNS"]
 
-from .storage import FIDELITY_COLUMNS  # noqa: E402 - one definition, in the torch-free module that stores them
+from .manifest import FIDELITY_COLUMNS  # noqa: E402 - one definition, torch-free (storage and analysis read it)
 
 
 def psnr_db(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:

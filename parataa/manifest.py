@@ -30,6 +30,7 @@ __all__ = [
     "RUN_FORMAT",
     "AGGREGATE_FORMAT",
     "RUN_REQUIRED_FILES",
+    "FIDELITY_COLUMNS",
     "ManifestError",
     "sha256_bytes",
     "sha256_file",
@@ -48,6 +49,8 @@ DIGEST_KEY = "manifest_sha256"
 RUN_FORMAT = "parataa.run/1"
 AGGREGATE_FORMAT = "parataa.aggregate/1"
 RUN_REQUIRED_FILES = ("samples.parquet", "convergence.parquet", "timings.parquet", "trajectory.safetensors")
+# the columns of a run's fidelity.parquet (parataa.fidelity.FidelityRecorder's rows)
+FIDELITY_COLUMNS = ("sample", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db")
 
 
 class ManifestError(ValueError):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .manifest import (
     AGGREGATE_FORMAT,
+    FIDELITY_COLUMNS,
     MANIFEST,
     RUN_FORMAT,
     RUN_REQUIRED_FILES,
@@ -154,7 +155,6 @@ def schedule_record(schedule: Any) -> dict[str, Any]:
     }
 
 
-FIDELITY_COLUMNS = ("sample", "iteration", "psnr_db", "err_max", "err_rms", "image_psnr_db")
 
 
 def run_tables(

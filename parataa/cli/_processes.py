@@ -16,8 +16,9 @@ import subprocess
 import sys
 from typing import Any
 
+from ..jobs.spec import DEFAULT_CHUNK_SIZE  # network rows per call when the model calls are spread
+
 LAUNCHED = "PARATAA_CLI_PROCESSES"  # set in the processes torch.distributed.run starts for the command
-DEFAULT_CHUNK_SIZE = 8  # as parataa.jobs.spec: network rows per call when the model calls are spread
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chunk_size: bool = True) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import conditions
+from ..conditions import MODELS
 from ..schedules import Schedule, dit_schedule, from_diffusers_config
 
 __all__ = [
@@ -40,8 +42,6 @@ __all__ = [
     "sample_shape",
 ]
 
-MODELS = ("gmm", "tiny-dit", "tiny-sd", "dit-xl-2-256", "sd-v1-5")
-_CLASS_CONDITIONAL = {"gmm": True, "tiny-dit": True, "tiny-sd": False, "dit-xl-2-256": True, "sd-v1-5": False}
 _SHAPES = {
     "gmm": (64,),
     "tiny-dit": (1, 16, 16),
@@ -78,13 +78,13 @@ def default_weights(name: str) -> str:
 def is_class_conditional(name: str) -> bool:
     """True: conditions are class labels (ints). False: conditions are prompts (strings)."""
     _check_name(name)
-    return _CLASS_CONDITIONAL[name]
+    return conditions.is_class_conditional(name)
 
 
 # The analytic mixture's options (a study config's `models[].options`) and their defaults. Network models take
 # only `sample_shape`: the state shape of weights other than the defaults (e.g. a local snapshot at another
 # resolution), so noise can be drawn before they are loaded.
-GMM_OPTIONS: dict[str, Any] = {"dim": 64, "classes": 10, "spread": 0.15, "seed": 0}
+GMM_OPTIONS: dict[str, Any] = {"dim": 64, "classes": conditions.GMM_DEFAULT_CLASSES, "spread": 0.15, "seed": 0}
 
 
 def model_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from ..manifest import sha256_file
+
 __all__ = [
     "CONFIGS",
     "MARKER",
@@ -323,14 +325,6 @@ def write_synthetic(
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_hub_cache(src: str | Path, cache_dir: str | Path, repo_id: str, revision: str | None = None) -> Path:
     """Store the checkpoint folder `src` in a Hugging Face hub cache as `repo_id` at `revision` (default: a
     40-hex id derived from the files' hashes) and point refs/main at it; returns the snapshot folder.
@@ -341,7 +335,7 @@ def write_hub_cache(src: str | Path, cache_dir: str | Path, repo_id: str, revisi
     """
     src = Path(src)
     files = sorted(p for p in src.rglob("*") if p.is_file())
-    digests = {p.relative_to(src).as_posix(): _sha256(p) for p in files}
+    digests = {p.relative_to(src).as_posix(): sha256_file(p) for p in files}
     if revision is None:
         revision = hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
     repo = Path(cache_dir).expanduser() / f"models--{repo_id.replace('/', '--')}"
