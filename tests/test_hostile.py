@@ -331,6 +331,8 @@ CLI_BAD = [
     (["compare", "--seeds", "-3"], "--seeds: seeds must be integers 0 .. 2^63-1, got -3"),
     (["compare", "--seeds", "5-2"], "--seeds names no seed"),
     (["compare", "--solvers", ""], "--solvers names no solver"),
+    (["compare", "--chunk-size", "0"], "--chunk-size must be an integer >= 1, got 0"),
+    (["sample", "--chunk-size", "0", "--out", "OUT"], "--chunk-size must be an integer >= 1, got 0"),
     (["compare", "--solvers", " , "], "--solvers names no solver"),
     (["compare", "--device", "tpu"], "--device 'tpu' is not a device"),
     (["compare", "--cfg-scale", "nan"], "--cfg-scale must be a finite number"),

@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser, *, chunk_size: bool = True) -> Non
 
 
 def check(args: argparse.Namespace) -> int | None:
-    """The process count asked for (None: a plain single-process run), checked before anything is built."""
+    """The process count asked for (None: a plain single-process run), checked before anything is built; also
+    --chunk-size, which sets how the model calls are split."""
+    if getattr(args, "chunk_size", None) is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be an integer >= 1, got {args.chunk_size}")
     if args.gpus is not None and args.processes is not None:
         raise ValueError("--gpus and --processes: give one of them (GPUs: --gpus N; CPU processes: --processes N)")
     n = args.gpus if args.gpus is not None else args.processes

@@ -63,8 +63,6 @@ def check_args(args: argparse.Namespace) -> tuple[Any, Path]:
     _checks.check_number("--cfg-scale", args.cfg_scale)
     if args.dtype is not None and args.dtype not in _checks.DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(_checks.DTYPES)}, got {args.dtype!r}")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be an integer >= 1, got {args.chunk_size}")
     try:
         solver_config(args.solver, args)
     except ValueError as e:  # name the flag: "abs_tol must be ..." comes from --abs-tol
