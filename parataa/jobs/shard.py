@@ -255,6 +255,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 initial=resume.iteration if resume else 0,
                 desc=run.tag,
                 unit="it",
+                bar_format="{desc}: iteration {n_fmt} (at most {total_fmt}) [{elapsed}, {rate_fmt}]",
                 file=sys.stderr,
                 mininterval=2.0,
                 dynamic_ncols=False,
