@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_solver_arguments(p)
     p.add_argument("--cfg-scale", type=float, default=5.0)
-    p.add_argument("--seeds", default="0-3", help="noise seeds, e.g. 0-7 or 1,5,9 (default 0-3)")
+    p.add_argument(
+        "--seeds",
+        default="0-3",
+        help=f"noise seeds, e.g. 0-7 or 1,5,9 (default 0-3; at most {_checks.SEEDS_MAX:,}, solved as one batch)",
+    )
     p.add_argument(
         "--conditions",
         default=None,
@@ -54,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--fidelity-db",
         type=float,
         default=40.0,
-        help="report iterations to this PSNR (dB) against the sequential x0, range [-1, 1] (default 40)",
+        help="report iterations to this PSNR (dB, a finite number > 0) against the sequential x0, range [-1, 1] "
+        "(default 40)",
     )
     _processes.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
