@@ -89,7 +89,7 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any
     _checks.check_number("--cfg-scale", args.cfg_scale)
     if not (math.isfinite(args.fidelity_db) and args.fidelity_db > 0):
         raise ValueError(
-            f"--fidelity-db must be a finite number of dB > 0 (PSNR on the range [-1, 1] is never below 0), "
+            f"--fidelity-db must be a finite number of dB > 0 (0 dB: an error as large as the whole range [-1, 1]), "
             f"got {args.fidelity_db}"
         )
     options = None
