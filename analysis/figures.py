@@ -39,6 +39,9 @@ __all__ = [
     "fidelity_vs_iteration",
     "residual_vs_iteration",
     "window_study",
+    "window_ticks",
+    "median_over_seeds",
+    "residual_ratio",
     "history_order_grid",
     "speedup_vs_gpus",
     "iterate_grids",
@@ -200,6 +203,14 @@ def steps_to_sequential(study: Study | Frames, out_dir: str | Path, notes: list[
 # -------------------------------------------------------------------------------------------- fidelity
 
 
+def median_over_seeds(d: pd.DataFrame, column: str) -> pd.Series:
+    """Median over seeds of `column` per iteration, a seed that stopped counted at its last value up to the last
+    iteration of any seed: its x0 is final, so it stays in the median (dropping it would make the median dip or
+    jump where seeds stop, which reads as divergence)."""
+    wide = d.pivot_table(index="iteration", columns="seed", values=column, aggfunc="last").sort_index()
+    return wide.ffill().median(axis=1)
+
+
 def fidelity_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
     """PSNR of each iteration's x0 to the sequential x0 vs iteration: one colour per solver variant (its best
     setting), the median over seeds as a line, each seed thin. The decoded image's PSNR where the runs recorded
@@ -223,7 +234,7 @@ def fidelity_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
             colour = fr.colours[v]
             for _, one in d.groupby("seed"):
                 ax.plot(one["iteration"], one["db"], color=colour, lw=0.6, alpha=0.35)
-            med = d.groupby("iteration")["db"].median()
+            med = median_over_seeds(d, "db")
             ax.plot(med.index, med.to_numpy(), color=colour, lw=2)
         for level in (30, 40, 50):
             ax.axhline(level, color="k", lw=0.8 if level == LEVEL_DB else 0.4, ls=":")
@@ -238,8 +249,8 @@ def fidelity_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
     handles.append(Line2D([], [], color="k", lw=1.5, alpha=0.6, label="sequential steps T"))
     _legend(fig, handles)
     fig.suptitle(
-        f"Fidelity to the sequential sample vs iteration (median over seeds, thin: each seed; dotted: 30/40/50 dB; "
-        f"{PSNR_CAP:.0f} dB = identical in float32)",
+        "Fidelity to the sequential sample vs iteration (median over seeds, a seed that stopped counted at its "
+        f"final value; thin: each seed;\ndotted: 30/40/50 dB; {PSNR_CAP:.0f} dB = identical in float32)",
         fontsize=10,
     )
     return _save(fig, out_dir, "fidelity_vs_iteration")
@@ -248,9 +259,27 @@ def fidelity_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
 # ------------------------------------------------------------------------------------------- residuals
 
 
+def residual_ratio(conv: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, solver_tag, seed, iteration): the largest rho_t / threshold_t over the window steps the stopping
+    rule decides, i.e. without x_{u*}, the highest step that failed it, which the safeguard steps exactly
+    (docs/METHOD.md section 3; the log marks the steps above it `converged`). So the iteration that ends a solve
+    is <= 1 (every step it leaves to the rule passed, or its exact step was the last one), and one line at 1
+    stands for every solver's and every step's own threshold. An iteration whose window held only x_{u*} has no
+    value."""
+    c = conv[np.isfinite(conv["rho"]) & (conv["threshold"] > 0)]
+    keys = [*CELL3, "solver_tag", "seed", "iteration"]
+    failing = c["step"].where(~c["converged"].astype(bool))
+    u_star = failing.groupby([c[k] for k in keys]).transform("max")
+    ruled = c[c["step"] != u_star]
+    ratio = (ruled["rho"] / ruled["threshold"]).rename("ratio")
+    return pd.concat([ruled[keys], ratio], axis=1).groupby(keys)["ratio"].max().reset_index()
+
+
 def residual_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
-    """Largest first-order residual rho_t in the window vs iteration (median over seeds), for the solvers
-    that stop on it; a solver with another rule (Picard's change-based tolerance) is left out and named."""
+    """The largest first-order residual in the window relative to its step's threshold, rho_t / threshold_t, vs
+    iteration (median over seeds), for the solvers that stop on it; a solver with another rule (Picard's
+    change-based tolerance) is left out and named. The step the safeguard steps exactly is left out of each
+    iteration (`residual_ratio`)."""
     fr = _frames(study)
     conv = fr.study.convergence
     if conv.empty:
@@ -265,25 +294,28 @@ def residual_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
     if conv.empty:
         return _note(notes, "residual_vs_iteration: no solver in this study stops on the first-order residual")
     variant = fr.best.drop_duplicates("solver_tag").set_index("solver_tag")["variant"]
-    per = conv.groupby([*CELL3, "solver_tag", "seed", "iteration"])["rho"].max().reset_index()
-    med = per.groupby([*CELL3, "solver_tag", "iteration"])["rho"].median().reset_index()
-    thr = float(conv["threshold"].median())
+    per = residual_ratio(conv)
+    med = per.groupby([*CELL3, "solver_tag", "iteration"])["ratio"].median().reset_index()
     groups = list(med.groupby(CELL3, sort=True))
     fig, axes = _facets(len(groups), width=4.6, height=3.4, cols=4)
     for ax, (key, g) in zip(axes, groups, strict=True):
         for tag, gg in g.groupby("solver_tag"):
             v = variant[tag]
-            ax.plot(gg["iteration"] + 1, gg["rho"].clip(lower=1e-12), color=fr.colours[v], lw=1.6, marker=".")
-        ax.axhline(thr, color="k", ls=":", lw=1)
+            ax.plot(gg["iteration"] + 1, gg["ratio"].clip(lower=1e-12), color=fr.colours[v], lw=1.6, marker=".")
+        ax.axhline(1.0, color="k", ls=":", lw=1)
         ax.set_yscale("log")
-        ax.set_ylim(bottom=max(1e-7, float(g["rho"].min()) / 3))
+        ax.set_ylim(bottom=max(1e-5, float(g["ratio"].min()) / 3))
         ax.set_xlabel("parallel step (iteration)")
-        ax.set_ylabel(r"max$_t\ \rho_t$ in the window")
+        ax.set_ylabel(r"max$_t\ \rho_t$ / threshold$_t$ in the window")
         ax.set_title(_title(key))
     handles = _solver_handles(fr, [variant[t] for t in conv["solver_tag"].unique()], marker=".")
-    handles.append(Line2D([], [], color="k", ls=":", label=f"stopping threshold {thr:g}"))
+    handles.append(Line2D([], [], color="k", ls=":", label="the step's stopping threshold"))
     _legend(fig, handles)
-    title = "First-order residual before each iteration's update (median over seeds)"
+    title = (
+        "First-order residual over its step's threshold before each iteration's update (median over seeds). The step "
+        "the safeguard\nsteps exactly is left out: a solve's last iteration is at or below 1, or has no point when "
+        "that step was all its window held"
+    )
     if left_out:
         title += "\n" + ", ".join(left_out) + " left out: stopped by another rule than each step's residual"
     fig.suptitle(title, fontsize=10)
@@ -291,6 +323,13 @@ def residual_vs_iteration(study: Study | Frames, out_dir: str | Path, notes: lis
 
 
 # --------------------------------------------------------------------------------------- hyperparameters
+
+
+def window_ticks(windows: Sequence[object], steps: int) -> tuple[list[int], list[str]]:
+    """One labelled tick at every window size of a panel (the log axis alone labels only powers of 2); the whole
+    trajectory reads "T"."""
+    ws = sorted({int(w) for w in windows})
+    return ws, [f"{w} (T)" if w >= steps else str(w) for w in ws]
 
 
 def window_study(study: Study | Frames, out_dir: str | Path, notes: list[str] | None = None) -> list[Path]:
@@ -314,6 +353,9 @@ def window_study(study: Study | Frames, out_dir: str | Path, notes: list[str] | 
             ax.plot(s["window"], s["its_stop_mean"], marker="x", color=colour, lw=1, ls="--")
         ax.axhline(int(key[2]), color="k", lw=1, alpha=0.5)
         ax.set_xscale("log", base=2)
+        ticks, labels = window_ticks(g["window"], int(key[2]))
+        ax.set_xticks(ticks, labels)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("window size W")
         ax.set_ylabel("parallel steps (mean over seeds)")
         ax.set_title(_title(key))

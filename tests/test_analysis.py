@@ -936,6 +936,7 @@ def test_snakemake_report_holds_the_study(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     rep = subprocess.run([*snakemake, "--report", str(page)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rep.returncode == 0, (rep.stdout + rep.stderr)[-4000:]
+    assert "Warning" not in rep.stdout + rep.stderr, (rep.stdout + rep.stderr)[-4000:]  # e.g. input sizes read
     html = page.read_text()
     assert page.stat().st_size > 100_000
     for item in ("steps_to_sequential.png", "fidelity_vs_iteration.png", "paper_table.csv", "audit.html"):

@@ -8,9 +8,15 @@ import importlib
 import pkgutil
 import sys
 
+DESCRIPTION = (
+    "Parallel sampling of diffusion models: the sampling trajectory solved as one triangular system by fixed-point "
+    "iterations with Triangular Anderson Acceleration (ParaTAA, Tang et al., ICML 2024)."
+)
+EPILOG = "Run 'parataa COMMAND --help' for a command's options; the study itself runs with snakemake (README.md)."
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parataa", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="parataa", description=DESCRIPTION, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from ..conditions import check_condition
 from ._processes import LAUNCHED
 
 SEED_MAX = 2**63 - 1  # seeds are stored as int64 (docs/STORAGE.md); the workflow's schema has the same range
+# One command solves all its seeds as one batch: each seed holds its noise, (T+1) states and the solver's history in
+# memory at once (tens of MB a seed for an SD-sized model), so a range is bounded before anything is allocated.
+SEEDS_MAX = 10_000
 # the names parataa.models._common.resolve_dtype takes (that module imports torch)
 DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16", "float64", "fp64")
 
@@ -23,13 +27,40 @@ def check_steps(steps: int) -> None:
         raise ValueError(f"--steps must be an integer 1 .. 1000 (the models' training steps), got {steps}")
 
 
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """Seeds from "0-7", "1,5,9" or "0-3,8": the count is checked against SEEDS_MAX range by range, before any
+    range is expanded, so "0-99999999999" is refused at once instead of filling the memory."""
+    parts: list[tuple[int, int]] = []
+    count = 0
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1)) if not part.startswith("-") else (int(part), int(part))
+            else:
+                lo = hi = int(part)
+        except ValueError:
+            raise ValueError(f"{flag}: expected integers or ranges such as 0-7 or 1,5,9, got {text!r}") from None
+        count += max(0, hi - lo + 1)
+        if count > SEEDS_MAX:
+            raise ValueError(
+                f"{flag} {text}: more than {SEEDS_MAX:,} seeds; one command solves all its seeds as one batch, "
+                f"each with its whole trajectory in memory, so it takes at most {SEEDS_MAX:,}: split the range over "
+                "several commands, or run the workflow (seeds_per_shard)"
+            )
+        parts.append((lo, hi))
+    return [s for lo, hi in parts for s in range(lo, hi + 1)]
+
+
 def check_seeds(seeds: Sequence[int], flag: str = "--seeds") -> None:
     if not seeds:
         raise ValueError(f"{flag} names no seed; give e.g. 0-3 or 1,5,9")
     bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
     if bad:
         raise ValueError(f"{flag}: seeds must be integers 0 .. 2^63-1, got {bad[0]}")
-    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    dup = sorted(s for s, n in Counter(seeds).items() if n > 1)
     if dup:
         raise ValueError(f"{flag}: seeds must be distinct (one sample each), got {dup[0]} twice")
 

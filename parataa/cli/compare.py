@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from typing import Any
 
@@ -17,19 +16,8 @@ from ..schedules import Schedule, from_diffusers_config
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
 from . import _checks, _processes
+from ._progress import IterationBar, loading_bars
 from ._solver_options import add_solver_arguments, solver_config
-
-
-def _int_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part[1:]:
-            lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,11 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_solver_arguments(p)
     p.add_argument("--cfg-scale", type=float, default=5.0)
-    p.add_argument("--seeds", default="0-3", help="noise seeds, e.g. 0-7 or 1,5,9 (default 0-3)")
+    p.add_argument(
+        "--seeds",
+        default="0-3",
+        help=f"noise seeds, e.g. 0-7 or 1,5,9 (default 0-3; at most {_checks.SEEDS_MAX:,}, solved as one batch)",
+    )
     p.add_argument(
         "--conditions",
         default=None,
-        help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'",
+        help="one per seed or one for all: class labels, comma-separated (0,1); prompts separated by '|'; "
+        "tiny-sd also takes digits (3, or 0,1 or 0|1) for their training prompts ('a handwritten digit three')",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
@@ -65,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--fidelity-db",
         type=float,
         default=40.0,
-        help="report iterations to this PSNR (dB) against the sequential x0, range [-1, 1] (default 40)",
+        help="report iterations to this PSNR (dB, a finite number > 0) against the sequential x0, range [-1, 1] "
+        "(default 40)",
     )
     _processes.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -75,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any]]:
     """Every value checked before a model is built or a step solved: (solver names, seeds, conditions)."""
-    from ..conditions import MODELS, is_class_conditional
+    from ..conditions import MODELS
 
     names = [s.strip() for s in args.solvers.split(",") if s.strip()]
     if not names:
@@ -90,12 +84,14 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
     _checks.check_steps(args.steps)
-    try:
-        seeds = _int_list(args.seeds)
-    except ValueError:
-        raise ValueError(f"--seeds: expected integers or ranges such as 0-7 or 1,5,9, got {args.seeds!r}") from None
+    seeds = _checks.parse_seeds(args.seeds)
     _checks.check_seeds(seeds)
     _checks.check_number("--cfg-scale", args.cfg_scale)
+    if not (math.isfinite(args.fidelity_db) and args.fidelity_db > 0):
+        raise ValueError(
+            f"--fidelity-db must be a finite number of dB > 0 (0 dB: an error as large as the whole range [-1, 1]), "
+            f"got {args.fidelity_db}"
+        )
     options = None
     if args.model == "gmm":
         for flag, v in (("--dim", args.dim), ("--classes", args.classes)):
@@ -105,28 +101,57 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any
             raise ValueError(f"--spread must be a finite number > 0, got {args.spread}")
         _checks.check_seeds([args.gmm_seed], "--gmm-seed")
         options = {"classes": args.classes}
-    conds = _conditions(args.conditions, len(seeds), numeric=is_class_conditional(args.model))
+    conds = _conditions(args.conditions, len(seeds), args.model)
     _checks.check_conditions(args.model, conds, "--conditions", options)
     _checks.check_device(args.device)
     return names, seeds, conds
 
 
-def _conditions(text: str | None, n: int, numeric: bool) -> list[Any]:
+def _digit(part: str) -> int | None:
+    try:
+        return int(part)
+    except ValueError:
+        return None
+
+
+def _conditions(text: str | None, n: int, model: str) -> list[Any]:
+    """One condition per seed from --conditions: ints for class-conditional models, prompts otherwise; for tiny-sd
+    an integer stands for its digit's training prompt (a comma list of integers is a list of digits, so "0,1" is
+    the prompts of 0 and 1, never the literal prompt "0,1")."""
+    from ..conditions import is_class_conditional
+
+    numeric = is_class_conditional(model)
     if text is None:
         return list(range(n)) if numeric else ["a handwritten digit"] * n
-    parts = [s.strip() for s in text.split("|" if not numeric else ",")]
     if numeric:
-        try:
-            vals: list[Any] = [int(s) for s in parts]
-        except ValueError:
-            raise ValueError(f"--conditions: class labels must be integers, got {text!r}") from None
+        parts = [s.strip() for s in text.split(",")]
+        vals: list[Any] = [_digit(s) for s in parts]
+        if None in vals:
+            raise ValueError(f"--conditions: class labels must be integers, got {text!r}")
     else:
-        vals = parts
+        parts = [s.strip() for s in text.split("|")]
+        if model == "tiny-sd":
+            commas = [s.strip() for s in text.split(",")]
+            if "|" not in text and len(commas) > 1 and all(_digit(s) is not None for s in commas):
+                parts = commas
+            vals = [_digit(s) if _digit(s) is not None else s for s in parts]
+        else:
+            vals = parts
     if len(vals) == 1:
         vals = vals * n
     if len(vals) != n:
         raise ValueError(f"--conditions must give one value or one per seed ({n}), got {len(vals)}")
     return vals
+
+
+def condition_texts(model: str, conditions: list[Any]) -> list[Any]:
+    """What each seed is conditioned on, as the model sees it: the class label, or the prompt (a tiny-sd digit
+    replaced by its training prompt)."""
+    if model != "tiny-sd":
+        return list(conditions)
+    from ..models.embedded import digit_prompt
+
+    return [digit_prompt(c) if isinstance(c, int) else c for c in conditions]
 
 
 def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, ...]]:
@@ -135,40 +160,31 @@ def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, .
         from ..models.gmm import GaussianMixture, GaussianMixtureDenoiser
 
         mix = GaussianMixture(args.dim, args.classes, args.spread, args.gmm_seed)
-        labels = _conditions(args.conditions, n, numeric=True)  # in range: check_args
+        labels = _conditions(args.conditions, n, args.model)  # in range: check_args
         den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
         sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
         return den, sched, (args.dim,)
     from ..models import registry
 
-    numeric = registry.is_class_conditional(args.model)
-    conds = _conditions(args.conditions, n, numeric=numeric)
+    conds = _conditions(args.conditions, n, args.model)
     den, spec = registry.build_denoiser(
         args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path
     )
     return den, spec(args.steps, sampler=args.sampler), tuple(spec.sample_shape)
 
 
-def _progress(name: str, total: int, quiet: bool):
-    """A tqdm bar over a solve's iterations on stderr (None when quiet)."""
-    if quiet:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"{name:<10}", unit="it", file=sys.stderr, leave=False, ascii=True)
-
-
 def _solve_one(name: str, args: argparse.Namespace, den, sched: Schedule, noise, ref) -> dict[str, Any]:
     """One solver on the bundle, with the x0 of every iteration measured against the sequential x0."""
     cfg = preset("sequential") if name == "sequential" else solver_config(name, args)
     fidelity = FidelityRecorder(ref.x0) if ref is not None else None
-    bar = _progress(name, cfg.max_iters or sched.num_steps, args.quiet)
+    bar = None if args.quiet else IterationBar(f"{name:<10}", cfg.max_iters or sched.num_steps, sched.num_steps,
+                                                  leave=False)  # fmt: skip
 
     def callback(info) -> None:
         if fidelity is not None:
             fidelity(info)
         if bar is not None:
-            bar.update(1)
+            bar(info)
 
     t0 = time.perf_counter()
     res = solve(den, sched, noise, cfg, callback=callback)
@@ -179,13 +195,14 @@ def _solve_one(name: str, args: argparse.Namespace, den, sched: Schedule, noise,
 
 
 def run(args: argparse.Namespace) -> int:
-    names, seeds, _ = check_args(args)
+    names, seeds, conds = check_args(args)
     status, env = _processes.start(args)
     if status is not None:
         return status
     if not _processes.writes(env):
         args.quiet = True
-    den, sched, shape = build(args, len(seeds))
+    with loading_bars(not args.quiet):
+        den, sched, shape = build(args, len(seeds))
     den = _processes.spread(den, args, env)
     noise = draw_noise(seeds, args.steps, shape).to(args.device)
     seq = _solve_one("sequential", args, den, sched, noise, None)
@@ -228,12 +245,14 @@ def run(args: argparse.Namespace) -> int:
         "sampler": args.sampler,
         "steps": args.steps,
         "seeds": seeds,
+        "conditions": condition_texts(args.model, conds),
         "cfg_scale": args.cfg_scale,
         "fidelity_db": args.fidelity_db,
         "device": str(args.device),
         "torch": torch.__version__,
     }
     meta["processes"] = 1 if env is None else env.world_size
+    meta["chunk_size"] = args.chunk_size  # None: every model call whole; results depend on the chunking
     if _processes.writes(env):
         print(json.dumps({"setting": meta, "results": rows}, indent=2) if args.json else _table(meta, rows))
     _processes.finish(env)
@@ -245,10 +264,15 @@ def _table(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         f"model={meta['model']} sampler={meta['sampler']} T={meta['steps']} seeds={meta['seeds']} "
         f"cfg={meta['cfg_scale']} device={meta['device']}",
+        "conditions: "
+        + ", ".join(
+            f"seed {s}: " + (f"class {c}" if isinstance(c, int) else repr(c))
+            for s, c in zip(meta["seeds"], meta["conditions"], strict=True)
+        ),
         f"{'solver':<11}{'iters mean':>11}{'max':>6}{'speedup':>9}{'PSNR min':>10}{'to ' + db + ' dB':>10}"
         f"{'NFE':>9}{'max|x0-seq|':>13}{'wall s':>9}",
     ]
-    lines.insert(2, "-" * len(lines[1]))
+    lines.insert(3, "-" * len(lines[2]))
     for r in rows:
         psnr = "inf" if r["psnr_min_db"] is None else f"{r['psnr_min_db']:.1f}"
         n = len(r["iterations"])

@@ -15,6 +15,7 @@ from ..noise import draw_noise
 from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
 from . import _checks, _processes
+from ._progress import IterationBar, loading_bars
 from ._solver_options import add_solver_arguments, solver_config
 
 
@@ -99,6 +100,7 @@ def _write_table(df: Any, path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.registry import build_denoiser, default_cfg_scale, is_class_conditional
+    from ..models.weights import weights_identity
 
     cond, out = check_args(args)
     status, env = _processes.start(args)
@@ -108,14 +110,15 @@ def run(args: argparse.Namespace) -> int:
         args.no_progress = True
     class_conditional = is_class_conditional(args.model)
     cfg_scale = default_cfg_scale(args.model) if args.cfg_scale is None else args.cfg_scale
-    den, spec = build_denoiser(
-        args.model,
-        [cond],
-        cfg_scale=cfg_scale,
-        device=args.device,
-        dtype=args.dtype,
-        path=args.model_path,
-    )
+    with loading_bars(not args.no_progress):
+        den, spec = build_denoiser(
+            args.model,
+            [cond],
+            cfg_scale=cfg_scale,
+            device=args.device,
+            dtype=args.dtype,
+            path=args.model_path,
+        )
     model = den
     den = _processes.spread(den, args, env)
     sched = spec(args.steps, sampler=args.sampler)
@@ -124,19 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
     bar = None
     if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.steps, desc=f"{args.solver} {args.model}", unit="it")
-
-    def progress(info: Any) -> None:
-        if bar is not None:
-            done = args.steps - int(info.frozen.min())
-            bar.set_postfix(converged_steps=done)
-            bar.update(1)
+        bar = IterationBar(f"{args.solver} {args.model}", config.max_iters or args.steps, args.steps)
 
     t0 = time.perf_counter()
     try:
-        res = solve(den, sched, noise, config, callback=progress)
+        res = solve(den, sched, noise, config, callback=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -158,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "model": args.model,
         "model_source": spec.get("source"),
+        "weights": weights_identity(args.model, args.model_path),  # sha256 of every weight file read
         "condition": cond if class_conditional else getattr(model, "prompts", [cond])[0],
         "cfg_scale": cfg_scale,
         "seed": args.seed,

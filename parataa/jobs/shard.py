@@ -167,7 +167,9 @@ class ShardJob(submitit.helpers.Checkpointable):
                 status(
                     spec,
                     f"run {i + 1}/{len(todo)} {run.tag}: iterations max {out.iterations_max}, "
-                    f"mean {out.iterations_mean:.2f}, err_max {out.err_max:.2e}, {out.wall_s:.2f} s",
+                    f"mean {out.iterations_mean:.2f}, "
+                    + ("the baseline" if math.isnan(out.err_max) else f"err_max {out.err_max:.2e}")
+                    + f", {out.wall_s:.2f} s",
                 )
                 summary["runs"].append(out.to_dict())
         summary["runs_dirs"] = [r.dir for r in spec.runs]
@@ -253,6 +255,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                 initial=resume.iteration if resume else 0,
                 desc=run.tag,
                 unit="it",
+                bar_format="{desc}: iteration {n_fmt} (at most {total_fmt}) [{elapsed}, {rate_fmt}]",
                 file=sys.stderr,
                 mininterval=2.0,
                 dynamic_ncols=False,
