@@ -13,7 +13,7 @@ import torch
 
 from ..fidelity import FidelityRecorder, psnr_db
 from ..noise import draw_noise
-from ..schedules import Schedule, from_diffusers_config
+from ..schedules import Schedule
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
 from . import _checks, _processes
@@ -130,21 +130,15 @@ def _conditions(text: str | None, n: int, numeric: bool) -> list[Any]:
 
 
 def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, ...]]:
-    """The denoiser, the schedule and the state shape for the chosen model."""
-    if args.model == "gmm":
-        from ..models.gmm import GaussianMixture, GaussianMixtureDenoiser
-
-        mix = GaussianMixture(args.dim, args.classes, args.spread, args.gmm_seed)
-        labels = _conditions(args.conditions, n, numeric=True)  # in range: check_args
-        den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
-        sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
-        return den, sched, (args.dim,)
+    """The denoiser, the schedule and the state shape for the chosen model (through the model registry)."""
     from ..models import registry
 
-    numeric = registry.is_class_conditional(args.model)
-    conds = _conditions(args.conditions, n, numeric=numeric)
+    conds = _conditions(args.conditions, n, numeric=registry.is_class_conditional(args.model))
+    options = None
+    if args.model == "gmm":
+        options = {"dim": args.dim, "classes": args.classes, "spread": args.spread, "seed": args.gmm_seed}
     den, spec = registry.build_denoiser(
-        args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path
+        args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path, options=options
     )
     return den, spec(args.steps, sampler=args.sampler), tuple(spec.sample_shape)
 
