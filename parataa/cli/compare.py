@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..fidelity import FidelityRecorder, psnr_db
+from ..models.registry import GMM_OPTIONS
 from ..noise import draw_noise
 from ..schedules import Schedule
 from ..solver_config import SOLVER_NAMES
@@ -57,10 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="class labels (comma-separated, one per seed or one for all) or prompts separated by '|'",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
-    p.add_argument("--classes", type=int, default=10, help="gmm: number of classes")
-    p.add_argument("--spread", type=float, default=0.15, help="gmm: per-class standard deviation")
-    p.add_argument("--gmm-seed", type=int, default=0, help="gmm: seed of the class means")
+    p.add_argument("--dim", type=int, default=GMM_OPTIONS["dim"], help="gmm: dimension")
+    p.add_argument("--classes", type=int, default=GMM_OPTIONS["classes"], help="gmm: number of classes")
+    p.add_argument("--spread", type=float, default=GMM_OPTIONS["spread"], help="gmm: per-class standard deviation")
+    p.add_argument("--gmm-seed", type=int, default=GMM_OPTIONS["seed"], help="gmm: seed of the class means")
     p.add_argument(
         "--fidelity-db",
         type=float,
