@@ -29,7 +29,7 @@ from .tables import (
     with_step_scales,
     write_table,
 )
-from .yardstick import paper_table, study_settings, yardstick_table
+from .yardstick import Yardstick, paper_table, yardstick_table
 
 DEFAULT_THRESHOLDS = ("authors", "paper:g=sigma", "paper:g=beta")
 PARTS = ("tables", "figures", "audit")
@@ -99,13 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     samples = study.samples
+    ys = Yardstick.of(study)  # the yardstick frames, once for the tables, the figures and the audit
     written: list[Path] = []
     if "tables" in parts:
-        written += write_tables(study, out / "tables", thresholds, notes)
+        written += write_tables(study, out / "tables", thresholds, notes, ys)
     fig_dir = Path(args.figures_dir) if args.figures_dir else out / "figures"
     missing: dict[str, str] = {}
     if "figures" in parts:
-        figs = F.all_figures(study, fig_dir, notes)
+        figs = F.all_figures(study, fig_dir, notes, ys)
         _, missing = F.read_index(fig_dir)
     else:
         figs, missing = F.read_index(fig_dir)
@@ -122,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": ", ".join(sorted({str(r.manifest.get("git_sha")) for r in study.runs})),
         "matrix": f"checked against {config}" if config else "not checked (no study config given)",
     }
-    _, st = study_settings(study)
-    results_list, data = audit(samples, st, args.claims)
+    results_list, data = audit(samples, ys.settings, args.claims)
     written += write_report(results_list, data, out, context, notes, figs, missing)
     log.info(f"wrote {len(written)} table/report files under {out}, figures in {fig_dir}")
     log.info(headline(results_list))
@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_tables(study: Study, out: Path, thresholds: list[Threshold], notes: list[str]) -> list[Path]:
+def write_tables(
+    study: Study, out: Path, thresholds: list[Threshold], notes: list[str], yardstick: Yardstick | None = None
+) -> list[Path]:
     samples = study.samples
     written = write_table(summary_table(samples), out, "summary", SUMMARY_CAPTION)
-    _, st = study_settings(study)
+    st = (yardstick or Yardstick.of(study)).settings
     numbers, text = paper_table(st)
     written += write_table(numbers, out, "paper_table", PAPER_CAPTION, display=text)
     written += write_table(yardstick_table(st), out, "yardstick", YARDSTICK_CAPTION)

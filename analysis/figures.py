@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from .labels import palette, solver_order  # noqa: E402
 from .loaders import Study  # noqa: E402
 from .tables import first_order_tags, grid_table, setting_keys, window_table  # noqa: E402
-from .yardstick import best_settings, per_seed, settings  # noqa: E402
+from .yardstick import Yardstick  # noqa: E402
 
 __all__ = [
     "FIGURES",
@@ -61,11 +61,10 @@ class Frames:
     """The yardstick frames of a study, computed once for every figure: per seed, per setting, the best
     setting of each variant per cell, and one colour per variant."""
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Study, yardstick: Yardstick | None = None) -> None:
+        ys = yardstick or Yardstick.of(study)
         self.study = study
-        self.per_seed = per_seed(study.samples, study.fidelity, study.solver_settings)
-        self.settings = settings(self.per_seed)
-        self.best = best_settings(self.settings)
+        self.per_seed, self.settings, self.best = ys.per_seed, ys.settings, ys.best
         self.colours = palette(self.settings["variant"]) if not self.settings.empty else {}
 
     def order(self, labels: Sequence[str]) -> list[str]:
@@ -598,10 +597,13 @@ FIGURES = (
 )
 
 
-def all_figures(study: Study, out_dir: str | Path, notes: list[str] | None = None) -> dict[str, list[Path]]:
-    """Every figure, and out_dir/index.json: {name: {"files": [file names], "note": why not made or null}}."""
+def all_figures(
+    study: Study, out_dir: str | Path, notes: list[str] | None = None, yardstick: Yardstick | None = None
+) -> dict[str, list[Path]]:
+    """Every figure, and out_dir/index.json: {name: {"files": [file names], "note": why not made or null}};
+    `yardstick`: the study's frames when the caller has them already."""
     out_dir = Path(out_dir)
-    fr = Frames(study)
+    fr = Frames(study, yardstick)
     made: dict[str, list[Path]] = {}
     index: dict[str, dict] = {}
     fns = {

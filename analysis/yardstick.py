@@ -14,13 +14,15 @@ Per seed (`per_seed`): iterations at the stop, to 30 / 40 / 50 dB, PSNR at the s
 samples.parquet, the float64 x0: +inf when equal to the sequential x0). Per setting (`settings`): means, maxima,
 censored and measured counts, speed-ups in steps (sequential steps / iterations). Per variant and cell
 (`best_settings`): the setting with the fewest mean iterations to 40 dB (the paper chose m and k by grid
-search), which the paper-style table and the figures show.
+search), which the paper-style table and the figures show. `Yardstick.of(study)` builds the three once for a
+whole analysis run (tables, figures and the audit read the same frames).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ __all__ = [
     "yardstick_table",
     "paper_table",
     "study_settings",
+    "Yardstick",
 ]
 
 DB_LEVELS = (30, 40, 50)
@@ -248,7 +251,23 @@ def paper_table(st: pd.DataFrame, order: Sequence[str] | None = None) -> tuple[p
     return numbers, text
 
 
+@dataclass(frozen=True)
+class Yardstick:
+    """The yardstick frames of a loaded study: per seed, per setting, and the best setting of each variant per
+    cell; built once per analysis run."""
+
+    per_seed: pd.DataFrame
+    settings: pd.DataFrame
+    best: pd.DataFrame
+
+    @classmethod
+    def of(cls, study: Study) -> Yardstick:
+        ps = per_seed(study.samples, study.fidelity, study.solver_settings)
+        st = settings(ps)
+        return cls(ps, st, best_settings(st))
+
+
 def study_settings(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per seed, per setting) yardstick frames of a loaded study."""
-    ps = per_seed(study.samples, study.fidelity, study.solver_settings)
-    return ps, settings(ps)
+    ys = Yardstick.of(study)
+    return ys.per_seed, ys.settings

@@ -12,7 +12,7 @@ so the workflow's dry run can check a study's conditions cheaply. Used by the st
 
 from __future__ import annotations
 
-import html
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,16 +57,16 @@ def prompt_tokens(prompt: str) -> int:
 def _byte_bound(prompt: str) -> int:
     """An upper bound of prompt_tokens: BPE merges only join the byte symbols of the tokenizer's normalised,
     lower-cased text, so a prompt never has more tokens than those bytes. Short prompts need no tokenizer."""
-    return len(html.unescape(html.unescape(prompt)).lower().encode("utf-8"))
+    return len(unicodedata.normalize("NFC", prompt).lower().encode("utf-8"))
 
 
 def _count(prompt: str) -> int:
-    from .models.tokenizer import CLIPTokenizer
+    from .models.stable_diffusion import clip_tokenizer
 
     global _TOKENIZER
     if _TOKENIZER is None:
-        _TOKENIZER = CLIPTokenizer()
-    return len(_TOKENIZER.encode(prompt))
+        _TOKENIZER = clip_tokenizer()
+    return len(_TOKENIZER(prompt, add_special_tokens=False)["input_ids"])
 
 
 _TOKENIZER: Any = None

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 
 from .models.embedded import (
+    CLIP_TOKENIZER,
+    CLIP_TOKENIZER_FILES,
     SD_V1_5_SCHEDULER,
     TEXT_ENCODER_SEED,
     DigitClassifier,
@@ -191,13 +194,13 @@ def _text_encoder(device: torch.device) -> nn.Module:
 def train_tiny_sd(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, out: Path) -> dict:
     from diffusers import UNet2DConditionModel
 
-    from .models.tokenizer import CLIPTokenizer
+    from .models.stable_diffusion import clip_tokenizer, token_ids
 
     device = images.device
     te = _text_encoder(device)
-    tok = CLIPTokenizer()
+    tok = clip_tokenizer()
     with torch.no_grad():
-        table = te(tok([*(digit_prompt(i) for i in range(10)), ""]).to(device))[0]  # [11, 77, 32]
+        table = te(token_ids(tok, [*(digit_prompt(i) for i in range(10)), ""]).to(device))[0]  # [11, 77, 32]
     torch.manual_seed(args.seed)
     model = UNet2DConditionModel(**tiny_sd_unet_config()).to(device).train()
     alphas = torch.cumprod(1 - betas_for("scaled_linear", 1000, 0.00085, 0.012, dtype=torch.float32), dim=0)
@@ -209,6 +212,9 @@ def train_tiny_sd(args: argparse.Namespace, images: torch.Tensor, labels: torch.
     model.load_state_dict(ema.shadow)
     model.save_pretrained(str(out / "unet"))
     te.to(torch.float16).save_pretrained(str(out / "text_encoder"))
+    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in CLIP_TOKENIZER_FILES:
+        shutil.copyfile(CLIP_TOKENIZER / name, out / "tokenizer" / name)
     _write_json(out / "scheduler" / "scheduler_config.json", {"_class_name": "DDIMScheduler", **SD_V1_5_SCHEDULER})
     stats.update(_common_stats(args, device, images.shape[0]))
     meta = {
@@ -218,7 +224,7 @@ def train_tiny_sd(args: argparse.Namespace, images: torch.Tensor, labels: torch.
         "sample_shape": [1, 16, 16],
         "text_encoder": f"CLIPTextModel from config, initialised with torch.manual_seed({TEXT_ENCODER_SEED}), "
         "frozen, stored in float16",
-        "tokenizer": "CLIP BPE (parataa/assets/clip), ids identical to Stable Diffusion's",
+        "tokenizer": "Stable Diffusion's CLIP tokenizer (tokenizer/, transformers.CLIPTokenizer)",
         "prompts": [digit_prompt(i) for i in range(10)],
         "unconditional_prompt": "",
         "training": stats,

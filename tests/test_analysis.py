@@ -943,3 +943,21 @@ def test_snakemake_report_holds_the_study(tmp_path: Path) -> None:
         assert item in html, item
     assert "The ParaTAA reproducibility study" in html  # workflow/report/workflow.rst
     assert "The headline." in html  # a figure's caption (workflow/report/figures.rst)
+
+
+def test_one_analysis_run_builds_the_yardstick_frames_once(tmp_path: Path, monkeypatch) -> None:
+    """Tables, figures and the audit of one `python -m analysis` read the same per-seed frame, built once."""
+    import analysis.yardstick as Y
+    from analysis.__main__ import main
+
+    calls = []
+    real = Y.per_seed
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Y, "per_seed", counted)
+    assert main(["--results", str(MINI), "--out", str(tmp_path / "out"), "--config", str(CONFIG)]) == 0
+    assert len(calls) == 1 and (tmp_path / "out" / "audit.md").is_file()
+    assert (tmp_path / "out" / "figures" / "index.json").is_file()

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from parataa import draw_noise
+from parataa.manifest import sha256_file
 from parataa.models import WeightsNotFoundError
 from parataa.models._common import cached_snapshot, looks_like_path
+from parataa.models.embedded import CLIP_TOKENIZER, CLIP_TOKENIZER_FILES
 from parataa.models.registry import build_denoiser
 from parataa.models.synthetic import CHECKPOINTS, CONFIGS, MARKER, main, tiny_config, write_hub_cache, write_synthetic
-from parataa.models.weights import file_sha256, weight_files, weights_identity
+from parataa.models.weights import WEIGHT_NAMES, _sha256, weight_files, weights_identity
 from parataa.solvers import preset, solve
 from tests.helpers import dit_reduction_length, rounding_tol, step_loop_tol, unet_reduction_length
 
@@ -36,9 +38,14 @@ PUBLISHED_SIZES = {
     "sd-v1-5/vae/config.json": 547,
     "sd-v1-5/text_encoder/config.json": 617,
     "sd-v1-5/scheduler/scheduler_config.json": 308,
-    "sd-v1-5/tokenizer/special_tokens_map.json": 472,
-    "sd-v1-5/tokenizer/tokenizer_config.json": 806,
     "sd-v1-5/feature_extractor/preprocessor_config.json": 342,
+}
+# SD v1.5's tokenizer/ files, shipped once as the embedded tiny-sd's tokenizer (parataa/models/embedded.py)
+PUBLISHED_TOKENIZER_SIZES = {
+    "special_tokens_map.json": 472,
+    "tokenizer_config.json": 806,
+    "vocab.json": 1_059_962,
+    "merges.txt": 524_619,
 }
 
 
@@ -79,6 +86,8 @@ def test_published_configs_have_the_published_sizes():
     for rel, size in PUBLISHED_SIZES.items():
         assert (CONFIGS / rel).stat().st_size == size, rel
         json.loads((CONFIGS / rel).read_text())
+    for name, size in PUBLISHED_TOKENIZER_SIZES.items():
+        assert (CLIP_TOKENIZER / name).stat().st_size == size, name
     dit = json.loads((CONFIGS / "dit-xl-2-256/transformer/config.json").read_text())
     assert (dit["num_layers"], dit["num_attention_heads"] * dit["attention_head_dim"], dit["out_channels"]) == (
         28,
@@ -94,9 +103,12 @@ def test_tiny_checkpoint_has_the_published_layout_and_keys(ckpts, model):
     path = ckpts["dit" if model == "dit-xl-2-256" else "sd"]
     spec = CHECKPOINTS[model]
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    want = set(spec.files) | {f"{c.folder}/{c.weights}" for c in spec.components} | {MARKER}
-    if model == "sd-v1-5":
-        want |= {"tokenizer/vocab.json", "tokenizer/merges.txt"}
+    weights = {c.folder: f"{c.folder}/{WEIGHT_NAMES[c.library][0]}" for c in spec.components}
+    want = set(spec.files) | set(weights.values()) | {MARKER}
+    if model == "sd-v1-5":  # the tokenizer the embedded tiny-sd ships, byte for byte
+        want |= {f"tokenizer/{name}" for name in CLIP_TOKENIZER_FILES}
+        for name in CLIP_TOKENIZER_FILES:
+            assert (path / "tokenizer" / name).read_bytes() == (CLIP_TOKENIZER / name).read_bytes(), name
     assert files == want
     for rel in spec.files:  # same keys as published; only the dimension values of the configs differ
         published = json.loads((CONFIGS / model / rel).read_text())
@@ -107,7 +119,7 @@ def test_tiny_checkpoint_has_the_published_layout_and_keys(ckpts, model):
         assert written == tiny_config(model, comp.folder)
         from safetensors import safe_open
 
-        with safe_open(str(path / comp.folder / comp.weights), "pt") as f:
+        with safe_open(str(path / weights[comp.folder]), "pt") as f:
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
         assert "F16" in dtypes and not {"F32", "BF16"} & dtypes
     marker = json.loads((path / MARKER).read_text())
@@ -119,8 +131,8 @@ def test_synthetic_weights_are_reproducible_from_the_seed(ckpts, tmp_path):
     again = write_synthetic("dit-xl-2-256", tmp_path / "again", size="tiny", seed=3)
     other = write_synthetic("dit-xl-2-256", tmp_path / "other", size="tiny", seed=5)
     rel = "transformer/diffusion_pytorch_model.safetensors"
-    assert file_sha256(again / rel) == file_sha256(ckpts["dit"] / rel)
-    assert file_sha256(other / rel) != file_sha256(ckpts["dit"] / rel)
+    assert sha256_file(again / rel) == sha256_file(ckpts["dit"] / rel)
+    assert sha256_file(other / rel) != sha256_file(ckpts["dit"] / rel)
 
 
 def test_synthetic_cli_writes_refuses_and_replaces(tmp_path, capsys):
@@ -147,7 +159,7 @@ def test_hub_cache_layout_is_what_huggingface_hub_reads(ckpts, offline_cache):
     assert snap == ckpts["snapshots"][DIT] and len(rev) == 40
     assert Path(snapshot_download(DIT, cache_dir=str(offline_cache), local_files_only=True)) == snap
     blob = (snap / "transformer" / "diffusion_pytorch_model.safetensors").resolve()
-    assert blob.parent.name == "blobs" and blob.name == file_sha256(blob)
+    assert blob.parent.name == "blobs" and blob.name == sha256_file(blob)
 
 
 # ---------------------------------------------------------------- DiT
@@ -279,7 +291,7 @@ def test_sd_ddim_sample_equals_the_pipelines(ckpts):
     assert img.shape == (1, 3, 64, 64) and bool(torch.isfinite(img).all())
 
 
-def test_sd_snapshot_with_another_vocabulary_is_refused(ckpts, tmp_path):
+def test_sd_snapshot_whose_tokenizer_outgrows_its_text_encoder_is_refused(ckpts, tmp_path):
     import shutil
 
     copy = tmp_path / "sd"
@@ -287,7 +299,10 @@ def test_sd_snapshot_with_another_vocabulary_is_refused(ckpts, tmp_path):
     vocab = json.loads((copy / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     vocab["<my-concept>"] = len(vocab)
     (copy / "tokenizer" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"vocab.json is not the CLIP vocabulary .*'<my-concept>'"):
+    with pytest.raises(ValueError, match=r"tokenizer/ has 49409 tokens \(e.g. \['<my-concept>'\]\) but the text enc"):
+        build_denoiser("sd-v1-5", ["a cat"], path=copy)
+    shutil.rmtree(copy / "tokenizer")
+    with pytest.raises(WeightsNotFoundError, match=r"has no 'tokenizer' folder"):
         build_denoiser("sd-v1-5", ["a cat"], path=copy)
 
 
@@ -421,11 +436,11 @@ def test_weight_files_follow_the_loaders_preference(tmp_path):
 def test_file_hash_is_cached_but_follows_changes(tmp_path):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"one")
-    first = file_sha256(f)
-    assert first == hashlib.sha256(b"one").hexdigest() and file_sha256(f) == first
+    first = _sha256(f)
+    assert first == hashlib.sha256(b"one").hexdigest() and _sha256(f) == first
     f.write_bytes(b"two!")
     os.utime(f, ns=(time.time_ns(), time.time_ns() + 1))
-    assert file_sha256(f) == hashlib.sha256(b"two!").hexdigest()
+    assert _sha256(f) == hashlib.sha256(b"two!").hexdigest()
 
 
 @pytest.mark.gpu

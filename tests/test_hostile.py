@@ -267,10 +267,10 @@ def test_conditions_are_checked_against_each_model():
 
 def test_prompt_length_is_counted_in_clip_tokens_at_the_limit():
     from parataa.conditions import check_condition, prompt_tokens
-    from parataa.models.tokenizer import CLIPTokenizer
+    from parataa.models.stable_diffusion import clip_tokenizer, token_ids
 
     fits, over = " ".join(["cat"] * 75), " ".join(["cat"] * 76)
-    assert prompt_tokens(fits) == 75 == len(CLIPTokenizer().encode(fits))
+    assert prompt_tokens(fits) == 75 == int((token_ids(clip_tokenizer(), [fits])[0, 1:] != 49407).sum())
     assert check_condition("sd-v1-5", fits) is None
     msg = check_condition("sd-v1-5", over)
     assert "76 CLIP tokens" in msg and "at most 75" in msg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,8 @@ import torch
 
 from parataa import draw_noise
 from parataa.models import WeightsNotFoundError
-from parataa.models.tokenizer import BPE_PATH, CLIPTokenizer
+from parataa.models.embedded import CLIP_TOKENIZER, CLIP_TOKENIZER_FILES, DIGIT_WORDS
+from parataa.models.stable_diffusion import clip_tokenizer, token_ids
 from parataa.solvers import SolverConfig, preset, solve
 from tests.helpers import dit_reduction_length, rounding_tol, unet_reduction_length
 
@@ -22,49 +22,68 @@ transformers = pytest.importorskip("transformers")
 
 # ---------------------------------------------------------------- tokenizer
 
+TOKEN_IDS = Path(__file__).parent / "fixtures" / "clip_token_ids.json"
+
 
 @pytest.fixture(scope="module")
-def tokenizer() -> CLIPTokenizer:
-    return CLIPTokenizer()
+def tokenizer():
+    return clip_tokenizer()
+
+
+def _padded(ids: list[int]) -> list[int]:
+    return ids + [49407] * (77 - len(ids))
 
 
 def test_tokenizer_gives_stable_diffusion_ids(tokenizer):
-    ids = tokenizer("a photo of a cat")
+    ids = token_ids(tokenizer, ["a photo of a cat"])
     assert ids.shape == (1, 77)
     assert ids[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert bool((ids[0, 7:] == 49407).all())  # SD pads with <|endoftext|>
-    assert tokenizer.vocab_size == 49408
-    empty = tokenizer("")[0]
-    assert empty[:2].tolist() == [49406, 49407]
+    assert len(tokenizer) == 49408 == len(tokenizer.get_vocab())
+    assert token_ids(tokenizer, [""])[0, :2].tolist() == [49406, 49407]
+
+
+def test_tokenizer_folder_is_the_clip_bpe_in_the_snapshot_layout():
+    """vocab.json: the 256 byte symbols, the same with </w>, one token per merge of merges.txt, the two special
+    tokens, in that id order (CLIP's construction)."""
+    vocab = json.loads((CLIP_TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
+    merges = (CLIP_TOKENIZER / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[0] == "#version: 0.2" and len(merges) - 1 == 49408 - 2 * 256 - 2
+    by_id = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in by_id] == list(range(49408))
+    assert [t + "</w>" for t in by_id[:256]] == by_id[256:512]
+    assert by_id[512:-2] == ["".join(m.split()) for m in merges[1:]]
+    assert by_id[-2:] == ["<|startoftext|>", "<|endoftext|>"]
+    assert sorted(p.name for p in CLIP_TOKENIZER.iterdir()) == sorted([*CLIP_TOKENIZER_FILES, "NOTICE"])
 
 
 def test_tokenizer_truncates_to_77_with_eos(tokenizer):
-    ids = tokenizer("word " * 200)[0]
+    ids = token_ids(tokenizer, ["word " * 200])[0]
     assert ids.shape == (77,)
     assert ids[0] == 49406 and ids[-1] == 49407 and ids[-2] != 49407
 
 
-def test_tokenizer_matches_transformers_clip_bpe(tokenizer, tmp_path):
-    """transformers' CLIPTokenizer (its own BPE, regex and cleaning) over the same vocabulary gives the same ids."""
-    (tmp_path / "vocab.json").write_text(json.dumps(tokenizer.encoder))
-    merges = gzip.open(BPE_PATH).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    hf = transformers.CLIPTokenizer(
-        str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), pad_token="<|endoftext|>"
-    )
-    for text in [
-        "a handwritten digit seven",
-        "Hello,  WORLD!! 123 don't café",
-        "an astronaut riding a horse on mars, 4k, trending on artstation",
-        "emoji 🐱 & <b>tags</b> x²",
-    ]:
-        want = hf(text, padding="max_length", max_length=77, truncation=True).input_ids
-        assert tokenizer(text)[0].tolist() == want, text
+def test_token_ids_are_those_of_the_former_hand_written_tokenizer(tokenizer):
+    """Ids recorded from parataa's hand-written tokenizer (tests/fixtures/make_clip_token_ids.py): the training
+    prompts, the study configs' prompts and hard strings give the same ids. Where that tokenizer did not clean
+    text as transformers does (html entities, Unicode NFC, the final sigma), transformers' ids are the former
+    tokenizer's ids of the text transformers reads."""
+    fixture = json.loads(TOKEN_IDS.read_text(encoding="utf-8"))
+    texts = [e["text"] for e in fixture["unchanged"]]
+    assert {f"a handwritten digit {w}" for w in DIGIT_WORDS} <= set(texts)
+    got = token_ids(tokenizer, texts).tolist()
+    for e, ids in zip(fixture["unchanged"], got, strict=True):
+        assert ids == _padded(e["ids"]), e["text"]
+    assert any(len(e["ids"]) == 77 for e in fixture["unchanged"])  # a text past 77 tokens, truncated
+    for e in fixture["changed"]:
+        ids = token_ids(tokenizer, [e["text"]])[0].tolist()
+        assert ids == _padded(e["ids"]) != _padded(e["ids_before"]), e["text"]
 
 
-def test_tokenizer_rejects_non_strings(tokenizer):
-    with pytest.raises(ValueError, match="prompt must be a string"):
-        tokenizer.encode(7)
+def test_special_token_text_is_the_special_token(tokenizer):
+    """As in Stable Diffusion: <|endoftext|> written in a prompt is the end token, not its characters."""
+    ids = token_ids(tokenizer, ["x<|endoftext|>y"])[0].tolist()
+    assert ids[:3] == [49406, int(token_ids(tokenizer, ["x"])[0, 1]), 49407]
 
 
 # ---------------------------------------------------------------- DiT adapter
@@ -199,8 +218,8 @@ def test_sd_adapter_matches_hand_written_guidance(tokenizer):
     samples = torch.tensor([1, 0, 1])
     out = den(x, tau[:3], samples)
     with torch.no_grad():
-        cond = te(tokenizer([prompts[i] for i in samples.tolist()]))[0]
-        uncond = te(tokenizer([""] * 3))[0]
+        cond = te(token_ids(tokenizer, [prompts[i] for i in samples.tolist()]))[0]
+        uncond = te(token_ids(tokenizer, [""] * 3))[0]
         eps_c = unet(x.float(), tau[:3].long(), encoder_hidden_states=cond).sample.double()
         eps_u = unet(x.float(), tau[:3].long(), encoder_hidden_states=uncond).sample.double()
     want = eps_u + 7.5 * (eps_c - eps_u)
@@ -473,3 +492,13 @@ def test_sample_cli_rejects_mismatched_condition(tmp_path, capsys):
 
     assert main(["sample", "--model", "tiny-dit", "--prompt", "a cat", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "class-conditional; pass --class N" in capsys.readouterr().err
+
+
+def test_prompt_length_counts_html_entities_as_transformers_reads_them():
+    """transformers keeps `&amp;` as text (3 tokens): a prompt of 30 of them is 90 tokens, refused, although
+    its unescaped text would be 30 bytes."""
+    from parataa.conditions import check_condition, prompt_tokens
+
+    prompt = "&amp; " * 30
+    assert prompt_tokens(prompt) == 90
+    assert "90 CLIP tokens" in check_condition("sd-v1-5", prompt)

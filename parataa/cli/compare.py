@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ..fidelity import FidelityRecorder, psnr_db
+from ..models.registry import GMM_OPTIONS
 from ..noise import draw_noise
-from ..schedules import Schedule, from_diffusers_config
+from ..schedules import Schedule
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
 from . import _checks, _processes
@@ -50,10 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tiny-sd also takes digits (3, or 0,1 or 0|1) for their training prompts ('a handwritten digit three')",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dim", type=int, default=64, help="gmm: dimension")
-    p.add_argument("--classes", type=int, default=10, help="gmm: number of classes")
-    p.add_argument("--spread", type=float, default=0.15, help="gmm: per-class standard deviation")
-    p.add_argument("--gmm-seed", type=int, default=0, help="gmm: seed of the class means")
+    p.add_argument("--dim", type=int, default=GMM_OPTIONS["dim"], help="gmm: dimension")
+    p.add_argument("--classes", type=int, default=GMM_OPTIONS["classes"], help="gmm: number of classes")
+    p.add_argument("--spread", type=float, default=GMM_OPTIONS["spread"], help="gmm: per-class standard deviation")
+    p.add_argument("--gmm-seed", type=int, default=GMM_OPTIONS["seed"], help="gmm: seed of the class means")
     p.add_argument(
         "--fidelity-db",
         type=float,
@@ -155,20 +156,15 @@ def condition_texts(model: str, conditions: list[Any]) -> list[Any]:
 
 
 def build(args: argparse.Namespace, n: int) -> tuple[Any, Schedule, tuple[int, ...]]:
-    """The denoiser, the schedule and the state shape for the chosen model."""
-    if args.model == "gmm":
-        from ..models.gmm import GaussianMixture, GaussianMixtureDenoiser
-
-        mix = GaussianMixture(args.dim, args.classes, args.spread, args.gmm_seed)
-        labels = _conditions(args.conditions, n, args.model)  # in range: check_args
-        den = GaussianMixtureDenoiser(mix, labels, args.cfg_scale)
-        sched = from_diffusers_config(mix.scheduler_config, args.steps, sampler=args.sampler)
-        return den, sched, (args.dim,)
+    """The denoiser, the schedule and the state shape for the chosen model (through the model registry)."""
     from ..models import registry
 
     conds = _conditions(args.conditions, n, args.model)
+    options = None
+    if args.model == "gmm":
+        options = {"dim": args.dim, "classes": args.classes, "spread": args.spread, "seed": args.gmm_seed}
     den, spec = registry.build_denoiser(
-        args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path
+        args.model, conds, cfg_scale=args.cfg_scale, device=args.device, path=args.model_path, options=options
     )
     return den, spec(args.steps, sampler=args.sampler), tuple(spec.sample_shape)
 

@@ -20,6 +20,7 @@ __all__ = [
     "run_chunked",
     "resolve_weights",
     "load_part",
+    "load_components",
     "place",
     "hub_cache_dir",
     "hub_offline",
@@ -263,6 +264,21 @@ def load_part(cls: Any, source: WeightsSource, subfolder: str, what: str, **kwar
             f"({_first_line(e)}). On a machine with network run `hf download {source.repo_id} --local-dir DIR`, copy "
             f"DIR here and pass it as the model path (--model-path DIR)"
         ) from e
+
+
+def load_components(components: Sequence[Any], source: WeightsSource, what: str) -> dict[str, Any]:
+    """Every component (registry.COMPONENTS) of a resolved source by its folder, loaded with its library's class;
+    an optional one absent from a local folder is left out. Text encoders load in float32."""
+    import importlib
+
+    out = {}
+    for c in components:
+        if c.optional and source.root is not None and not (source.root / c.folder).is_dir():
+            continue
+        cls = getattr(importlib.import_module(c.library), c.cls)
+        kwargs = {"dtype": torch.float32} if c.library == "transformers" else {}
+        out[c.folder] = load_part(cls, source, c.folder, what, **kwargs)
+    return out
 
 
 class GuidedAdapter:

@@ -17,16 +17,14 @@ import torch
 from ._common import (
     GuidedAdapter,
     check_chunk_size,
-    load_part,
+    load_components,
     place,
     resolve_device,
     resolve_dtype,
     resolve_weights,
 )
 
-__all__ = ["DiTDenoiser", "load_dit", "DIT_XL_2_256"]
-
-DIT_XL_2_256 = "facebook/DiT-XL-2-256"
+__all__ = ["DiTDenoiser", "load_dit"]
 
 
 class DiTDenoiser(GuidedAdapter):
@@ -102,27 +100,26 @@ class DiTDenoiser(GuidedAdapter):
 
 
 def load_dit(
-    name_or_path: str = DIT_XL_2_256,
+    name_or_path: str,
     class_labels: Sequence[int] = (0,),
     *,
-    with_vae: bool = True,
+    components: Sequence[Any],
     hub: bool = True,
-    repo: str | None = DIT_XL_2_256,
+    repo: str | None = None,
     **kwargs: Any,
 ) -> DiTDenoiser:
-    """A DiTDenoiser from a diffusers-format snapshot (hub id or local folder with transformer/ and vae/).
+    """A DiTDenoiser from a diffusers-format snapshot (hub id or local folder) holding `components`
+    (registry.COMPONENTS: transformer/, and vae/ for a latent model).
 
     hub=False: `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the
     published hub id named in the advice of error messages (None: no advice).
     The published DiT config names the class `Transformer2DModel`; diffusers maps it to `DiTTransformer2DModel`.
     """
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
-
     what = f"DiT model {name_or_path}"
-    parts = ("transformer", "vae") if with_vae else ("transformer",)
-    source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
-    transformer = load_part(DiTTransformer2DModel, source, "transformer", what)
-    vae = load_part(AutoencoderKL, source, "vae", what) if with_vae else None
+    required = [c.folder for c in components if not c.optional]
+    source = resolve_weights(name_or_path, what, required, repo=repo, hub=hub)
+    parts = load_components(components, source, what)
+    transformer, vae = parts["transformer"], parts.get("vae")
     if vae is not None:
         kwargs.setdefault("vae_scaling_factor", float(getattr(vae.config, "scaling_factor", 0.18215)))
     den = DiTDenoiser(transformer, class_labels, vae=vae, **kwargs)

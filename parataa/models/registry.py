@@ -33,6 +33,8 @@ __all__ = [
     "MODELS",
     "GMM_OPTIONS",
     "HUB_IDS",
+    "COMPONENTS",
+    "Component",
     "ModelSpec",
     "build_denoiser",
     "default_weights",
@@ -52,8 +54,32 @@ _SHAPES = {
 _DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
 
 
-# the published hub ids of the real models (the dit/stable_diffusion modules hold the same strings)
+# the published hub ids of the real models
 HUB_IDS = {"dit-xl-2-256": "facebook/DiT-XL-2-256", "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One network folder of a model's snapshot: what the loaders load, `weights.weights_identity` hashes and
+    `synthetic` writes."""
+
+    folder: str
+    library: str  # "diffusers" or "transformers": the class's library, which also names the weight files
+    cls: str
+    optional: bool = False  # may be absent from a local folder (the loader then goes without it)
+
+
+_TRANSFORMER = Component("transformer", "diffusers", "DiTTransformer2DModel")
+_UNET = Component("unet", "diffusers", "UNet2DConditionModel")
+_TEXT = Component("text_encoder", "transformers", "CLIPTextModel")
+_VAE = Component("vae", "diffusers", "AutoencoderKL")
+# per network model, in loading (and synthetic building) order; the embedded tiny-sd runs in pixel space
+COMPONENTS: dict[str, tuple[Component, ...]] = {
+    "tiny-dit": (_TRANSFORMER,),
+    "dit-xl-2-256": (_TRANSFORMER, _VAE),
+    "tiny-sd": (_UNET, _TEXT, Component("vae", "diffusers", "AutoencoderKL", optional=True)),
+    "sd-v1-5": (_UNET, _TEXT, _VAE),
+}
 
 
 def _check_name(name: str) -> None:
@@ -220,22 +246,18 @@ def build_denoiser(
         mix = GaussianMixture(int(o["dim"]), int(o["classes"]), float(o["spread"]), int(o["seed"]))
         den = GaussianMixtureDenoiser(mix, _labels(name, conditions, mix.num_classes), cfg)
         return den, ModelSpec(name, "diffusers", (mix.dim,), dict(mix.scheduler_config))
-    kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size)
     src = default_weights(name) if path is None else str(path)
     # a path the user gave is a local folder; only the published hub id (the default) may come from the hub
-    hub = src == HUB_IDS.get(name)
+    kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size, components=COMPONENTS[name])
+    kw.update(hub=src == HUB_IDS.get(name), repo=HUB_IDS.get(name))
     if name in ("tiny-dit", "dit-xl-2-256"):
         from .dit import load_dit
 
-        if name == "tiny-dit":
-            labels = _labels(name, conditions, 10)
-            den = load_dit(src, labels, with_vae=False, guided_channels=None, hub=hub, repo=None, **kw)
-        else:
-            labels = _labels(name, conditions, 1000)
-            den = load_dit(src, labels, with_vae=True, guided_channels=3, hub=hub, repo=HUB_IDS[name], **kw)
+        labels = _labels(name, conditions, 10 if name == "tiny-dit" else 1000)
+        den = load_dit(src, labels, guided_channels=None if name == "tiny-dit" else 3, **kw)
         return den, ModelSpec(name, "dit", den.sample_shape, None, {"source": src, "weights": den.source.record()})
     from .stable_diffusion import load_stable_diffusion
 
-    den = load_stable_diffusion(src, _prompts(name, conditions), hub=hub, repo=HUB_IDS.get(name), **kw)
+    den = load_stable_diffusion(src, _prompts(name, conditions), **kw)
     extra = {"source": src, "weights": den.source.record()}
     return den, ModelSpec(name, "diffusers", den.sample_shape, den.scheduler_config, extra)

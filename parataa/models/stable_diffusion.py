@@ -1,8 +1,9 @@
 """Stable Diffusion as a `Denoiser`: `UNet2DConditionModel` + CLIP text encoder (+ VAE for latent models).
 
-Prompts are tokenized with parataa's offline CLIP tokenizer (ids identical to Stable Diffusion's) and encoded
-once at construction; the empty prompt is the unconditional input. Conditional and unconditional halves run in
-one batch and eps = eps_u + s (eps_c - eps_u). The embedded `tiny-sd` (pixel space, no VAE) uses this same code.
+Prompts are tokenized by `transformers.CLIPTokenizer` from the snapshot's `tokenizer/` folder (vocab.json,
+merges.txt), as diffusers' StableDiffusionPipeline does, and encoded once at construction; the empty prompt is
+the unconditional input. Conditional and unconditional halves run in one batch and eps = eps_u + s (eps_c - eps_u).
+The embedded `tiny-sd` (pixel space, no VAE) uses this same code.
 """
 
 from __future__ import annotations
@@ -19,17 +20,33 @@ from ._common import (
     WeightsNotFoundError,
     WeightsSource,
     check_chunk_size,
+    load_components,
     load_part,
     place,
     resolve_device,
     resolve_dtype,
     resolve_weights,
 )
-from .tokenizer import CLIPTokenizer
 
-__all__ = ["StableDiffusionDenoiser", "load_stable_diffusion", "SD_V1_5"]
+__all__ = ["StableDiffusionDenoiser", "load_stable_diffusion", "clip_tokenizer", "token_ids"]
 
-SD_V1_5 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+def clip_tokenizer(path: str | Path | None = None) -> Any:
+    """`transformers.CLIPTokenizer` of a snapshot's tokenizer folder; None: the CLIP tokenizer that ships in the
+    embedded tiny-sd (`embedded.CLIP_TOKENIZER`, Stable Diffusion v1.5's vocabulary and merges)."""
+    from transformers import CLIPTokenizer
+
+    from .embedded import CLIP_TOKENIZER
+
+    return CLIPTokenizer.from_pretrained(str(path or CLIP_TOKENIZER))
+
+
+def token_ids(tokenizer: Any, prompts: Sequence[str], length: int = 77) -> torch.Tensor:
+    """Ids [B, length] as Stable Diffusion feeds its text encoder: start token, the text truncated to length - 2
+    ids, end token, end-token padding."""
+    return tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")[
+        "input_ids"
+    ]
 
 
 class StableDiffusionDenoiser(GuidedAdapter):
@@ -47,7 +64,7 @@ class StableDiffusionDenoiser(GuidedAdapter):
         cfg_scale: float = 7.5,
         vae: Any = None,
         vae_scaling_factor: float = 0.18215,
-        tokenizer: CLIPTokenizer | None = None,
+        tokenizer: Any = None,
         chunk_size: int | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -66,10 +83,11 @@ class StableDiffusionDenoiser(GuidedAdapter):
         self.scheduler_config = dict(scheduler_config)
         self.cfg_scale = float(cfg_scale)
         self.prompts = prompts
-        tokenizer = tokenizer or CLIPTokenizer(max_length=int(text_encoder.config.max_position_embeddings))
+        tokenizer = tokenizer or clip_tokenizer()
+        length = int(text_encoder.config.max_position_embeddings)
         text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
         with torch.no_grad():
-            ids = tokenizer([*prompts, ""]).to(self.device)
+            ids = token_ids(tokenizer, [*prompts, ""], length).to(self.device)
             emb = text_encoder(ids)[0].to(self.dtype)
         self.cond = emb[:-1]  # [N, L, D]
         self.uncond = emb[-1:]  # [1, L, D]
@@ -108,57 +126,46 @@ def _scheduler_config(source: WeightsSource, what: str) -> dict[str, Any]:
     return dict(load_part(DDIMScheduler, source, "scheduler", what).config)
 
 
-def check_tokenizer(root: Path, tokenizer: CLIPTokenizer, what: str) -> None:
-    """A snapshot's own tokenizer (tokenizer/vocab.json) must be CLIP's: parataa tokenizes with the shipped CLIP
-    vocabulary, and a snapshot with other tokens (added embeddings, another text model) would get wrong ids."""
-    vocab_file = root / "tokenizer" / "vocab.json"
-    if not vocab_file.is_file():
-        return
-    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-    if vocab != tokenizer.encoder:
-        extra = sorted(set(vocab) - set(tokenizer.encoder))[:3]
+def check_vocabulary(tokenizer: Any, text_encoder: Any, what: str) -> None:
+    """Every id the snapshot's tokenizer can give must have an embedding in its text encoder."""
+    n, have = len(tokenizer), int(text_encoder.config.vocab_size)
+    if n > have:
+        extra = sorted(t for t, i in tokenizer.get_vocab().items() if i >= have)[:3]
         raise ValueError(
-            f"{what}: {vocab_file} is not the CLIP vocabulary parataa tokenizes with ({len(vocab)} tokens, "
-            f"{tokenizer.vocab_size} expected{'; e.g. extra ' + repr(extra) if extra else ''}); models with other "
-            "tokenizers are not supported"
+            f"{what}: tokenizer/ has {n} tokens (e.g. {extra}) but the text encoder embeds {have} "
+            "(text_encoder/config.json vocab_size); give a snapshot whose tokenizer and text encoder belong together"
         )
 
 
 def load_stable_diffusion(
-    name_or_path: str = SD_V1_5,
+    name_or_path: str,
     prompts: Sequence[str] = ("",),
     *,
-    with_vae: bool | None = None,
+    components: Sequence[Any],
     hub: bool = True,
-    repo: str | None = SD_V1_5,
+    repo: str | None = None,
     **kwargs: Any,
 ) -> StableDiffusionDenoiser:
-    """A StableDiffusionDenoiser from a diffusers-format snapshot (unet/, text_encoder/, scheduler/, vae/).
+    """A StableDiffusionDenoiser from a diffusers-format snapshot: `components` (registry.COMPONENTS: unet/,
+    text_encoder/, vae/), tokenizer/ and scheduler/.
 
-    with_vae None: use the VAE when the snapshot has one (SD v1.5), run in pixel space otherwise (tiny-sd). Only
-    these components are read (and tokenizer/vocab.json, checked against parataa's CLIP tokenizer when present):
+    Without a VAE (tiny-sd's is optional and absent) the model runs in pixel space. Only these folders are read:
     the safety checker and feature extractor that SD's model_index.json lists are not used. hub=False:
     `name_or_path` is a local folder, never a hub id (see `_common.resolve_weights`); `repo` is the published hub
     id named in the advice of error messages (None: no advice).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTokenizer
 
     what = f"Stable Diffusion model {name_or_path}"
-    parts = ("unet", "text_encoder", "scheduler")
-    source = resolve_weights(name_or_path, what, parts, repo=repo, hub=hub)
-    if with_vae is None:
-        with_vae = source.root is None or (source.root / "vae").is_dir()
-    tokenizer = CLIPTokenizer()
-    if source.root is not None:
-        check_tokenizer(source.root, tokenizer, what)
-    unet = load_part(UNet2DConditionModel, source, "unet", what)
-    text_encoder = load_part(CLIPTextModel, source, "text_encoder", what, dtype=torch.float32)
+    required = [c.folder for c in components if not c.optional]
+    source = resolve_weights(name_or_path, what, [*required, "tokenizer", "scheduler"], repo=repo, hub=hub)
+    parts = load_components(components, source, what)
+    unet, text_encoder, vae = parts["unet"], parts["text_encoder"], parts.get("vae")
+    tokenizer = load_part(CLIPTokenizer, source, "tokenizer", what)
+    check_vocabulary(tokenizer, text_encoder, what)
     sched = _scheduler_config(source, what)
-    vae = load_part(AutoencoderKL, source, "vae", what) if with_vae else None
     if vae is not None:
         kwargs.setdefault("vae_scaling_factor", float(getattr(vae.config, "scaling_factor", 0.18215)))
-    tokenizer.max_length = int(text_encoder.config.max_position_embeddings)
     den = StableDiffusionDenoiser(
         unet, text_encoder, prompts, scheduler_config=sched, vae=vae, tokenizer=tokenizer, **kwargs
     )

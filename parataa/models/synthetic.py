@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import hashlib
 import json
 import os
@@ -36,6 +35,9 @@ from typing import Any
 import torch
 
 from ..manifest import sha256_file
+from .embedded import CLIP_TOKENIZER, CLIP_TOKENIZER_FILES
+from .registry import COMPONENTS, HUB_IDS, Component
+from .weights import WEIGHT_NAMES
 
 __all__ = [
     "CONFIGS",
@@ -54,32 +56,26 @@ SIZES = ("full", "tiny")
 
 
 @dataclass(frozen=True)
-class Component:
-    folder: str
-    library: str  # "diffusers" or "transformers"
-    cls: str
-    weights: str  # file name the loaders look for
-
-
-@dataclass(frozen=True)
 class Checkpoint:
-    repo_id: str
+    model: str
     revision: str  # the published revision the configs were checked against (see parataa/assets/configs/README.md)
-    components: tuple[Component, ...]
     files: tuple[str, ...]  # config files copied verbatim (relative to CONFIGS/<name>)
     omitted: dict[str, str]
+    tokenizer: bool = False  # copy the CLIP tokenizer's files into tokenizer/ (embedded.CLIP_TOKENIZER)
 
+    @property
+    def repo_id(self) -> str:
+        return HUB_IDS[self.model]
 
-_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return COMPONENTS[self.model]
+
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     "dit-xl-2-256": Checkpoint(
-        repo_id="facebook/DiT-XL-2-256",
+        model="dit-xl-2-256",
         revision="eab87f77abd5aef071a632f08807fbaab0b704d0",
-        components=(
-            Component("transformer", "diffusers", "DiTTransformer2DModel", _DIFFUSERS_WEIGHTS),
-            Component("vae", "diffusers", "AutoencoderKL", _DIFFUSERS_WEIGHTS),
-        ),
         files=(
             "model_index.json",
             "transformer/config.json",
@@ -93,23 +89,17 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         },
     ),
     "sd-v1-5": Checkpoint(
-        repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        model="sd-v1-5",
         revision="451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
-        components=(
-            Component("unet", "diffusers", "UNet2DConditionModel", _DIFFUSERS_WEIGHTS),
-            Component("text_encoder", "transformers", "CLIPTextModel", "model.safetensors"),
-            Component("vae", "diffusers", "AutoencoderKL", _DIFFUSERS_WEIGHTS),
-        ),
         files=(
             "model_index.json",
             "unet/config.json",
             "text_encoder/config.json",
             "vae/config.json",
             "scheduler/scheduler_config.json",
-            "tokenizer/special_tokens_map.json",
-            "tokenizer/tokenizer_config.json",
             "feature_extractor/preprocessor_config.json",
         ),
+        tokenizer=True,
         omitted={
             "safety_checker": "not loaded by parataa; build a diffusers pipeline from this folder with "
             "safety_checker=None",
@@ -218,18 +208,6 @@ def _save_weights(module: torch.nn.Module, path: Path, dtype: torch.dtype) -> in
     return sum(p.numel() for p in module.parameters())
 
 
-def _write_tokenizer_vocab(folder: Path) -> None:
-    """vocab.json and merges.txt of the CLIP tokenizer, written from the BPE file that ships with parataa."""
-    from .tokenizer import BPE_PATH, CLIPTokenizer
-
-    tok = CLIPTokenizer()
-    # transformers' own format (1,059,962 bytes, the published size)
-    vocab = json.dumps(tok.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    (folder / "vocab.json").write_text(vocab, encoding="utf-8")
-    merges = gzip.open(BPE_PATH).read().decode("utf-8").split("\n")[1 : len(tok.ranks) + 1]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
 def _share(root: Path) -> None:
     """Give the checkpoint the modes the umask allows (mkdtemp and safetensors create owner-only files): weights
     on a cluster are read by other users' jobs."""
@@ -288,11 +266,14 @@ def write_synthetic(
             cfg = json.loads((tmp / comp.folder / "config.json").read_text())
             module = _build(comp, cfg, dev)
             _randomise_zero_weights(module, generator)
-            n = _save_weights(module, tmp / comp.folder / comp.weights, dtype)
-            components[comp.folder] = {"class": comp.cls, "parameters": n, "file": f"{comp.folder}/{comp.weights}"}
+            weights = WEIGHT_NAMES[comp.library][0]
+            n = _save_weights(module, tmp / comp.folder / weights, dtype)
+            components[comp.folder] = {"class": comp.cls, "parameters": n, "file": f"{comp.folder}/{weights}"}
             del module
-        if model == "sd-v1-5":
-            _write_tokenizer_vocab(tmp / "tokenizer")
+        if spec.tokenizer:
+            (tmp / "tokenizer").mkdir()
+            for name in CLIP_TOKENIZER_FILES:
+                shutil.copyfile(CLIP_TOKENIZER / name, tmp / "tokenizer" / name)
         marker = {
             "synthetic": True,
             "note": f"random weights in the layout and configs of {spec.repo_id}; not a trained model",

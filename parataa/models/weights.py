@@ -12,58 +12,47 @@ that asks twice pays once (1.7 s per GB measured on the 2-core development machi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ..manifest import sha256_file
 from ._common import WeightsSource, resolve_weights
-from .registry import HUB_IDS, _check_name, default_weights
+from .registry import COMPONENTS, HUB_IDS, _check_name, default_weights
 
-__all__ = ["weights_identity", "weight_files", "file_sha256", "COMPONENTS"]
+__all__ = ["weights_identity", "weight_files", "WEIGHT_NAMES"]
 
-# component folder -> library naming its weight files, per model (what the loaders read)
-COMPONENTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "tiny-dit": (("transformer", "diffusers"),),
-    "dit-xl-2-256": (("transformer", "diffusers"), ("vae", "diffusers")),
-    "tiny-sd": (("unet", "diffusers"), ("text_encoder", "transformers"), ("vae", "diffusers")),
-    "sd-v1-5": (("unet", "diffusers"), ("text_encoder", "transformers"), ("vae", "diffusers")),
-}
-_OPTIONAL = {("tiny-sd", "vae")}  # the embedded tiny-sd runs in pixel space: no VAE folder
-_NAMES = {
+# the weight file names each library loads from a component folder, in its order of preference
+WEIGHT_NAMES = {
     "diffusers": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
     "transformers": ("model.safetensors", "pytorch_model.bin"),
 }
 _HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file (symlinks followed), computed once per process for an unchanged file."""
+def _sha256(path: str | Path) -> str:
+    """manifest.sha256_file of a file (symlinks followed), read once per process while the file is unchanged."""
     real = os.path.realpath(path)
     st = os.stat(real)
     key = (real, st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(real, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
+        _HASHES[key] = sha256_file(real, chunk=1 << 24)
     return _HASHES[key]
 
 
 def weight_files(folder: Path, library: str) -> list[Path]:
     """The weight files a library loads from one component folder (no variant): safetensors shards through their
     index, one safetensors file, bin shards, one bin file, in that order of preference."""
-    for name in _NAMES[library]:
+    for name in WEIGHT_NAMES[library]:
         index = folder / f"{name}.index.json"
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             return [folder / s for s in shards]
         if (folder / name).is_file():
             return [folder / name]
-    raise FileNotFoundError(f"{folder} has no {' or '.join(_NAMES[library])} (nor a sharded index of one)")
+    raise FileNotFoundError(f"{folder} has no {' or '.join(WEIGHT_NAMES[library])} (nor a sharded index of one)")
 
 
 def weights_identity(name: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -79,7 +68,7 @@ def weights_identity(name: str, path: str | Path | None = None) -> dict[str, Any
         return {"model": name, "source": {"kind": "analytic"}, "synthetic": False, "files": {}, "configs": {}}
     src = default_weights(name) if path is None else str(path)
     parts = COMPONENTS[name]
-    required = [c for c, _ in parts if (name, c) not in _OPTIONAL]
+    required = [c.folder for c in parts if not c.optional]
     source: WeightsSource = resolve_weights(
         src, f"weights of {name}", required, repo=HUB_IDS.get(name), hub=src == HUB_IDS.get(name)
     )
@@ -91,16 +80,16 @@ def weights_identity(name: str, path: str | Path | None = None) -> dict[str, Any
     t0 = time.perf_counter()
     files: dict[str, dict[str, Any]] = {}
     configs: dict[str, str] = {}
-    for folder, library in parts:
-        where = source.root / folder
+    for part in parts:
+        where = source.root / part.folder
         if not where.is_dir():
             continue  # optional component (checked above for the required ones)
-        for f in weight_files(where, library):
-            files[f.relative_to(source.root).as_posix()] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}
-        configs[f"{folder}/config.json"] = file_sha256(where / "config.json")
+        for f in weight_files(where, part.library):
+            files[f.relative_to(source.root).as_posix()] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+        configs[f"{part.folder}/config.json"] = _sha256(where / "config.json")
     scheduler = source.root / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
-        configs["scheduler/scheduler_config.json"] = file_sha256(scheduler)
+        configs["scheduler/scheduler_config.json"] = _sha256(scheduler)
     marker_file = source.root / "parataa_synthetic.json"
     marker = json.loads(marker_file.read_text()) if marker_file.is_file() else None
     return {
