@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -464,6 +464,29 @@ class Study:
         return df.reset_index()
 
 
+class MixedWeightsError(ValueError):
+    """Runs of one model were made with different weights: their numbers do not belong to one study."""
+
+
+def check_weights(runs: Sequence[Run], root: Path) -> None:
+    """Refuse (MixedWeightsError) a study in which a model's runs were made with more than one weights identity
+    (the sha256 of its weight files, `weights_sha256` in each run's config; parataa.jobs.identity): a baseline
+    from one checkpoint and a solver from another would be compared as if they were one model."""
+    from parataa.jobs.identity import identity_digests
+
+    ids = identity_digests({str(r.path.relative_to(root)): r.manifest for r in runs})
+    lines = []
+    for model, by in sorted(ids.items()):
+        if len(by) > 1:
+            parts = [f"{str(d)[:12]} in {len(rs)} run(s), e.g. {sorted(rs)[0]}" for d, rs in by.items()]
+            lines.append(f"model {model}: {len(by)} weights identities: " + "; ".join(parts))
+    if lines:
+        raise MixedWeightsError(
+            f"{root}: the study mixes weights: " + " | ".join(lines) + ". Rerun the workflow (it plans every run "
+            "made with other weights than the model's current ones again) or analyse one identity's runs only"
+        )
+
+
 def load_study(
     results: str | Path,
     expected: str | Path | Mapping[str, Any] | None = None,
@@ -477,6 +500,7 @@ def load_study(
     """
     root = Path(results)
     runs, rejected = discover_runs(root)
+    check_weights(runs, root)
     study = Study(root, runs, rejected)
     problems = [f"rejected run: {r}" for r in rejected]
     s = study.samples
