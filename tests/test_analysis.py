@@ -527,6 +527,26 @@ def test_embedded_verdicts_are_pure_and_both_ways() -> None:
     assert decide_embedded([yes, no]) == Verdict(PARTLY, "holds in 1 of 2 comparison(s)")
 
 
+def test_a_tie_at_the_ceiling_is_a_tie_not_a_failure() -> None:
+    """m x k grid, order 1: plain fixed point (m = 1) and TAA (m = 2) both take T = 25 steps to 40 dB, the most a
+    solve can take; "fewer" can neither hold nor fail there. A tie below the ceiling is still a failure."""
+    rows = [
+        {"solver": "taa", "history": 1, "order": 1, "its": 25, "to40": 25},
+        {"solver": "taa", "history": 2, "order": 1, "its": 25, "to40": 25},
+        {"solver": "taa", "history": 1, "order": 5, "its": 14, "to40": 12},
+        {"solver": "taa", "history": 2, "order": 5, "its": 10, "to40": 8},
+    ]
+    e = measure_embedded(_claim("m-k-grid-search"), _st(*rows))
+    ties = [o for o in e.outcomes if o.tie]
+    assert len(ties) == 1 and "25 = " in ties[0].text and "a tie at the ceiling (T steps)" in ties[0].text
+    assert ties[0].word == "tie"
+    assert e.verdict.verdict == REPRODUCED and "1 tie(s) at the ceiling left out" in e.verdict.reason, e.verdict
+    below = [{**r, "its": 20, "to40": 12} if r["order"] == 5 else r for r in rows]  # 12 = 12 at order 5: fails
+    e = measure_embedded(_claim("m-k-grid-search"), _st(*below))
+    assert e.verdict.verdict == PARTLY and any(not o.holds and not o.tie and "12 < " in o.text for o in e.outcomes)
+    assert decide_embedded([Outcome(False, "t", tie=True)]).verdict == NOT_MEASURABLE
+
+
 def test_claim_fewer_steps_than_fp_both_ways() -> None:
     fp, fpp = {"solver": "fp", "its": 25, "to40": 25}, {"solver": "fp+", "its": 15, "to40": 13}
     assert _verdict("fewer-steps-than-fp", _st(fp, fpp, {"solver": "taa", "its": 11, "to40": 9})) == REPRODUCED
