@@ -243,3 +243,18 @@ def test_other_weights_under_the_same_path_are_planned_again_and_a_mixed_study_i
     assert p.returncode != 0 and "the study mixes weights: model tiny-dit: 2 weights identities" in p.stderr, (
         p.stdout + p.stderr
     )
+
+
+def test_braces_in_a_prompt_and_a_model_path_are_free_text(tmp_path):
+    """`{word}` in a prompt and in a weights path: planned as written (Snakemake used to read them as wildcards
+    of the study_config rule's parameter and stop with a WildcardError naming neither field nor value)."""
+    from parataa.models.embedded import embedded_path
+
+    cfg = {**TINY, "models": [{"name": "tiny-sd", "conditions": ["a {word} digit"]},
+                              {"name": "tiny-dit", "conditions": [1], "path": "w/{x}"}]}  # fmt: skip
+    cwd = _workdir(tmp_path, cfg)
+    shutil.copytree(embedded_path("tiny-dit"), cwd / "w" / "{x}")
+    rc, out = _sm(cwd, "-n")
+    assert rc == 0, out
+    assert _counts(out)["study_config"] == 1 and _counts(out)["baseline"] == 2, out
+    assert "WildcardError" not in out
