@@ -249,8 +249,9 @@ def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
         model = str(model["name"]) if isinstance(model, Mapping) else str(model)
         for sampler in _as_list(cfg["samplers"]):
             for steps in _as_list(cfg["steps"]):
-                if workflow:
-                    cell_tags = ["sequential", *workflow_solver_tags(cfg, int(steps), model, str(sampler))]
+                if workflow:  # a cell without parallel solvers is not planned, its baseline neither
+                    parallel = workflow_solver_tags(cfg, int(steps), model, str(sampler))
+                    cell_tags = ["sequential", *parallel] if parallel else []
                 else:
                     cell_tags = _tags_for(tags, model, str(sampler), int(steps))
                 for tag in cell_tags:

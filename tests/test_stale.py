@@ -258,3 +258,25 @@ def test_braces_in_a_prompt_and_a_model_path_are_free_text(tmp_path):
     assert rc == 0, out
     assert _counts(out)["study_config"] == 1 and _counts(out)["baseline"] == 2, out
     assert "WildcardError" not in out
+
+
+def test_a_cell_without_parallel_solvers_plans_nothing_and_a_step_count_without_any_is_refused():
+    """`solvers: {}` with a grid: cells the grids name get their solvers and a baseline, the others nothing (no
+    baseline to compare with nothing), and the analysis expects exactly those; a step count no grid names is
+    refused naming it."""
+    from analysis.loaders import expected_cells
+    from parataa.jobs.config import ConfigError
+
+    cfg = validate_config({**TINY, "samplers": ["ddim", "ddpm"], "steps": [8, 16], "solvers": {},
+                           "grids": [{"steps": [8], "solvers": {"taa": {}}},
+                                     {"samplers": ["ddim"], "steps": [16], "solvers": {"fp": {}}}]})  # fmt: skip
+    p = plan.Plan(cfg)
+    assert sorted(j.spec.name.split("/", 2)[2] for j in p.jobs.values()) == [
+        "ddim-16/shard-0/group-0", "ddim-16/shard-0/sequential", "ddim-8/shard-0/group-0",
+        "ddim-8/shard-0/sequential", "ddpm-8/shard-0/group-0", "ddpm-8/shard-0/sequential",
+    ]  # fmt: skip
+    assert plan.count(cfg)["jobs"] == len(p.jobs) == len(plan.targets(cfg)["baseline"] + plan.targets(cfg)["group"])
+    cells = expected_cells(cfg)
+    assert set(zip(cells["sampler"], cells["steps"], strict=True)) == {("ddim", 8), ("ddpm", 8), ("ddim", 16)}
+    with pytest.raises(ConfigError, match=r"config.steps: 16 has no parallel solver in any cell"):
+        validate_config({**cfg, "grids": cfg["grids"][:1]})

@@ -102,7 +102,7 @@ BAD = [
     (_set("solvers.aa", {"tol_scale": "sigmaa"}), ["config.solvers.aa.tol_scale", "sigmaa"]),
     (_set("solver_defaults", {"order": 3}), ["config.solver_defaults.order", "unknown key"]),
     (_set("solver_defaults", {"abs_tol": 0, "rel_tol": 0}), ["abs_tol and rel_tol are both 0"]),
-    (_set("solvers", {}), ["config.solvers", "non-empty"]),
+    (_set("solvers", {}), ["config.steps: 25 has no parallel solver in any cell", "add a solver to `solvers`"]),
     (_set("study", "has space"), ["config.study", "does not match"]),
     (_set("models", []), ["config.models", "non-empty"]),
     (_set("study", _DELETE), ["'study' is a required property"]),

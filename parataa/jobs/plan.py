@@ -111,8 +111,10 @@ def targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
                 out["noise"].append(p["noise"].format(model=m["name"], steps=steps, shard=k))
                 for sampler in config["samplers"]:
                     w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
-                    out["baseline"].append(p["baseline"].format(**w))
-                    for g in range(len(groups(config, steps, m["name"], sampler))):
+                    gs = groups(config, steps, m["name"], sampler)
+                    if gs:  # a cell without parallel solvers has nothing to compare with a baseline
+                        out["baseline"].append(p["baseline"].format(**w))
+                    for g in range(len(gs)):
                         out["group"].append(p["group"].format(group=g, **w))
     return out
 
@@ -218,8 +220,9 @@ def count(config: Mapping[str, Any]) -> dict[str, int]:
     for steps in config["steps"]:
         for m in config["models"]:
             for sampler in config["samplers"]:
-                cells += len(solver_runs(config, steps, m["name"], sampler)) + 1
-                jobs += len(groups(config, steps, m["name"], sampler)) + 1
+                n = len(solver_runs(config, steps, m["name"], sampler))
+                cells += n + 1 if n else 0  # a cell without parallel solvers plans no baseline either
+                jobs += -(-n // int(config["runs_per_job"])) + 1 if n else 0
     return {
         "cells": cells,
         "runs": cells * n_shards,
@@ -275,11 +278,13 @@ class Plan:
 
     def _add(self, model: str, sampler: str, steps: int, shard: int, seeds: list[int]) -> None:
         w = dict(model=model, sampler=sampler, steps=steps, shard=shard)
+        gs = self.groups(steps, model, sampler)
+        if not gs:
+            return  # no parallel solver in this cell (the study's grids name none): no baseline either
         folder = Path(self.paths["group"].format(group=0, **w)).parent
         spec = baseline_spec(self.config, model, sampler, steps, shard, self.weights, seeds)
         out = self.paths["baseline"].format(**w)
         self.jobs[out] = Job("baseline", tuple(w.items()), out, str(folder / "baseline.json"), spec)
-        gs = self.groups(steps, model, sampler)
         for g in range(len(gs)):
             spec = group_spec(self.config, model, sampler, steps, shard, g, self.weights, gs, seeds)
             out = self.paths["group"].format(group=g, **w)
