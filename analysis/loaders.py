@@ -350,6 +350,7 @@ class Study:
         parts = []
         for run in self.runs:
             df = run.read_parquet(name)
+            check_finite(df, name, run)
             df["run"] = str(run.path.relative_to(self.root))
             if name == "samples.parquet":  # random-weight checkpoints (parataa.models.synthetic) say so
                 df["synthetic_weights"] = bool((run.manifest.get("weights") or {}).get("synthetic", False))
@@ -465,6 +466,36 @@ class Study:
         return df.reset_index()
 
 
+class NonFiniteMetricError(ValueError):
+    """A stored metric that is never NaN is NaN: the run's tables were edited (and its manifest re-sealed)."""
+
+
+# Columns no writer leaves NaN, per table (err_max / err_rms are NaN in the sequential baseline only: it is the
+# reference; psnr is NaN where the error is exactly zero).
+FINITE_COLUMNS = {
+    "samples.parquet": ("iterations", "wall_s", "model_s", "solver_s", "comm_s"),
+    "convergence.parquet": ("rho", "threshold"),
+    "timings.parquet": (),
+    "fidelity.parquet": ("psnr_db", "err_max", "err_rms"),
+}
+_PARALLEL_ONLY = {"samples.parquet": ("err_max", "err_rms")}
+
+
+def check_finite(df: pd.DataFrame, name: str, run: Run) -> None:
+    """Refuse (NonFiniteMetricError) a table of `run` with NaN in a column its writer never leaves NaN."""
+    cols = list(FINITE_COLUMNS.get(name, ()))
+    if run.config.get("solver") != "sequential":
+        cols += _PARALLEL_ONLY.get(name, ())
+    for col in (c for c in cols if c in df.columns):
+        bad = df[col].isna().to_numpy()
+        if bad.any():
+            raise NonFiniteMetricError(
+                f"{run.path / name}: column {col} holds {int(bad.sum())} NaN value(s) (first at row "
+                f"{int(bad.argmax())}); the writer never stores one there, so the table was edited after the run "
+                "(and its manifest re-sealed). Delete the run directory and rerun the study to recompute it"
+            )
+
+
 class MixedWeightsError(ValueError):
     """Runs of one model were made with different weights: their numbers do not belong to one study."""
 
@@ -504,6 +535,7 @@ def load_study(
     check_weights(runs, root)
     study = Study(root, runs, rejected)
     problems = [f"rejected run: {r}" for r in rejected]
+    study.convergence  # noqa: B018 - read (and checked for NaN, check_finite) before anything is reported
     s = study.samples
     if not s.empty:
         dup = s[s.duplicated([*CELL, "seed"], keep=False)]
