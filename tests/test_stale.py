@@ -108,6 +108,9 @@ def test_planning_expands_each_cells_grid_once(monkeypatch):
     assert len(calls) == cells, f"{len(calls)} grid expansions for {cells} cells"
     assert sum(j.rule == "baseline" for j in p.jobs.values()) == 125 * cells
     assert len({id(j.spec) for j in p.jobs.values()}) == 1500
+    # one SolverConfig object per cell and setting, carried into every shard's job (not rebuilt per job)
+    configs = {id(r.config) for j in p.jobs.values() if j.rule == "sample" for r in j.spec.runs}
+    assert len(configs) == sum(len(plan.solver_runs(cfg, t, "gmm", s)) for t in cfg["steps"] for s in cfg["samplers"])
     calls.clear()
     for job in list(p.jobs.values())[:50]:  # what the rules' parameters ask for: a lookup, no expansion
         w = dict(job.wildcards)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..solver_config import PARALLEL_SOLVERS as SOLVER_NAMES
-from ..solver_config import expand_solver_grid, fmt_num, preset, solver_tag
+from ..solver_config import SolverConfig, expand_solver_grid, fmt_num, preset, solver_tag
 from ..storage import run_dir
 from .spec import JobSpec, ModelConfig, RunSpec
 
@@ -161,8 +161,13 @@ def _common(
 
 
 def _run(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, r: Mapping[str, Any]) -> RunSpec:
+    """One run of a job; `r["config"]` is carried as is when it is a SolverConfig already (Plan builds each
+    cell's once), else built (and validated) from its dict."""
     d = run_dir(config["results_dir"], config["study"], model, sampler, steps, r["tag"], shard)
-    return RunSpec.from_dict({"solver": r["solver"], "tag": r["tag"], "config": dict(r["config"]), "dir": str(d)})
+    cfg = r["config"]
+    return RunSpec(
+        str(r["solver"]), str(r["tag"]), cfg if isinstance(cfg, SolverConfig) else SolverConfig.from_dict(cfg), str(d)
+    )
 
 
 def baseline_spec(
@@ -176,7 +181,7 @@ def baseline_spec(
 ) -> JobSpec:
     """The job of the sequential run of one (model, sampler, steps, seed shard); `weights`: {model: weights
     digest} (parataa.jobs.identity.study_weights)."""
-    seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()}
+    seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential")}
     common = _common(config, model, sampler, steps, shard, weights, seeds)
     common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
     common["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
@@ -271,9 +276,14 @@ class Plan:
                         self._add(m["name"], sampler, int(steps), k, seeds)
 
     def groups(self, steps: int, model: str, sampler: str) -> list[list[dict[str, Any]]]:
+        """The cell's job groups, each run's SolverConfig built and validated once here and carried, the same
+        object, into the spec of every seed shard's job."""
         key = (int(steps), model, sampler)
         if key not in self._groups:
-            self._groups[key] = groups(self.config, int(steps), model, sampler)
+            self._groups[key] = [
+                [{**r, "config": SolverConfig.from_dict(r["config"])} for r in g]
+                for g in groups(self.config, int(steps), model, sampler)
+            ]
         return self._groups[key]
 
     def _add(self, model: str, sampler: str, steps: int, shard: int, seeds: list[int]) -> None:
