@@ -92,6 +92,11 @@ class Outcome:
 
     holds: bool
     text: str
+    tie: bool = False  # both sides at the ceiling (T parallel steps, the most a solve takes): neither for nor against
+
+    @property
+    def word(self) -> str:
+        return "tie" if self.tie else "holds" if self.holds else "FAILS"
 
 
 @dataclass
@@ -384,12 +389,17 @@ def decide_embedded(
     outcome at all, `none_verdict` (not run in this study, unless the claim says why it cannot be measured)."""
     if not outcomes:
         return Verdict(none_verdict, none_reason)
+    ties = sum(o.tie for o in outcomes)
+    tied = f", {ties} tie(s) at the ceiling left out" if ties else ""
+    outcomes = [o for o in outcomes if not o.tie]
+    if not outcomes:
+        return Verdict(NOT_MEASURABLE, f"every one of the {ties} comparison(s) is a tie at the ceiling (T steps)")
     n, k = len(outcomes), sum(o.holds for o in outcomes)
     if k == n:
-        return Verdict(REPRODUCED, f"holds in all {n} comparison(s)")
+        return Verdict(REPRODUCED, f"holds in all {n} comparison(s){tied}")
     if k == 0:
-        return Verdict(NOT_REPRODUCED, f"holds in none of {n} comparison(s)")
-    return Verdict(PARTLY, f"holds in {k} of {n} comparison(s)")
+        return Verdict(NOT_REPRODUCED, f"holds in none of {n} comparison(s){tied}")
+    return Verdict(PARTLY, f"holds in {k} of {n} comparison(s){tied}")
 
 
 def metric_values(st: pd.DataFrame, metric: str) -> pd.Series:
@@ -486,11 +496,15 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
                     if b is None or (math.isinf(a[0]) and math.isinf(b[0])):
                         continue
                     holds = a[0] < b[0] if strict else a[0] <= b[0]
+                    # both at T parallel steps, the most a solve can take: a strict "fewer" cannot hold or fail
+                    tie = strict and a[0] == b[0] == float(g["steps"].iloc[0])
+                    verdict = "a tie at the ceiling (T steps)" if tie else "holds" if holds else "fails"
                     out.append(
                         Outcome(
                             holds,
                             f"{_where(key[: len(GROUP)], GROUP)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} "
-                            f"{_num(a[0])} {rel} {b[1]} {_num(b[0])}: {'holds' if holds else 'fails'}",
+                            f"{_num(a[0])} {'=' if tie else rel} {b[1]} {_num(b[0])}: {verdict}",
+                            tie=tie,
                         )
                     )
         return out
@@ -713,7 +727,7 @@ def write_report(
         lines += ["", f"**On the embedded models: {e.verdict.verdict}.** {e.verdict.reason}", ""]
         if e.statement and e.statement != "—":
             lines += [f"- Tested as: {e.statement}"]
-        lines += [f"- {'holds' if o.holds else 'FAILS'}: {o.text.rsplit(': ', 1)[0]}" for o in e.outcomes]
+        lines += [f"- {o.word}: {o.text.rsplit(': ', 1)[0]}" for o in e.outcomes]
         lines += [""] + fig_md(e.figure)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -785,7 +799,7 @@ def write_report(
         )
         items = [f"<li>Tested as: {esc(e.statement)}</li>"] if e.statement and e.statement != "—" else []
         items += [
-            f"<li class='{'holds' if o.holds else 'fails'}'>{'holds' if o.holds else 'FAILS'}: "
+            f"<li class='{'tie' if o.tie else 'holds' if o.holds else 'fails'}'>{o.word}: "
             f"{esc(o.text.rsplit(': ', 1)[0])}</li>"
             for o in e.outcomes
         ]

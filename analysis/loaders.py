@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -249,8 +249,9 @@ def expected_cells(config: str | Path | Mapping[str, Any]) -> pd.DataFrame:
         model = str(model["name"]) if isinstance(model, Mapping) else str(model)
         for sampler in _as_list(cfg["samplers"]):
             for steps in _as_list(cfg["steps"]):
-                if workflow:
-                    cell_tags = ["sequential", *workflow_solver_tags(cfg, int(steps), model, str(sampler))]
+                if workflow:  # a cell without parallel solvers is not planned, its baseline neither
+                    parallel = workflow_solver_tags(cfg, int(steps), model, str(sampler))
+                    cell_tags = ["sequential", *parallel] if parallel else []
                 else:
                     cell_tags = _tags_for(tags, model, str(sampler), int(steps))
                 for tag in cell_tags:
@@ -349,6 +350,7 @@ class Study:
         parts = []
         for run in self.runs:
             df = run.read_parquet(name)
+            check_finite(df, name, run)
             df["run"] = str(run.path.relative_to(self.root))
             if name == "samples.parquet":  # random-weight checkpoints (parataa.models.synthetic) say so
                 df["synthetic_weights"] = bool((run.manifest.get("weights") or {}).get("synthetic", False))
@@ -464,6 +466,59 @@ class Study:
         return df.reset_index()
 
 
+class NonFiniteMetricError(ValueError):
+    """A stored metric that is never NaN is NaN: the run's tables were edited (and its manifest re-sealed)."""
+
+
+# Columns no writer leaves NaN, per table (err_max / err_rms are NaN in the sequential baseline only: it is the
+# reference; psnr is NaN where the error is exactly zero).
+FINITE_COLUMNS = {
+    "samples.parquet": ("iterations", "wall_s", "model_s", "solver_s", "comm_s"),
+    "convergence.parquet": ("rho", "threshold"),
+    "timings.parquet": (),
+    "fidelity.parquet": ("psnr_db", "err_max", "err_rms"),
+}
+_PARALLEL_ONLY = {"samples.parquet": ("err_max", "err_rms")}
+
+
+def check_finite(df: pd.DataFrame, name: str, run: Run) -> None:
+    """Refuse (NonFiniteMetricError) a table of `run` with NaN in a column its writer never leaves NaN."""
+    cols = list(FINITE_COLUMNS.get(name, ()))
+    if run.config.get("solver") != "sequential":
+        cols += _PARALLEL_ONLY.get(name, ())
+    for col in (c for c in cols if c in df.columns):
+        bad = df[col].isna().to_numpy()
+        if bad.any():
+            raise NonFiniteMetricError(
+                f"{run.path / name}: column {col} holds {int(bad.sum())} NaN value(s) (first at row "
+                f"{int(bad.argmax())}); the writer never stores one there, so the table was edited after the run "
+                "(and its manifest re-sealed). Delete the run directory and rerun the study to recompute it"
+            )
+
+
+class MixedWeightsError(ValueError):
+    """Runs of one model were made with different weights: their numbers do not belong to one study."""
+
+
+def check_weights(runs: Sequence[Run], root: Path) -> None:
+    """Refuse (MixedWeightsError) a study in which a model's runs were made with more than one weights identity
+    (the sha256 of its weight files, `weights_sha256` in each run's config; parataa.jobs.identity): a baseline
+    from one checkpoint and a solver from another would be compared as if they were one model."""
+    from parataa.jobs.identity import identity_digests
+
+    ids = identity_digests({str(r.path.relative_to(root)): r.manifest for r in runs})
+    lines = []
+    for model, by in sorted(ids.items()):
+        if len(by) > 1:
+            parts = [f"{str(d)[:12]} in {len(rs)} run(s), e.g. {sorted(rs)[0]}" for d, rs in by.items()]
+            lines.append(f"model {model}: {len(by)} weights identities: " + "; ".join(parts))
+    if lines:
+        raise MixedWeightsError(
+            f"{root}: the study mixes weights: " + " | ".join(lines) + ". Rerun the workflow (it plans every run "
+            "made with other weights than the model's current ones again) or analyse one identity's runs only"
+        )
+
+
 def load_study(
     results: str | Path,
     expected: str | Path | Mapping[str, Any] | None = None,
@@ -477,8 +532,10 @@ def load_study(
     """
     root = Path(results)
     runs, rejected = discover_runs(root)
+    check_weights(runs, root)
     study = Study(root, runs, rejected)
     problems = [f"rejected run: {r}" for r in rejected]
+    study.convergence  # noqa: B018 - read (and checked for NaN, check_finite) before anything is reported
     s = study.samples
     if not s.empty:
         dup = s[s.duplicated([*CELL, "seed"], keep=False)]

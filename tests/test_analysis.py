@@ -173,6 +173,27 @@ def test_changed_schedule_coefficient_is_refused_in_strict_mode(mini: Path) -> N
         load_study(mini, expected=mini / "study.yaml", strict=True)
 
 
+def test_a_nan_metric_in_a_resealed_run_is_refused_by_name(mini: Path) -> None:
+    """wall_s set to NaN in a run's samples.parquet and the manifest re-sealed with the file's new hash: every
+    hash verifies, and the analysis still refuses it, naming the file, the column and the fix."""
+    import hashlib
+
+    from analysis.loaders import NonFiniteMetricError
+
+    run = mini / "runs" / "gmm" / "ddim-24" / TAA / "shard-0"
+    df = pd.read_parquet(run / "samples.parquet")
+    df.loc[1, "wall_s"] = np.nan
+    df.to_parquet(run / "samples.parquet")
+    m = json.loads((run / "manifest.json").read_text())
+    entry = m["files"]["samples.parquet"]
+    digest = hashlib.sha256((run / "samples.parquet").read_bytes()).hexdigest()
+    m["files"]["samples.parquet"] = {**entry, "sha256": digest} if isinstance(entry, dict) else digest
+    (run / "manifest.json").write_text(json.dumps(seal(m)))
+    verify_run(run)  # the re-sealed run verifies
+    with pytest.raises(NonFiniteMetricError, match=r"samples.parquet: column wall_s holds 1 NaN value\(s\)"):
+        load_study(mini)
+
+
 def test_each_run_is_scaled_by_its_own_schedule(mini: Path) -> None:
     """Two runs of one cell group with different schedules: each convergence row gets its own run's sigma_t."""
     run = mini / "runs" / "gmm" / "ddim-24" / TAA / "shard-0"
@@ -228,12 +249,13 @@ def test_expected_matrix_of_workflow_configs() -> None:
 
         cfg = yaml.safe_load(path.read_text())
         exp = expected_cells(path)
-        n_tags = sum(
-            1 + len(workflow_solver_tags(cfg, s, m["name"], sampler))
+        parallel = [
+            len(workflow_solver_tags(cfg, s, m["name"], sampler))
             for s in cfg["steps"]
             for m in cfg["models"]
             for sampler in cfg["samplers"]
-        )
+        ]
+        n_tags = sum(1 + n for n in parallel if n)  # a cell without parallel solvers has no baseline either
         assert len(exp) == n_tags * len(cfg["seeds"])
         from parataa.jobs import plan
         from parataa.jobs.config import validate_config
@@ -525,6 +547,26 @@ def test_embedded_verdicts_are_pure_and_both_ways() -> None:
     assert decide_embedded([yes, yes]).verdict == REPRODUCED
     assert decide_embedded([no]).verdict == NOT_REPRODUCED
     assert decide_embedded([yes, no]) == Verdict(PARTLY, "holds in 1 of 2 comparison(s)")
+
+
+def test_a_tie_at_the_ceiling_is_a_tie_not_a_failure() -> None:
+    """m x k grid, order 1: plain fixed point (m = 1) and TAA (m = 2) both take T = 25 steps to 40 dB, the most a
+    solve can take; "fewer" can neither hold nor fail there. A tie below the ceiling is still a failure."""
+    rows = [
+        {"solver": "taa", "history": 1, "order": 1, "its": 25, "to40": 25},
+        {"solver": "taa", "history": 2, "order": 1, "its": 25, "to40": 25},
+        {"solver": "taa", "history": 1, "order": 5, "its": 14, "to40": 12},
+        {"solver": "taa", "history": 2, "order": 5, "its": 10, "to40": 8},
+    ]
+    e = measure_embedded(_claim("m-k-grid-search"), _st(*rows))
+    ties = [o for o in e.outcomes if o.tie]
+    assert len(ties) == 1 and "25 = " in ties[0].text and "a tie at the ceiling (T steps)" in ties[0].text
+    assert ties[0].word == "tie"
+    assert e.verdict.verdict == REPRODUCED and "1 tie(s) at the ceiling left out" in e.verdict.reason, e.verdict
+    below = [{**r, "its": 20, "to40": 12} if r["order"] == 5 else r for r in rows]  # 12 = 12 at order 5: fails
+    e = measure_embedded(_claim("m-k-grid-search"), _st(*below))
+    assert e.verdict.verdict == PARTLY and any(not o.holds and not o.tie and "12 < " in o.text for o in e.outcomes)
+    assert decide_embedded([Outcome(False, "t", tie=True)]).verdict == NOT_MEASURABLE
 
 
 def test_claim_fewer_steps_than_fp_both_ways() -> None:

@@ -102,7 +102,7 @@ BAD = [
     (_set("solvers.aa", {"tol_scale": "sigmaa"}), ["config.solvers.aa.tol_scale", "sigmaa"]),
     (_set("solver_defaults", {"order": 3}), ["config.solver_defaults.order", "unknown key"]),
     (_set("solver_defaults", {"abs_tol": 0, "rel_tol": 0}), ["abs_tol and rel_tol are both 0"]),
-    (_set("solvers", {}), ["config.solvers", "non-empty"]),
+    (_set("solvers", {}), ["config.steps: 25 has no parallel solver in any cell", "add a solver to `solvers`"]),
     (_set("study", "has space"), ["config.study", "does not match"]),
     (_set("models", []), ["config.models", "non-empty"]),
     (_set("study", _DELETE), ["'study' is a required property"]),
@@ -242,8 +242,9 @@ def test_dry_run(tmp_path, name, profile):
     # the study is the --configfile alone: nothing of config/study.yaml (the Snakefile's default) merged in
     assert f"study {cfg['study']}: " in out and f": {n['cells']} cells, " in out, out
     counts = _job_counts(out)
-    combos = len(cfg["models"]) * len(cfg["samplers"]) * len(cfg["steps"]) * n["shards"]
-    assert counts["baseline"] == combos
+    combos = [(m["name"], s, t) for m in cfg["models"] for s in cfg["samplers"] for t in cfg["steps"]]
+    planned = [c for c in combos if plan.solver_runs(cfg, c[2], c[0], c[1])]  # cells with a parallel solver
+    assert counts["baseline"] == len(planned) * n["shards"]
     assert counts["baseline"] + counts["sample"] == n["jobs"]
     assert counts["noise"] == len(cfg["models"]) * len(cfg["steps"]) * n["shards"]
     for rule in ("aggregate", "study_config", "tables", "figures", "audit"):
@@ -440,12 +441,10 @@ def test_job_records_find_deleted_touched_and_corrupt_runs(tmp_path):
     (b / "convergence.parquet").write_bytes(bytes(raw))
     (problem,) = verify.check_record(rec)
     assert problem.startswith(f"{b}: sha256 mismatch for convergence.parquet") and "corrupt" in problem
-    base_manifest = Path(spec.baseline) / "manifest.json"
+    assert rec.exists()  # checking deletes nothing
     base_rec = tmp_path / "baseline.json"
     storage.atomic_write_json(base_rec, verify.job_record([spec.baseline]))
-    lines = verify.invalidate_damaged([(base_manifest, base_rec)], [rec, tmp_path / "group-1.json"])
-    assert not rec.exists() and base_manifest.exists()  # only the damaged job's output goes
-    assert lines == [f"[verify] job group {rec}: {problem}; the job is planned again"]
+    assert verify.check_record(base_rec) == []
     shutil.rmtree(spec.baseline)
     assert "no manifest.json (the run is missing" in verify.check_record(base_rec)[0]
     rec_a = tmp_path / "a.json"
@@ -786,8 +785,8 @@ def test_smoke_study_end_to_end_local(tmp_path):
     text = plan_.stdout + plan_.stderr
     assert plan_.returncode == 0, text
     jobs = root / "smoke" / "jobs" / "gmm"
-    assert f"[verify] job group {jobs}/ddim-25/shard-0/group-0.json: {gone}: no manifest.json" in text, text
-    assert f"[verify] job group {jobs}/ddpm-25/shard-0/group-0.json: {flipped}: sha256 mismatch for trajectory" in text
+    assert f"[plan] job group {jobs}/ddim-25/shard-0/group-0.json: {gone}: no manifest.json" in text, text
+    assert f"[plan] job group {jobs}/ddpm-25/shard-0/group-0.json: {flipped}: sha256 mismatch for trajectory" in text
     assert f"Missing output files: {base}/manifest.json" in text
     assert _job_counts(text)["baseline"] == 1 and _job_counts(text)["sample"] == 2
 

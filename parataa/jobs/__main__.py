@@ -29,14 +29,15 @@ def _noise(args: argparse.Namespace) -> int:
 
 def _aggregate(args: argparse.Namespace) -> int:
     from ..storage import write_aggregate
+    from .verify import run_dirs as verify_run_dirs
 
     run_dirs: list[Path] = []
     for item in args.inputs:
         p = Path(item)
         if p.name == "manifest.json":
             run_dirs.append(p.parent)
-        else:  # a job-group record: the run directories that job wrote
-            run_dirs.extend(Path(d) for d in json.loads(p.read_text())["runs_dirs"])
+        else:  # a job-group record: the run directories that job wrote (relative to the record's root)
+            run_dirs.extend(verify_run_dirs(p))
     out = Path(args.out)
     m = write_aggregate(out, run_dirs, root=out)
     print(f"[parataa] aggregate {out}: {len(m['runs'])} runs")

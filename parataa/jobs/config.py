@@ -198,11 +198,19 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
             extra = [v for v in grid.get(key) or [] if v not in have]
             if extra:
                 msgs.append(f"config.grids[{i}].{key}: {extra} not in the study's {key} {list(have)}")
+    empty = []
     for steps in cfg["steps"]:
         for name in names:
             for sampler in cfg["samplers"]:
                 try:
-                    solver_runs(cfg, steps, name, sampler)
+                    if not solver_runs(cfg, steps, name, sampler):
+                        empty.append(f"{name}/{sampler}-{steps}")
                 except ValueError as e:
                     msgs.append(f"config.{e}")
+    for steps in cfg["steps"]:  # a step count no cell runs a parallel solver at is a mistake, not a study
+        if all(f"{n}/{s}-{steps}" in empty for n in names for s in cfg["samplers"]):
+            msgs.append(
+                f"config.steps: {steps} has no parallel solver in any cell (solvers is {cfg['solvers']!r} and no "
+                f"grid names steps {steps}); add a solver to `solvers` or a grid with steps: [{steps}], or drop it"
+            )
     return msgs

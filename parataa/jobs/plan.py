@@ -10,11 +10,12 @@ so a cluster job does real work instead of one tiny cell.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..solver_config import PARALLEL_SOLVERS as SOLVER_NAMES
-from ..solver_config import expand_solver_grid, fmt_num, preset, solver_tag
+from ..solver_config import SolverConfig, expand_solver_grid, fmt_num, preset, solver_tag
 from ..storage import run_dir
 from .spec import JobSpec, ModelConfig, RunSpec
 
@@ -32,6 +33,8 @@ __all__ = [
     "baseline_spec",
     "targets",
     "count",
+    "Job",
+    "Plan",
 ]
 
 
@@ -108,14 +111,24 @@ def targets(config: Mapping[str, Any]) -> dict[str, list[str]]:
                 out["noise"].append(p["noise"].format(model=m["name"], steps=steps, shard=k))
                 for sampler in config["samplers"]:
                     w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
-                    out["baseline"].append(p["baseline"].format(**w))
-                    for g in range(len(groups(config, steps, m["name"], sampler))):
+                    gs = groups(config, steps, m["name"], sampler)
+                    if gs:  # a cell without parallel solvers has nothing to compare with a baseline
+                        out["baseline"].append(p["baseline"].format(**w))
+                    for g in range(len(gs)):
                         out["group"].append(p["group"].format(group=g, **w))
     return out
 
 
-def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> dict[str, Any]:
-    seeds = shards(config)[shard]
+def _common(
+    config: Mapping[str, Any],
+    model: str,
+    sampler: str,
+    steps: int,
+    shard: int,
+    weights: Mapping[str, str | None] | None = None,
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    seeds = shards(config)[shard] if seeds is None else seeds
     m = model_spec(config, model)
     return {
         "study": config["study"],
@@ -127,6 +140,7 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
             path=m.get("path"),
             dtype=m.get("dtype"),
             chunk_size=m.get("chunk_size"),
+            weights=(weights or {}).get(model),
         ),
         "sampler": sampler,
         "steps": int(steps),
@@ -147,14 +161,28 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
 
 
 def _run(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, r: Mapping[str, Any]) -> RunSpec:
+    """One run of a job; `r["config"]` is carried as is when it is a SolverConfig already (Plan builds each
+    cell's once), else built (and validated) from its dict."""
     d = run_dir(config["results_dir"], config["study"], model, sampler, steps, r["tag"], shard)
-    return RunSpec.from_dict({"solver": r["solver"], "tag": r["tag"], "config": dict(r["config"]), "dir": str(d)})
+    cfg = r["config"]
+    return RunSpec(
+        str(r["solver"]), str(r["tag"]), cfg if isinstance(cfg, SolverConfig) else SolverConfig.from_dict(cfg), str(d)
+    )
 
 
-def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int) -> JobSpec:
-    """The job of the sequential run of one (model, sampler, steps, seed shard)."""
-    seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential").to_dict()}
-    common = _common(config, model, sampler, steps, shard)
+def baseline_spec(
+    config: Mapping[str, Any],
+    model: str,
+    sampler: str,
+    steps: int,
+    shard: int,
+    weights: Mapping[str, str | None] | None = None,
+    seeds: list[int] | None = None,
+) -> JobSpec:
+    """The job of the sequential run of one (model, sampler, steps, seed shard); `weights`: {model: weights
+    digest} (parataa.jobs.identity.study_weights)."""
+    seq = {"solver": "sequential", "tag": "sequential", "config": preset("sequential")}
+    common = _common(config, model, sampler, steps, shard, weights, seeds)
     common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
     common["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
     return JobSpec(
@@ -165,9 +193,20 @@ def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: in
     )
 
 
-def group_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, shard: int, group: int) -> JobSpec:
-    """The job of one group of `runs_per_job` parallel cells of one seed shard."""
-    gs = groups(config, int(steps), model, sampler)
+def group_spec(
+    config: Mapping[str, Any],
+    model: str,
+    sampler: str,
+    steps: int,
+    shard: int,
+    group: int,
+    weights: Mapping[str, str | None] | None = None,
+    gs: list[list[dict[str, Any]]] | None = None,
+    seeds: list[int] | None = None,
+) -> JobSpec:
+    """The job of one group of `runs_per_job` parallel cells of one seed shard (`gs`: the cell's groups, when
+    the caller has them already)."""
+    gs = groups(config, int(steps), model, sampler) if gs is None else gs
     if not 0 <= group < len(gs):
         raise ValueError(f"group {group} does not exist: {len(gs)} job groups at steps={steps}")
     baseline = paths(config)["baseline"].format(model=model, sampler=sampler, steps=steps, shard=shard)
@@ -175,7 +214,7 @@ def group_spec(config: Mapping[str, Any], model: str, sampler: str, steps: int, 
         name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/group-{group}",
         baseline=str(Path(baseline).parent),
         runs=tuple(_run(config, model, sampler, steps, shard, r) for r in gs[group]),
-        **_common(config, model, sampler, steps, shard),
+        **_common(config, model, sampler, steps, shard, weights, seeds),
     )
 
 
@@ -186,8 +225,9 @@ def count(config: Mapping[str, Any]) -> dict[str, int]:
     for steps in config["steps"]:
         for m in config["models"]:
             for sampler in config["samplers"]:
-                cells += len(solver_runs(config, steps, m["name"], sampler)) + 1
-                jobs += len(groups(config, steps, m["name"], sampler)) + 1
+                n = len(solver_runs(config, steps, m["name"], sampler))
+                cells += n + 1 if n else 0  # a cell without parallel solvers plans no baseline either
+                jobs += -(-n // int(config["runs_per_job"])) + 1 if n else 0
     return {
         "cells": cells,
         "runs": cells * n_shards,
@@ -195,3 +235,89 @@ def count(config: Mapping[str, Any]) -> dict[str, int]:
         "shards": n_shards,
         "samples": len(config["seeds"]) * cells,
     }
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the plan: its rule ("baseline" or "sample"), wildcards, declared output, the record it leaves
+    when it finishes (parataa.jobs.verify.job_record) and its spec."""
+
+    rule: str
+    wildcards: tuple[tuple[str, Any], ...]
+    output: str
+    record: str
+    spec: JobSpec
+
+
+class Plan:
+    """Every job of a validated study config, built once: each cell's solver grid is expanded once (not once per
+    job), so planning costs time linear in the number of jobs. `weights`: {model: weights digest}
+    (parataa.jobs.identity.study_weights), carried into every job's model config.
+
+    `stale()` compares what each finished job's record says it was made for (its portable spec) and whether its
+    runs are intact with the job the config asks for now, and reads nothing else: no Snakemake metadata, so a
+    changed option, a copied or moved results dir and a fresh clone plan the same jobs. It never deletes or
+    writes anything."""
+
+    def __init__(self, config: Mapping[str, Any], weights: Mapping[str, str | None] | None = None) -> None:
+        self.config = config
+        self.paths = paths(config)
+        self.weights = dict(weights or {})
+        self.shards = shards(config)
+        self._groups: dict[tuple[int, str, str], list[list[dict[str, Any]]]] = {}
+        self.jobs: dict[str, Job] = {}
+        for m in config["models"]:
+            for steps in config["steps"]:
+                for k, seeds in enumerate(self.shards):
+                    for sampler in config["samplers"]:
+                        self._add(m["name"], sampler, int(steps), k, seeds)
+
+    def groups(self, steps: int, model: str, sampler: str) -> list[list[dict[str, Any]]]:
+        """The cell's job groups, each run's SolverConfig built and validated once here and carried, the same
+        object, into the spec of every seed shard's job."""
+        key = (int(steps), model, sampler)
+        if key not in self._groups:
+            self._groups[key] = [
+                [{**r, "config": SolverConfig.from_dict(r["config"])} for r in g]
+                for g in groups(self.config, int(steps), model, sampler)
+            ]
+        return self._groups[key]
+
+    def _add(self, model: str, sampler: str, steps: int, shard: int, seeds: list[int]) -> None:
+        w = dict(model=model, sampler=sampler, steps=steps, shard=shard)
+        gs = self.groups(steps, model, sampler)
+        if not gs:
+            return  # no parallel solver in this cell (the study's grids name none): no baseline either
+        folder = Path(self.paths["group"].format(group=0, **w)).parent
+        spec = baseline_spec(self.config, model, sampler, steps, shard, self.weights, seeds)
+        out = self.paths["baseline"].format(**w)
+        self.jobs[out] = Job("baseline", tuple(w.items()), out, str(folder / "baseline.json"), spec)
+        for g in range(len(gs)):
+            spec = group_spec(self.config, model, sampler, steps, shard, g, self.weights, gs, seeds)
+            out = self.paths["group"].format(group=g, **w)
+            self.jobs[out] = Job("sample", (*w.items(), ("group", g)), out, out, spec)
+
+    def job(self, rule: str, model: str, sampler: str, steps: Any, shard: Any, group: Any = None) -> Job:
+        w = dict(model=model, sampler=sampler, steps=int(steps), shard=int(shard))
+        out = self.paths["baseline"].format(**w) if rule == "baseline" else self.paths["group"].format(group=group, **w)
+        return self.jobs[out]
+
+    def targets(self, rule: str) -> list[str]:
+        return [j.output for j in self.jobs.values() if j.rule == rule]
+
+    def stale(self) -> dict[str, str]:
+        """{declared output: why the job must run again} for every finished job (its output exists) whose
+        record is missing, was made for another spec, or vouches for runs that are missing or damaged."""
+        from .verify import check_record
+
+        out: dict[str, str] = {}
+        for job in self.jobs.values():
+            if not Path(job.output).exists():
+                continue  # not run yet: Snakemake plans it anyway
+            why = check_record(job.record, job.spec.portable())
+            if why:
+                out[job.output] = why[0] + (f" (and {len(why) - 1} more)" if len(why) > 1 else "")
+        return out

@@ -35,6 +35,7 @@ from ..schedules import Schedule
 from ..solvers import SolveResult, SolverState, solve
 from .checkpoint import load_state, remove_state, save_state, snapshot
 from .environment import WorldSizeError, device_check, device_name, set_determinism, world_size_check
+from .identity import weights_digest
 from .spec import JobSpec, RunSpec
 
 __all__ = ["ShardJob", "RunOutcome", "WorldSizeError", "status"]
@@ -220,8 +221,20 @@ class ShardJob(submitit.helpers.Checkpointable):
                     f"{spec.baseline}: baseline seeds {list(base.seeds)} differ from the shard's "
                     f"{list(spec.seeds)}; rerun the baseline"
                 )
+            found = (base.manifest.get("config") or {}).get("weights_sha256")
+            if found != m.weights:
+                raise ValueError(
+                    f"{spec.baseline}: baseline made with weights {found} but this job's are {m.weights}; "
+                    "rerun the baseline (snakemake plans it again)"
+                )
+        weights = weights_identity(m.name, m.path) if rank == 0 else {}
+        if rank == 0 and m.weights is not None and weights_digest(weights) != m.weights:
+            raise ValueError(
+                f"weights of {m.name} ({m.path or 'default'}) are {weights_digest(weights)}, not {m.weights} as "
+                "planned: they changed since the plan; run snakemake again to plan the study with them"
+            )
         return Shard(
-            weights=weights_identity(m.name, m.path) if rank == 0 else {},
+            weights=weights,
             model=den,
             schedule=info(spec.steps, sampler=spec.sampler),
             noise=noise.to(device),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import Any
 
 from ..solver_config import SolverConfig
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ModelConfig", "RunSpec", "JobSpec"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "RESULT_NEUTRAL", "ModelConfig", "RunSpec", "JobSpec"]
 
 # Rows per network call when a study config leaves a model's `chunk_size` null.
 DEFAULT_CHUNK_SIZE = 8
+# Job settings that change no stored number: how the job reports and when it checkpoints. A job whose spec
+# differs only in these is not planned again.
+RESULT_NEUTRAL = ("progress", "threads", "checkpoint_every_s")
 
 
 def _fields(cls: type, d: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -50,6 +54,9 @@ class ModelConfig:
     path: str | None = None
     dtype: str | None = None
     chunk_size: int | None = None  # rows per network call (None: DEFAULT_CHUNK_SIZE)
+    # sha256 identity of the weights the plan found (parataa.jobs.identity.weights_digest; None: gmm, or weights
+    # not on the planning machine). Part of every run's config: a run made with other weights is made again.
+    weights: str | None = None
 
     @property
     def rows_per_call(self) -> int:
@@ -64,6 +71,7 @@ class ModelConfig:
             "path": self.path,
             "dtype": self.dtype,
             "chunk_size": self.chunk_size,
+            "weights": self.weights,
         }
 
     @classmethod
@@ -180,6 +188,25 @@ class JobSpec:
             runs=tuple(dataclasses.replace(r, dir=ab(r.dir)) for r in self.runs),
         )
 
+    def portable(self) -> dict[str, Any]:
+        """What a job record stores and the next plan compares: `to_dict()` with every path relative to the
+        study's results directory (<results_dir>/<study>), `results_dir` itself left out, and the settings that
+        change no stored result (RESULT_NEUTRAL) left out. Equal for the same job in a copied or moved results
+        directory; different when any option that decides a result changed."""
+        base = os.path.abspath(os.path.join(self.results_dir, self.study))
+
+        def rel(p: str | None) -> str | None:
+            return None if p is None else Path(os.path.relpath(os.path.abspath(p), base)).as_posix()
+
+        out = self.to_dict()
+        for k in ("results_dir", *RESULT_NEUTRAL):
+            out.pop(k)
+        for k in ("state_dir", "noise", "baseline"):
+            out[k] = rel(out[k])
+        for r in out["runs"]:
+            r["dir"] = rel(r["dir"])
+        return json.loads(json.dumps(out, sort_keys=True))
+
     # ------------------------------------------------------------------------------- what a run is
 
     def run_config(self, run: RunSpec) -> dict[str, Any]:
@@ -190,6 +217,7 @@ class JobSpec:
             "model": m.name,
             "model_options": dict(m.options),
             "model_path": m.path,
+            "weights_sha256": m.weights,
             "dtype": m.dtype,
             "chunk_size": m.rows_per_call,  # the size in use: it decides the float32 rounding of every call
             "cfg_scale": float(m.cfg_scale),

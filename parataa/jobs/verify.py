@@ -1,17 +1,16 @@
-"""Job records, and the check the workflow runs before planning: are the runs a finished job vouches for still
-there and intact?
+"""Job records, and the check a plan runs on them: was a finished job made for the spec the config asks for now,
+and are the runs it vouches for still there and intact?
 
 Snakemake sees only the outputs it declared: a baseline's `manifest.json` and a job group's record
-`jobs/<model>/<sampler>-<steps>/shard-<k>/group-<g>.json`. A deleted run directory, a deleted file or a flipped
-byte inside a run leaves those in place, so Snakemake would call the study up to date. When a job finishes, the
-rule (workflow/scripts/run_job.py) writes a record listing each run's directory, the sha256 of its manifest
-and the size and mtime of every file, after verifying every hash. Before planning, the workflow
-(workflow/rules/common.smk) calls `invalidate_damaged`: a run whose files all keep their recorded size and
-mtime is intact; any other is verified in full against its manifest (`parataa.storage.read_manifest`). A job
-with a missing or damaged run loses its declared output (the group record; for a baseline, the run's own
-manifest, which no longer vouches for its files), so Snakemake plans it again, and the job recomputes exactly
-the runs that fail verification. This also happens in a dry run: the record removed is a claim that is no
-longer true; run data is never touched.
+`jobs/<model>/<sampler>-<steps>/shard-<k>/group-<g>.json`; its own metadata (.snakemake/) is lost with a fresh
+clone or a copied results dir. When a job finishes, the rule (workflow/scripts/run_job.py) writes a record
+holding the job's portable spec (`JobSpec.portable`: every path relative to the study's results directory) and,
+per run, its directory (relative to the study's results directory, as `root` says from the record's folder),
+the sha256 of its manifest and the size and mtime of every file, after verifying every hash. A plan
+(`parataa.jobs.plan.Plan.stale`) calls `check_record` for every finished job: a record made for another spec,
+or a run whose files changed size or mtime and no longer verify in full against its manifest
+(`parataa.storage.read_manifest`), makes the job run again (Snakemake's forcerun, set by the workflow). Nothing
+is deleted, in a dry run or otherwise: the job recomputes exactly the runs that fail verification.
 
 Torch-free: the workflow imports it while building the DAG.
 """
@@ -26,7 +25,7 @@ from typing import Any
 
 from .. import storage
 
-__all__ = ["run_receipt", "job_record", "check_run", "check_record", "invalidate_damaged"]
+__all__ = ["run_receipt", "job_record", "run_dirs", "check_run", "check_record"]
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -37,30 +36,65 @@ def _stat(path: Path) -> list[int] | None:
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
-def run_receipt(run_dir: str | Path) -> dict[str, Any]:
-    """Verify a run in full (every hash) and return what a later, cheap check compares against: its directory,
-    the sha256 of its manifest and [size, mtime_ns] of the manifest and of every file it lists.
-    Raises parataa.storage.CorruptRunError when the run does not verify."""
+def run_receipt(run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Verify a run in full (every hash) and return what a later, cheap check compares against: its directory
+    (relative to `root` when given), the sha256 of its manifest and [size, mtime_ns] of the manifest and of every
+    file it lists. Raises parataa.storage.CorruptRunError when the run does not verify."""
     d = Path(run_dir)
     manifest = storage.read_manifest(d)
     names = ["manifest.json", *sorted(manifest["files"])]
     return {
-        "dir": str(d),
+        "dir": _rel(d, root),
         "manifest_sha256": storage.sha256_file(d / "manifest.json"),
         "files": {n: _stat(d / n) for n in names},
     }
 
 
-def job_record(run_dirs: Iterable[str | Path], **fields: Any) -> dict[str, Any]:
-    """The record a finished job leaves: `fields` (name, job id, wall time, ...), `runs_dirs` and one
-    run_receipt per run."""
-    dirs = [str(d) for d in run_dirs]
-    return {**fields, "runs_dirs": dirs, "runs": [run_receipt(d) for d in dirs]}
+def _rel(path: str | Path, root: str | Path | None) -> str:
+    if root is None:
+        return str(path)
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
-def check_run(entry: Mapping[str, Any]) -> str | None:
-    """None when the run of a record entry is intact; otherwise what is wrong with it."""
-    d = Path(entry["dir"])
+def job_record(
+    run_dirs: Iterable[str | Path],
+    record: str | Path | None = None,
+    root: str | Path | None = None,
+    spec: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The record a finished job leaves at `record`: `fields` (name, job id, wall time, ...), the job's portable
+    `spec`, `root` (the study's results directory, relative to the record's folder), `runs_dirs` (relative to
+    root) and one run_receipt per run. Without `record` and `root`, paths stay as given."""
+    dirs = [Path(d) for d in run_dirs]
+    rel_root = None if record is None or root is None else _rel(root, Path(record).parent)
+    out: dict[str, Any] = {**fields}
+    if rel_root is not None:
+        out["root"] = rel_root
+    if spec is not None:
+        out["spec"] = dict(spec)
+    out["runs_dirs"] = [_rel(d, root) for d in dirs]
+    out["runs"] = [run_receipt(d, root) for d in dirs]
+    return out
+
+
+def _base(record_path: Path, record: Mapping[str, Any]) -> Path:
+    """The folder a record's run directories are relative to (its study's results directory)."""
+    return Path(os.path.normpath(record_path.parent / str(record.get("root", "."))))
+
+
+def run_dirs(record_path: str | Path) -> list[Path]:
+    """The run directories a job record lists, resolved against the record's own location."""
+    record_path = Path(record_path)
+    record = json.loads(record_path.read_text())
+    base = _base(record_path, record) if "root" in record else Path()
+    return [base / d for d in record["runs_dirs"]]
+
+
+def check_run(entry: Mapping[str, Any], base: str | Path = ".") -> str | None:
+    """None when the run of a record entry is intact; otherwise what is wrong with it. `base`: the folder the
+    entry's directory is relative to."""
+    d = Path(base) / entry["dir"]
     stats = entry.get("files")
     if stats and all(_stat(d / name) == list(st) for name, st in stats.items()):
         return None  # nothing changed since the job verified every hash
@@ -74,53 +108,43 @@ def check_run(entry: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_record(path: str | Path) -> list[str]:
-    """The problems of every run a job record vouches for (empty: all intact)."""
+def check_record(path: str | Path, spec: Mapping[str, Any] | None = None) -> list[str]:
+    """The problems of a job record (empty: the job is done): with `spec` (a JobSpec.portable()), a record made
+    for another spec is one, naming the first fields that differ; then every run it vouches for must be intact."""
     path = Path(path)
+    if not path.exists():
+        return [f"{path}: no job record (the job's runs cannot be vouched for); the job runs again"]
     try:
         record = json.loads(path.read_text())
         entries = record.get("runs") or [{"dir": d} for d in record["runs_dirs"]]
         dirs = [e["dir"] for e in entries]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return [f"{path}: unreadable job record ({e})"]
+    if spec is not None and record.get("spec") != spec:
+        return [f"{path}: made for another spec ({_differs(record.get('spec'), spec)})"]
     if not dirs:
         return [f"{path}: the job record lists no runs"]
-    return [p for p in (check_run(e) for e in entries) if p]
+    base = _base(path, record) if "root" in record else Path()
+    return [p for p in (check_run(e, base) for e in entries) if p]
 
 
-def invalidate_damaged(
-    baselines: Iterable[tuple[str | Path, str | Path]], groups: Iterable[str | Path]
-) -> list[str]:
-    """Remove the declared output of every finished job whose runs are missing or damaged, so that Snakemake
-    plans the job again. `baselines`: (the baseline run's manifest.json, its record) pairs; `groups`: job-group
-    records. Outputs that do not exist (jobs not run yet) are skipped. Returns one line per job invalidated."""
-    lines = []
-    for manifest, record in baselines:
-        manifest, record = Path(manifest), Path(record)
-        if not manifest.exists():
+def _differs(old: Any, new: Mapping[str, Any], where: str = "") -> str:
+    """The first few fields in which a recorded spec differs from the wanted one, as `field: old -> new`."""
+    if not isinstance(old, Mapping):
+        return "the record holds no spec"
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
             continue
-        if record.exists():
-            problems = check_record(record)
-        else:  # a baseline finished before records were written: verify it in full
-            problem = check_run({"dir": str(manifest.parent)})
-            problems = [problem] if problem else []
-        if problems:
-            _remove(manifest)
-            lines.append(f"[verify] baseline {manifest.parent}: {problems[0]}; the baseline is planned again")
-    for rec in groups:
-        rec = Path(rec)
-        if not rec.exists():
-            continue
-        problems = check_record(rec)
-        if problems:
-            _remove(rec)
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            lines.append(f"[verify] job group {rec}: {problems[0]}{more}; the job is planned again")
-    return lines
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.append(_differs(a, b, f"{where}{k}."))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            pairs = [(i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+            nested = [_differs(x, y, f"{where}{k}[{i}].") for i, x, y in pairs if isinstance(x, Mapping)]
+            out += nested or [f"{where}{k}: {a!r} -> {b!r}"]
+        else:
+            out.append(f"{where}{k}: {a!r} -> {b!r}")
+        if len(out) >= 3:
+            break
+    return "; ".join(out[:3])

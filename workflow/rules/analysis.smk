@@ -15,7 +15,9 @@ rule study_config:
         PATHS["log_study_config"],
     params:
         # a changed config (seeds, solvers, ...) reruns this rule and, through its output, the analysis
-        config=json.dumps(config),  # key order kept: it is the solvers' (and the tables') order
+        # key order kept: it is the solvers' (and the tables') order. A function, so that braces in free text (a
+        # prompt "a {word} digit", a model path) are not read as wildcards
+        config=lambda wc: json.dumps(config),
     localrule: True
     conda:
         "../../environment.yml"

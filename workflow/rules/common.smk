@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from parataa.jobs import plan, preflight, verify
+from parataa.jobs import identity, plan, preflight
 from parataa.jobs.config import ConfigError, load_schema, validate_config
 
 # The interpreter running Snakemake (a venv's or conda env's) runs the rules' Python commands too, also when
@@ -30,11 +30,15 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-PATHS = plan.paths(config)
-TARGETS = plan.targets(config)
+# The plan: every job's spec built once, with the weights identity of each model (hashed in full only when a
+# weights file changed size or mtime since the last plan; parataa.jobs.identity).
+WEIGHTS, _notes = identity.study_weights(config)
+for _line in _notes:
+    print(_line, file=sys.stderr)
+PLAN = plan.Plan(config, WEIGHTS)
+PATHS = PLAN.paths
+TARGETS = {"baseline": PLAN.targets("baseline"), "group": PLAN.targets("sample")}
 AGGREGATE = PATHS["aggregate"]
-# A baseline's record (the runs it made, verified, with sizes and mtimes) lies beside its shard's group records.
-BASELINE_RECORD = str(Path(PATHS["group"]).parent / "baseline.json")
 _n = plan.count(config)
 print(
     f"study {config['study']}: {len(config['models'])} model(s) x {len(config['samplers'])} sampler(s) x "
@@ -60,26 +64,29 @@ def gpus_for(processes):
     return max(processes, int(device.split(":")[1]) + 1 if ":" in device else 1)
 
 
-def baseline_record(wc):
-    return BASELINE_RECORD.format(model=wc.model, sampler=wc.sampler, steps=wc.steps, shard=wc.shard)
+def job_of(rule, wc):
+    return PLAN.job(rule, wc.model, wc.sampler, wc.steps, wc.shard, getattr(wc, "group", None))
 
 
-def baseline_records():
-    """(manifest, record) of every baseline job of the study."""
-    n_shards = len(plan.shards(config))
-    for m in config["models"]:
-        for steps in config["steps"]:
-            for k in range(n_shards):
-                for sampler in config["samplers"]:
-                    w = dict(model=m["name"], sampler=sampler, steps=steps, shard=k)
-                    yield PATHS["baseline"].format(**w), BASELINE_RECORD.format(**w)
+# Snakemake sees only declared outputs and keeps what it ran for them in .snakemake/ (lost with a fresh clone or
+# a copied results dir). Every finished job is checked against its own record instead: made for the spec the
+# config asks for now, its runs intact (cheap: sizes and mtimes, full hashes where they changed). A job that
+# fails is forced to run again (as with --forcerun), in a dry run too; nothing is deleted
+# (parataa.jobs.plan.Plan.stale, parataa.jobs.verify).
+STALE = PLAN.stale()
+for _out, _why in STALE.items():
+    _what = "baseline" if _out.endswith("manifest.json") else "job group"
+    print(f"[plan] {_what} {_out}: {_why}; the job is planned again", file=sys.stderr)
 
 
-# Snakemake sees only declared outputs: a finished job whose run directories were deleted or damaged since would
-# count as done. Verify them first (cheap: sizes and mtimes against the job's record, full hashes where they
-# changed) and remove the output of any job that no longer holds, so it is planned again (parataa.jobs.verify).
-for _line in verify.invalidate_damaged(baseline_records(), TARGETS["group"]):
-    print(_line, file=sys.stderr)
+def force_stale(wc):
+    """An input function of the baseline and sample rules that adds no input: it marks the stale jobs' outputs
+    as forced in the DAG being built (Snakemake evaluates input functions while it builds the DAG, before it
+    decides which jobs must run; command-line settings such as --forcerun are fixed before the Snakefile is
+    read, so the plan cannot set them)."""
+    if STALE:
+        workflow.dag.forcefiles.update(STALE)
+    return []
 
 # Ctrl-C and `kill -INT` reach the rule jobs, whose launchers cancel their jobs; the launchers also watch this
 # process and cancel local jobs if it disappears. A lock left by a Snakemake killed hard is named as such.

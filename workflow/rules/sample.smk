@@ -10,14 +10,15 @@
 rule baseline:
     input:
         noise=PATHS["noise"],
+        stale=force_stale,
     output:
         PATHS["baseline"],
     log:
         PATHS["log_baseline"],
     params:
-        spec=lambda wc: canonical(plan.baseline_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard))),
+        spec=lambda wc: canonical(job_of("baseline", wc).spec),
         record=lambda wc: record_path("baseline", wc),
-        receipt=lambda wc: baseline_record(wc),
+        receipt=lambda wc: job_of("baseline", wc).record,
         folder=PATHS["submitit"],
     resources:
         tasks_per_node=1,
@@ -32,14 +33,13 @@ rule sample:
     input:
         noise=PATHS["noise"],
         baseline=PATHS["baseline"],
+        stale=force_stale,
     output:
         PATHS["group"],
     log:
         PATHS["log_sample"],
     params:
-        spec=lambda wc: canonical(
-            plan.group_spec(config, wc.model, wc.sampler, int(wc.steps), int(wc.shard), int(wc.group))
-        ),
+        spec=lambda wc: canonical(job_of("sample", wc).spec),
         record=lambda wc: record_path("group", wc),
         folder=PATHS["submitit"],
     resources:

@@ -9,7 +9,8 @@ from parataa.jobs.verify import job_record
 from parataa.storage import atomic_write_json
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-spec = JobSpec.from_dict(sm.params.spec).absolute()  # the cluster job may start in another directory
+planned = JobSpec.from_dict(sm.params.spec)
+spec = planned.absolute()  # the cluster job may start in another directory
 Path(sm.log[0]).parent.mkdir(parents=True, exist_ok=True)
 logfile = open(sm.log[0], "a", buffering=1)  # noqa: SIM115 - open for the whole script
 
@@ -37,15 +38,20 @@ try:
 except KeyboardInterrupt as e:  # SIGINT / SIGTERM: the launcher cancelled the job; no output is written
     log(f"[launch] interrupted ({e})")
     sys.exit(130)
-# The record of what this job made: every run verified in full now, with the sizes and mtimes that let the next
-# plan check it cheaply (parataa.jobs.verify). A group's record is the rule's output; a baseline's output is
+# The record of what this job made: the spec it was made for (paths relative to the study's results directory)
+# and every run verified in full now, with the sizes and mtimes that let the next plan check it cheaply
+# (parataa.jobs.verify). A group's record is the rule's output; a baseline's output is
 # its run's manifest, and its record lies beside the group records.
+where = sm.params.receipt if out.name == "manifest.json" else out
 record = job_record(
     summary["runs_dirs"],
+    record=where,
+    root=Path(spec.results_dir) / spec.study,
+    spec=planned.portable(),
     name=spec.name,
     job_id=summary.get("job_id"),
     wall_s=summary.get("wall_s"),
     peak_gpu_memory_gib=summary.get("peak_gpu_memory_gib"),
     solve_peak_gpu_memory_gib=summary.get("solve_peak_gpu_memory_gib"),
 )
-atomic_write_json(sm.params.receipt if out.name == "manifest.json" else out, record)
+atomic_write_json(where, record)
