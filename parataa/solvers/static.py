@@ -23,7 +23,7 @@ Engines (`solve(..., engine=...)`, `StaticSolver(..., engine=...)`):
   synchronise with the host such as `parataa.distributed.DistributedDenoiser` (its inner model can itself be a
   `parataa.cuda_graphs.GraphedDenoiser`).
 
-Same semantics as the reference: the same window, residuals, stopping test (`_window.stop_test`), safeguard,
+Same semantics as the reference: the same window, residuals, stopping rule (parataa/stopping.py), safeguard,
 updates, history and fallbacks, the same log rows (one per valid window position, in sample-then-step order)
 and counts. Reductions over the window (Anderson's shared Gram matrix, Picard's window sum, the "sum" rule's
 total) add B - w exact zeros after the valid values. tests/test_static.py checks on the CPU that every solver,
@@ -43,9 +43,10 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, rms, splitting_rhs, step_rhs
+from ..stopping import RULES
+from ..system import rms, splitting_rhs, step_rhs
 from ._history import ridge_solve, ridge_system
-from ._window import new_state, stop_test, stop_thresholds, updated_positions
+from ._window import new_state
 from .base import (
     Callback,
     Denoiser,
@@ -221,7 +222,7 @@ class StaticSolver:
             inv_var[0] = float("inf")
             self.inv_var_p = pad(inv_var, 1.0)
         elif self.method != "sequential":
-            self.thr_p = pad(stop_thresholds(self.config, sched), 0.0)
+            self.thr_p = pad(RULES[self.config.stop].thresholds(self.config, sched), 0.0)
 
     def _allocate(self, n: int, d: int) -> None:
         """The solver state, its history and the device-side log, each with the scratch slots padding uses."""
@@ -373,10 +374,10 @@ class StaticSolver:
         rho = rms(exact - x_cur)
         rhs = exact if self.order == 1 else splitting_rhs(cfg.splitting, a_w, g, x_ext, width, self.order)
         thr = self.thr_p[t]
-        win = Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=self.T)
-        u_star, accepted = stop_test(cfg, rho, valid, win, thr, self.spent)
+        rule = RULES[cfg.stop]
+        u_star, accepted = rule.test(cfg, rho, valid, lo, thr, self.spent, self.T)
         j = self.pos[B][:B]
-        below = updated_positions(cfg, valid, u_star, accepted)
+        below = rule.updated(valid, u_star, accepted)
         new_vals, fallback = self._update(x_cur, rhs - x_cur, valid, below, t)
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
