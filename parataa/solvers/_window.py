@@ -20,7 +20,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..stopping import RULES
-from ..system import Window, make_window, rms, splitting_rhs, step_rhs
+from ..system import Window, make_window, rms, splitting_rhs, step_rhs, step_rule
 from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
@@ -153,7 +153,7 @@ def run_window_solver(
     T = schedule.num_steps
     sched, xi, state, book = start_solve(model, schedule, noise, config, init, callback, resume)
     window, order, max_iters = config.window or T, config.order or T, config.max_iters or T
-    rule = RULES[config.stop]
+    rule, step = RULES[config.stop], step_rule(sched)
     threshold_all = rule.thresholds(config, sched)
     if state.spent is None:
         state.spent = torch.zeros(noise.num_samples, dtype=torch.float64, device=state.x.device)
@@ -163,8 +163,8 @@ def run_window_solver(
         ev = evaluate_window(state, book, window, config.init == "copy")
         win, t, valid, x_cur = ev.win, ev.win.t, ev.win.valid, ev.x_cur
         # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
-        a_w = sched.a[t]
-        g = sched.b[t][..., None] * ev.eps + sched.c[t][..., None] * xi[win.rows, t]
+        a_w = step.a(t)
+        g = step.g(t, (ev.eps,), xi[win.rows, t])
         g = torch.where(valid[..., None], g, torch.zeros_like(g))
         exact = step_rhs(a_w[..., None], ev.x_up, g)  # the sequential step from the current state above
         rho = rms(exact - x_cur)

@@ -44,7 +44,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..stopping import RULES
-from ..system import rms, splitting_rhs, step_rhs
+from ..system import rms, splitting_rhs, step_rhs, step_rule
 from ._history import ridge_solve, ridge_system
 from ._window import new_state
 from .base import (
@@ -214,7 +214,7 @@ class StaticSolver:
         def pad(v: torch.Tensor, value: float) -> torch.Tensor:
             return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=dev)])
 
-        self.a_p, self.b_p, self.c_p = pad(sched.a, 1.0), pad(sched.b, 0.0), pad(sched.c, 0.0)
+        self.rule = step_rule(sched)  # its tables have the scratch entry at T too
         self.tau_p = torch.cat([sched.timesteps, sched.timesteps[-1:]])
         if self.method == "picard":
             var_next = torch.cat([torch.zeros(1, dtype=f64, device=dev), sched.sigma[:-1] ** 2])
@@ -339,10 +339,7 @@ class StaticSolver:
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        # the reference shares one step index across samples: a 0-d coefficient times [N, D]; here [N, 1] rows
-        self.xs[r, t] = step_rhs(
-            self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps + self.c_p[t][:, None] * self.xi_p[r, t]
-        )
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
         self.frozen -= 1
         self.iterations += 1
         self.nfe += 1
@@ -367,8 +364,8 @@ class StaticSolver:
         x_ext = self.xs[rows, t_up]
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w = self.a_p[t]
-        g = self.b_p[t][..., None] * eps + self.c_p[t][..., None] * self.xi_p[rows, t]
+        a_w = self.rule.a(t)
+        g = self.rule.g(t, (eps,), self.xi_p[rows, t])
         g = torch.where(valid[..., None], g, torch.zeros_like(g))
         exact = step_rhs(a_w[..., None], x_up, g)
         rho = rms(exact - x_cur)
@@ -397,10 +394,10 @@ class StaticSolver:
         x_ext = self.xs[rows, t_up]
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w, b_w, c_w = self.a_p[t][..., None], self.b_p[t][..., None], self.c_p[t][..., None]
-        noise_w = c_w * self.xi_p[rows, t]
-        rho = rms(step_rhs(a_w, x_up, b_w * eps + noise_w) - x_cur)
-        step = torch.where(valid[..., None], (a_w * x_up + b_w * eps) - x_up + noise_w, torch.zeros_like(x_cur))
+        rule = self.rule
+        a_w, drift, noise_w = rule.a(t)[..., None], rule.drift(t, (eps,)), rule.noise(t, self.xi_p[rows, t])
+        rho = rms(step_rhs(a_w, x_up, drift + noise_w) - x_cur)
+        step = torch.where(valid[..., None], (a_w * x_up + drift) - x_up + noise_w, torch.zeros_like(x_cur))
         below_sum = torch.cumsum(step, dim=1) - step
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
         x_new = x_f + (step.sum(dim=1, keepdim=True) - below_sum)
