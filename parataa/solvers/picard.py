@@ -16,7 +16,7 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import rms, step_rhs
+from ..system import rms, step_rhs, step_rule
 from ._loop import log_record
 from ._window import evaluate_window, start_solve
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState, make_result
@@ -35,6 +35,7 @@ def picard(
     T = schedule.num_steps
     sched, xi, state, book = start_solve(model, schedule, noise, config, init, callback, resume)
     window, max_iters = config.window or T, config.max_iters or T
+    rule = step_rule(sched)
     # inverse "next-step" variance of every state x_0..x_{T-1}, as the pipeline computes it (x_0 has none)
     var_next = torch.cat([torch.zeros(1, dtype=torch.float64, device=xi.device), sched.sigma[:-1] ** 2])
     inv_var = 1.0 / torch.clamp(var_next, min=1e-20)
@@ -45,10 +46,9 @@ def picard(
         ev = evaluate_window(state, book, window, config.init == "copy")
         win, t, valid, x_cur, x_up = ev.win, ev.win.t, ev.win.valid, ev.x_cur, ev.x_up
         # 2. drifts, and the first-order residual for the log (this package's common metric)
-        a_w, b_w, c_w = sched.a[t][..., None], sched.b[t][..., None], sched.c[t][..., None]
-        noise_w = c_w * xi[win.rows, t]
-        rho = rms(step_rhs(a_w, x_up, b_w * ev.eps + noise_w) - x_cur)
-        step = torch.where(valid[..., None], (a_w * x_up + b_w * ev.eps) - x_up + noise_w, torch.zeros_like(x_cur))
+        a_w, drift, noise_w = rule.a(t)[..., None], rule.drift(t, (ev.eps,)), rule.noise(t, xi[win.rows, t])
+        rho = rms(step_rhs(a_w, x_up, drift + noise_w) - x_cur)
+        step = torch.where(valid[..., None], (a_w * x_up + drift) - x_up + noise_w, torch.zeros_like(x_cur))
         # 3. cumulative sums from the frozen state down the window (top position width-1 down to position j)
         below_sum = torch.cumsum(step, dim=1) - step  # sum over positions < j
         x_f = state.x[win.rows[:, 0], state.frozen][:, None]

@@ -9,7 +9,7 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import step_rhs
+from ..system import step_rule
 from ._loop import Bookkeeper, log_record
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState, check_inputs, make_result
 
@@ -38,6 +38,7 @@ def sequential(
         resume = SolverState(x=x, frozen=full, entered=full.clone(), iterations=zeros, nfe=zeros.clone())
     state = resume
     book = Bookkeeper(state, model, sched, noise, "sequential", callback)
+    rule = step_rule(sched)
     samples = torch.arange(n, device=device)
     zero = torch.zeros(n, dtype=torch.float64, device=device)
     while int(state.frozen[0]) > 0:
@@ -45,7 +46,7 @@ def sequential(
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
         eps = book.eps(state.x[:, t + 1], steps, samples)
-        state.x[:, t] = step_rhs(sched.a[t], state.x[:, t + 1], sched.b[t] * eps + sched.c[t] * xi[:, t])
+        state.x[:, t] = rule.step(steps, state.x[:, t + 1], (eps,), xi[:, t])
         state.frozen -= 1
         state.iterations += 1
         state.nfe += 1

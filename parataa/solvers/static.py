@@ -23,7 +23,7 @@ Engines (`solve(..., engine=...)`, `StaticSolver(..., engine=...)`):
   synchronise with the host such as `parataa.distributed.DistributedDenoiser` (its inner model can itself be a
   `parataa.cuda_graphs.GraphedDenoiser`).
 
-Same semantics as the reference: the same window, residuals, stopping test (`_window.stop_test`), safeguard,
+Same semantics as the reference: the same window, residuals, stopping rule (parataa/stopping.py), safeguard,
 updates, history and fallbacks, the same log rows (one per valid window position, in sample-then-step order)
 and counts. Reductions over the window (Anderson's shared Gram matrix, Picard's window sum, the "sum" rule's
 total) add B - w exact zeros after the valid values. tests/test_static.py checks on the CPU that every solver,
@@ -43,9 +43,10 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, rms, splitting_rhs, step_rhs
+from ..stopping import RULES
+from ..system import rms, splitting_rhs, step_rhs, step_rule
 from ._history import ridge_solve, ridge_system
-from ._window import new_state, stop_test, stop_thresholds, updated_positions
+from ._window import new_state
 from .base import (
     Callback,
     Denoiser,
@@ -213,7 +214,7 @@ class StaticSolver:
         def pad(v: torch.Tensor, value: float) -> torch.Tensor:
             return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=dev)])
 
-        self.a_p, self.b_p, self.c_p = pad(sched.a, 1.0), pad(sched.b, 0.0), pad(sched.c, 0.0)
+        self.rule = step_rule(sched)  # its tables have the scratch entry at T too
         self.tau_p = torch.cat([sched.timesteps, sched.timesteps[-1:]])
         if self.method == "picard":
             var_next = torch.cat([torch.zeros(1, dtype=f64, device=dev), sched.sigma[:-1] ** 2])
@@ -221,7 +222,7 @@ class StaticSolver:
             inv_var[0] = float("inf")
             self.inv_var_p = pad(inv_var, 1.0)
         elif self.method != "sequential":
-            self.thr_p = pad(stop_thresholds(self.config, sched), 0.0)
+            self.thr_p = pad(RULES[self.config.stop].thresholds(self.config, sched), 0.0)
 
     def _allocate(self, n: int, d: int) -> None:
         """The solver state, its history and the device-side log, each with the scratch slots padding uses."""
@@ -338,10 +339,7 @@ class StaticSolver:
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        # the reference shares one step index across samples: a 0-d coefficient times [N, D]; here [N, 1] rows
-        self.xs[r, t] = step_rhs(
-            self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps + self.c_p[t][:, None] * self.xi_p[r, t]
-        )
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
         self.frozen -= 1
         self.iterations += 1
         self.nfe += 1
@@ -366,17 +364,17 @@ class StaticSolver:
         x_ext = self.xs[rows, t_up]
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w = self.a_p[t]
-        g = self.b_p[t][..., None] * eps + self.c_p[t][..., None] * self.xi_p[rows, t]
+        a_w = self.rule.a(t)
+        g = self.rule.g(t, (eps,), self.xi_p[rows, t])
         g = torch.where(valid[..., None], g, torch.zeros_like(g))
         exact = step_rhs(a_w[..., None], x_up, g)
         rho = rms(exact - x_cur)
         rhs = exact if self.order == 1 else splitting_rhs(cfg.splitting, a_w, g, x_ext, width, self.order)
         thr = self.thr_p[t]
-        win = Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=self.T)
-        u_star, accepted = stop_test(cfg, rho, valid, win, thr, self.spent)
+        rule = RULES[cfg.stop]
+        u_star, accepted = rule.test(cfg, rho, valid, lo, thr, self.spent, self.T)
         j = self.pos[B][:B]
-        below = updated_positions(cfg, valid, u_star, accepted)
+        below = rule.updated(valid, u_star, accepted)
         new_vals, fallback = self._update(x_cur, rhs - x_cur, valid, below, t)
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
@@ -396,10 +394,10 @@ class StaticSolver:
         x_ext = self.xs[rows, t_up]
         x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w, b_w, c_w = self.a_p[t][..., None], self.b_p[t][..., None], self.c_p[t][..., None]
-        noise_w = c_w * self.xi_p[rows, t]
-        rho = rms(step_rhs(a_w, x_up, b_w * eps + noise_w) - x_cur)
-        step = torch.where(valid[..., None], (a_w * x_up + b_w * eps) - x_up + noise_w, torch.zeros_like(x_cur))
+        rule = self.rule
+        a_w, drift, noise_w = rule.a(t)[..., None], rule.drift(t, (eps,)), rule.noise(t, self.xi_p[rows, t])
+        rho = rms(step_rhs(a_w, x_up, drift + noise_w) - x_cur)
+        step = torch.where(valid[..., None], (a_w * x_up + drift) - x_up + noise_w, torch.zeros_like(x_cur))
         below_sum = torch.cumsum(step, dim=1) - step
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
         x_new = x_f + (step.sum(dim=1, keepdim=True) - below_sum)
