@@ -43,12 +43,15 @@ import torch
 
 from .noise import NoiseBundle
 from .schedules import Schedule, betas_for
+from .system import StepRule
 
 __all__ = [
     "DIT_SCHEDULER",
     "FLOW_EULER_DEFAULTS",
     "DPMPP_DEFAULTS",
-    "MultistepSchedule",
+    "DPMSchedule",
+    "DPMStep",
+    "DataPrediction",
     "flow_euler_schedule",
     "flow_sigmas",
     "dpmpp_2m_schedule",
@@ -154,52 +157,88 @@ def flow_euler_schedule(config: Mapping[str, Any] | None = None, num_steps: int 
 
 
 @dataclass(frozen=True)
-class MultistepSchedule:
-    """A banded lower-triangular sampler of width 2; index t is the step that writes state x_t:
+class DPMSchedule(Schedule):
+    """DPM-Solver++(2M) as a `Schedule` whose model output is the data prediction D (see `DataPrediction`):
 
-        x_t = a_t x_{t+1} + b_t eps(x_{t+1}, tau_t) + a2_t x_{t+2} + b2_t eps(x_{t+2}, tau_{t+1})
+        x_t = a_t x_{t+1} + b_t D(x_{t+1}, tau_t) + b2_t D(x_{t+2}, tau_{t+1}),   a_t = sigma_t / sigma_{t+1}
 
-    a2_{T-1} = b2_{T-1} = 0 (the first step reads x_T only). `levels[t]` is diffusers' sigma
-    r = sqrt((1 - alphabar) / alphabar) of state x_t (levels[0] = 0 when the last step lands on clean data)."""
+    b2 = 0 on first-order steps (always at t = T-1). alpha_in / alpha_out are alphabar at the states read and
+    written (1 / (1 + r^2)), sigma the DDPM posterior std between them (tolerance scales, Picard). Its step rule
+    (`make_step_rule`) is `DPMStep`, which reads two model outputs."""
 
-    timesteps: torch.Tensor  # [T] model timestep tau_t of the state x_{t+1} step t reads
-    levels: torch.Tensor  # [T+1]
-    a: torch.Tensor  # [T]
-    b: torch.Tensor  # [T]
-    a2: torch.Tensor  # [T]
-    b2: torch.Tensor  # [T]
-    name: str = "dpmpp-2m"
+    b2: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        n = self.timesteps.shape[0]
-        if n < 1:
-            raise ValueError("MultistepSchedule must have at least one step, got 0")
-        for field in ("timesteps", "a", "b", "a2", "b2", "levels"):
-            v = getattr(self, field)
-            want = (n + 1,) if field == "levels" else (n,)
-            if v.shape != want or v.dtype != torch.float64:
-                raise ValueError(f"MultistepSchedule.{field} must be float64 of shape {want}, got {v.dtype} "
-                                 f"{tuple(v.shape)}")
-        if float(self.a2[-1]) != 0.0 or float(self.b2[-1]) != 0.0:
-            raise ValueError(
-                "MultistepSchedule: the first step (t = T-1) cannot read x_{T+1}; a2 and b2 must be 0 there"
-            )
+        super().__post_init__()
+        n = self.num_steps
+        if self.b2 is None or self.b2.shape != (n,) or self.b2.dtype != torch.float64:
+            got = None if self.b2 is None else (self.b2.dtype, tuple(self.b2.shape))
+            raise ValueError(f"DPMSchedule.b2 must be float64 of shape ({n},), got {got}")
+        if float(self.b2[-1]) != 0.0:
+            raise ValueError("DPMSchedule.b2[T-1] must be 0: the first step cannot read x_{T+1}")
 
-    @property
-    def num_steps(self) -> int:
-        return int(self.timesteps.shape[0])
-
-    def __len__(self) -> int:
-        return self.num_steps
-
-    def to(self, device: torch.device | str) -> MultistepSchedule:
-        f = ("timesteps", "levels", "a", "b", "a2", "b2")
-        return MultistepSchedule(**{k: getattr(self, k).to(device) for k in f}, name=self.name)
+    def to(self, device: torch.device | str) -> DPMSchedule:
+        f = ("timesteps", "alpha_in", "alpha_out", "a", "b", "c", "sigma", "b2")
+        return DPMSchedule(**{k: getattr(self, k).to(device) for k in f}, eta=self.eta, name=self.name,
+                           final_noise=self.final_noise)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "num_steps": self.num_steps,
-                "timesteps": [int(v) for v in self.timesteps.tolist()],
-                "second_order_steps": int((self.a2 != 0).sum())}
+        return {**super().describe(), "second_order_steps": int((self.b2 != 0).sum())}
+
+    def make_step_rule(self) -> StepRule:
+        return DPMStep(self)
+
+
+class DPMStep(StepRule):
+    """The step rule of a `DPMSchedule`: a = sigma_t / sigma_{t+1}, drift = b_t outs[0] + b2_t outs[1] (the data
+    predictions at x_{t+1} and x_{t+2}), no noise. Scratch entry at T: a = 1, zero weights."""
+
+    reads = 2
+
+    def __init__(self, schedule: DPMSchedule) -> None:
+        def pad(v: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=v.device)])
+
+        assert schedule.b2 is not None
+        self.a_p, self.b_p, self.b2_p = pad(schedule.a, 1.0), pad(schedule.b, 0.0), pad(schedule.b2, 0.0)
+
+    def a(self, t: torch.Tensor) -> torch.Tensor:
+        return self.a_p[t]
+
+    def drift(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if len(outs) < 2:
+            raise ValueError(
+                "a DPM-Solver++(2M) step reads two model outputs (the data predictions at x_{t+1} and x_{t+2}) but "
+                f"this solver passed {len(outs)}; sample it with parataa.families.sequential_multistep"
+            )
+        return self.b_p[t][..., None] * outs[0] + self.b2_p[t][..., None] * outs[1]
+
+    def noise(self, t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(xi)
+
+
+class DataPrediction:
+    """A `Denoiser` returning the data prediction D = (x - sqrt(1 - A) eps) / sqrt(A) of an eps model, A the
+    alphabar of the state each timestep of `schedule` reads (timesteps not in the schedule are refused)."""
+
+    def __init__(self, model: Any, schedule: Schedule) -> None:
+        self.model, self.schedule = model, schedule
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        ts = self.schedule.timesteps.to(timesteps.device)
+        idx = torch.searchsorted(ts, timesteps.to(ts.dtype).contiguous()).clamp(max=ts.shape[0] - 1)
+        if not bool((ts[idx] == timesteps.to(ts.dtype)).all()):
+            raise ValueError(
+                f"DataPrediction: timesteps {timesteps.tolist()} are not all steps of {self.schedule.name}"
+            )
+        A = self.schedule.alpha_in.to(x.device)[idx].view(-1, *([1] * (x.ndim - 1)))
+        eps = self.model(x, timesteps, samples).to(torch.float64)
+        return (x.to(torch.float64) - torch.sqrt(1 - A) * eps) / torch.sqrt(A)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(x0)
 
 
 def _dpm_timesteps(cfg: Mapping[str, Any], num_steps: int, lambdas: torch.Tensor) -> np.ndarray:
@@ -249,53 +288,55 @@ def _dpm_levels(config: Mapping[str, Any], num_steps: int) -> tuple[np.ndarray, 
     return ts, np.concatenate([r_all[ts], [last]]), cfg
 
 
-def dpmpp_2m_schedule(config: Mapping[str, Any], num_steps: int) -> MultistepSchedule:
+def dpmpp_2m_schedule(config: Mapping[str, Any], num_steps: int) -> DPMSchedule:
     """DPM-Solver++(2M) of a diffusers scheduler config (any DDIM/DPM config: the fields DPMSolverMultistepScheduler
-    reads, its defaults for the others) as a `MultistepSchedule` (module docstring)."""
+    reads, its defaults for the others) as a `DPMSchedule` (module docstring)."""
     ts, r, cfg = _dpm_levels(config, num_steps)
     T = num_steps
     alpha = 1 / np.sqrt(r**2 + 1)
     sig = r * alpha
-    a, b, a2, b2 = (np.zeros(T) for _ in range(4))
+    a, c0, c1 = np.zeros(T), np.zeros(T), np.zeros(T)
     final_first = cfg["final_sigmas_type"] == "zero" or cfg["euler_at_final"] or (cfg["lower_order_final"] and T < 15)
     for i in range(T):  # diffusers' step i reads level r[i] (state x_{T-i}) and writes r[i+1]
-        e_mh = r[i + 1] / r[i]  # e^{-h}
-        phi = alpha[i + 1] * (1 - e_mh)
-        second = i > 0 and not (i == T - 1 and final_first)
-        c0, c1 = phi, 0.0
-        if second:
-            r0 = math.log(r[i - 1] / r[i]) / math.log(r[i] / r[i + 1])
-            c0, c1 = phi * (1 + 0.5 / r0), -phi * 0.5 / r0
         t = T - 1 - i
-        a[t] = sig[i + 1] / sig[i] + c0 / alpha[i]
-        b[t] = -c0 * sig[i] / alpha[i]
-        if second:
-            a2[t], b2[t] = c1 / alpha[i - 1], -c1 * sig[i - 1] / alpha[i - 1]
-    f64 = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
-    return MultistepSchedule(timesteps=f64(ts[::-1].astype(np.float64)), levels=f64(r[::-1]), a=f64(a), b=f64(b),
-                             a2=f64(a2), b2=f64(b2), name=f"dpmpp-2m-{num_steps}")
+        phi = alpha[i + 1] * (1 - r[i + 1] / r[i])  # alpha_t (1 - e^{-h})
+        a[t], c0[t] = sig[i + 1] / sig[i], phi
+        if i > 0 and not (i == T - 1 and final_first):
+            ratio = math.log(r[i - 1] / r[i]) / math.log(r[i] / r[i + 1])  # h_prev / h
+            c0[t], c1[t] = phi * (1 + 0.5 / ratio), -phi * 0.5 / ratio
+    ai, ao = alpha[:-1] ** 2, alpha[1:] ** 2
+    sigma = np.sqrt(np.clip((1 - ao) / (1 - ai) * (1 - ai / ao), 0.0, None))
+
+    def f64(v: np.ndarray) -> torch.Tensor:  # diffusers order -> index t
+        return torch.from_numpy(np.asarray(v, dtype=np.float64)[::-1].copy())
+
+    return DPMSchedule(
+        timesteps=f64(ts), alpha_in=f64(ai), alpha_out=f64(ao), a=torch.from_numpy(a), b=torch.from_numpy(c0),
+        c=torch.zeros(T, dtype=torch.float64), sigma=f64(sigma), eta=0.0, name=f"dpmpp-2m-{num_steps}",
+        final_noise="none", b2=torch.from_numpy(c1),
+    )
 
 
 @torch.no_grad()
-def sequential_multistep(model: Any, schedule: MultistepSchedule, noise: NoiseBundle) -> torch.Tensor:
-    """Back-substitution of a `MultistepSchedule`, t = T-1 down to 0, one model call per step; returns the
-    trajectory [N, T+1, *S] (float64; index T is x_T). `model` is a `Denoiser` (eps of states at timesteps)."""
+def sequential_multistep(model: Any, schedule: DPMSchedule, noise: NoiseBundle) -> torch.Tensor:
+    """Back-substitution of a `DPMSchedule` through its step rule, t = T-1 down to 0, one model call per step;
+    returns the trajectory [N, T+1, *S] (float64; index T is x_T). `model` is the eps `Denoiser`."""
     if noise.num_steps != schedule.num_steps:
         raise ValueError(f"noise bundle has {noise.num_steps} steps but the schedule has {schedule.num_steps}; "
                          "draw the bundle with num_steps equal to the sampler's step count")
-    T, n, shape = schedule.num_steps, noise.num_samples, noise.sample_shape
+    T, n = schedule.num_steps, noise.num_samples
     device = noise.x_T.device
     sch = schedule.to(device)
-    x = torch.zeros(n, T + 1, *shape, dtype=torch.float64, device=device)
-    x[:, T] = noise.x_T.to(torch.float64)
+    rule, data = sch.make_step_rule(), DataPrediction(model, sch)
+    x = torch.zeros(n, T + 1, int(np.prod(noise.sample_shape)), dtype=torch.float64, device=device)
+    x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
     samples = torch.arange(n, device=device)
-    eps_prev = torch.zeros_like(x[:, T])
+    d_prev = torch.zeros_like(x[:, T])  # the engines' zeros for the output above x_T
     for t in range(T - 1, -1, -1):
-        tau = sch.timesteps[t].expand(n)
-        eps = model(x[:, t + 1], tau, samples).to(torch.float64)
-        if not bool(torch.isfinite(eps).all()):
+        d = data(x[:, t + 1].reshape(n, *noise.sample_shape), sch.timesteps[t].expand(n), samples).reshape(n, -1)
+        if not bool(torch.isfinite(d).all()):
             raise FloatingPointError(f"model output is not finite at step t={t} (reading state x_{t + 1})")
-        x_prev = x[:, t + 2] if t + 2 <= T else torch.zeros_like(eps)
-        x[:, t] = sch.a[t] * x[:, t + 1] + sch.b[t] * eps + sch.a2[t] * x_prev + sch.b2[t] * eps_prev
-        eps_prev = eps
-    return x
+        steps = torch.full((n,), t, dtype=torch.long, device=device)
+        x[:, t] = rule.step(steps, x[:, t + 1], (d, d_prev), torch.zeros_like(d))
+        d_prev = d
+    return x.reshape(n, T + 1, *noise.sample_shape)

@@ -108,8 +108,10 @@ class LinearStep(StepRule):
 
 
 def step_rule(schedule) -> StepRule:
-    """The step rule of a schedule (on the schedule's device): the one place a sampler family names its rule."""
-    return LinearStep(schedule)
+    """The step rule of a schedule (on the schedule's device): the one place a sampler family names its rule.
+    A schedule of another family names its own (`make_step_rule`, e.g. parataa.families.DPMSchedule)."""
+    make = getattr(schedule, "make_step_rule", None)
+    return make() if make is not None else LinearStep(schedule)
 
 
 @dataclass(frozen=True)

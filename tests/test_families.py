@@ -11,7 +11,7 @@ from diffusers import DiTTransformer2DModel, DPMSolverMultistepScheduler, FlowMa
 
 from parataa import draw_noise
 from parataa.families import (
-    MultistepSchedule,
+    DPMSchedule,
     dpmpp_2m_schedule,
     flow_euler_schedule,
     flow_sigmas,
@@ -48,12 +48,18 @@ def _diffusers_dpm_loop(model, cfg, steps, noise):
     return sched, x
 
 
-def _multistep_tol(sch: MultistepSchedule, values: float) -> float:
-    """step_loop_tol for a band of width 2: an error in x_{t+1} or x_{t+2} reaches x_t times at most the row sum
-    |a_t| + |a2_t|; each step rounds terms of size (|a| + |b| + |a2| + |b2|) times the values' magnitude."""
-    rows = (sch.a.abs() + sch.a2.abs()).clamp(min=1.0)
-    scale = float((sch.a.abs() + sch.b.abs() + sch.a2.abs() + sch.b2.abs()).max()) * values
-    return step_loop_tol(SimpleNamespace(a=rows, num_steps=sch.num_steps), scale, torch.float32, 12)
+def _multistep_tol(sch: DPMSchedule, values: float) -> float:
+    """step_loop_tol for a band of width 2 written in eps: x_t = (a_t + b_t / alpha_{t+1}) x_{t+1}
+    - b_t sigma_{t+1} / alpha_{t+1} eps + (b2_t / alpha_{t+2}) x_{t+2} - ... (alpha, sigma of the states read).
+    An error in x_{t+1} or x_{t+2} reaches x_t times at most the row sum of the state coefficients; each step
+    rounds terms of size (sum of all coefficients) times the values' magnitude."""
+    alpha, sig = torch.sqrt(sch.alpha_in), torch.sqrt(1 - sch.alpha_in)
+    alpha_up = torch.cat([alpha[1:], torch.ones(1, dtype=torch.float64)])
+    sig_up = torch.cat([sig[1:], torch.zeros(1, dtype=torch.float64)])
+    rows = sch.a.abs() + sch.b.abs() / alpha + sch.b2.abs() / alpha_up
+    every = rows + sch.b.abs() * sig / alpha + sch.b2.abs() * sig_up / alpha_up
+    scale = float(every.max()) * values
+    return step_loop_tol(SimpleNamespace(a=rows.clamp(min=1.0), num_steps=sch.num_steps), scale, torch.float32, 12)
 
 
 @pytest.fixture(scope="module")
@@ -160,18 +166,26 @@ def test_dpmpp_2m_matches_diffusers_loop_on_the_mixture(mixture, extra, steps):
 
 
 def test_dpmpp_2m_band_structure():
-    """First step and (final level 0) last step are first order; every other step reads two states."""
+    """First step and (final level 0) last step are first order; every other step reads two states. The last
+    step returns the data prediction D(x_1) itself (a = sigma_0 / sigma_1 = 0, weight 1), and on every step the
+    two data-prediction weights add up to phi = alpha_t (1 - e^{-h}), so a constant D = mu is carried exactly:
+    a_t alpha_{t+1} + b_t + b2_t = alpha_t."""
     sch = dpmpp_2m_schedule({}, 10)
-    assert float(sch.a2[-1]) == 0 and float(sch.b2[-1]) == 0 and float(sch.a2[0]) == 0
-    assert bool((sch.a2[1:-1] != 0).all()) and float(sch.levels[0]) == 0.0
-    # the last step returns the data prediction D(x_1) = (x_1 - sigma_1 eps) / alpha_1
-    r1 = sch.levels[1]
-    alpha1 = 1 / torch.sqrt(r1**2 + 1)
-    tol = rounding_tol(torch.float64, 8, float(1 / alpha1))
-    assert abs(float(sch.a[0] - 1 / alpha1)) <= tol and abs(float(sch.b[0] + r1)) <= tol
-    # the second-order steps sum to the first-order one on a constant data prediction: with D fixed, the D(x_{t+2})
-    # weight c1 and the D(x_{t+1}) weight c0 add up to phi, so x_t = alpha_t mu + sigma_t z holds exactly
-    assert sch.describe()["second_order_steps"] == 8
+    assert float(sch.b2[-1]) == 0 and float(sch.b2[0]) == 0 and bool((sch.b2[1:-1] != 0).all())
+    assert float(sch.a[0]) == 0.0 and float(sch.b[0]) == 1.0 and float(sch.alpha_out[0]) == 1.0
+    carried = sch.a * torch.sqrt(sch.alpha_in) + sch.b + sch.b2
+    torch.testing.assert_close(carried, torch.sqrt(sch.alpha_out), rtol=0, atol=rounding_tol(torch.float64, 8))
+    assert sch.describe()["second_order_steps"] == 8 and sch.to("cpu").b2 is not None
+
+
+def test_dpm_rule_refuses_a_solver_passing_one_output():
+    from parataa.system import step_rule
+
+    sch = dpmpp_2m_schedule({}, 4)
+    rule = step_rule(sch)
+    assert rule.reads == 2
+    with pytest.raises(ValueError, match="reads two model outputs"):
+        rule.drift(torch.tensor([1]), (torch.zeros(1, 3),))
 
 
 def test_dpmpp_2m_converges_at_second_order_to_the_exact_endpoint():
@@ -186,7 +200,7 @@ def test_dpmpp_2m_converges_at_second_order_to_the_exact_endpoint():
     for steps in (64, 128):
         noise = draw_noise([0, 1], steps, (8,))
         sch = dpmpp_2m_schedule(cfg, steps)
-        a_T, a_0 = (1 / torch.sqrt(sch.levels[i] ** 2 + 1) for i in (-1, 0))
+        a_T, a_0 = torch.sqrt(sch.alpha_in[-1]), torch.sqrt(sch.alpha_out[0])
         v_T, v_0 = (a**2 * q**2 + 1 - a**2 for a in (a_T, a_0))
         exact = a_0 * mu + v_0.sqrt() * (noise.x_T - a_T * mu) / v_T.sqrt()
         err.append(float((sequential_multistep(den, sch, noise)[:, 0] - exact).abs().max()))
@@ -224,3 +238,56 @@ def test_bad_configs_name_the_field():
         flow_euler_schedule({"shift": -1.0}, 10)
     with pytest.raises(ValueError, match="num_steps"):
         flow_euler_schedule({}, 2.5)
+
+
+# ------------------------------------------------------------------ every solver on flow-Euler
+
+
+FLOW_SOLVERS = [
+    ("fp", {}),
+    ("fp+", {}),
+    ("aa", {}),
+    ("taa", {}),
+    ("taa", {"splitting": "euler"}),
+    ("taa-euler", {}),
+    ("picard", {}),
+]
+
+
+@pytest.mark.parametrize("solver, options", FLOW_SOLVERS)
+@pytest.mark.parametrize("window", [2, 20])
+def test_every_solver_matches_sequential_on_flow_euler(mixture, solver, options, window):
+    """Flow-Euler is a one-state table, so every solver runs on it. The final trajectory meets the step rule
+    (recomputed from scratch) and x_0 lies within the first-order propagation bound of the sequential one."""
+    from parataa.stopping import tolerance_scale
+    from tests.test_solvers import residual_bound, residuals
+
+    steps = 20
+    model = GaussianMixtureFlow(mixture, [0, 4, 9], 5.0)
+    sched = flow_euler_schedule(FLOW_GMM_SCHEDULER, steps)
+    noise = draw_noise([0, 1, 2], steps, (mixture.dim,))
+    ref = solve(model, sched, noise, preset("sequential"))
+    cfg = preset(solver, window=window, **options)
+    res = solve(model, sched, noise, cfg)
+    assert bool(res.finished.all()) and int(res.iterations.max()) <= steps
+    rho = residuals(model, sched, noise, res.trajectory)
+    if solver != "picard" and cfg.stop == "step":
+        slack = rounding_tol(torch.float64, 4 * steps, scale=float(res.trajectory.abs().max()))
+        thr = torch.clamp(cfg.rel_tol * tolerance_scale(sched, cfg.tol_scale), min=cfg.abs_tol)
+        assert bool((rho <= thr + slack).all())
+    err = torch.linalg.vector_norm(res.x0 - ref.x0, dim=-1)
+    assert bool((err <= residual_bound(model, sched, noise, ref.trajectory, rho)).all())
+
+
+def test_exact_and_euler_splittings_coincide_on_flow_euler(mixture):
+    """a_t = 1 on every flow-Euler step, so P_{t,s} = 1 and the exact splitting's order-k equations are the Euler
+    splitting's: TAA on either gives the same iterates (float64 rounding of the prefix sums)."""
+    steps = 16
+    model = GaussianMixtureFlow(mixture, [1, 2], 5.0)
+    sched = flow_euler_schedule({}, steps)
+    noise = draw_noise([3, 4], steps, (mixture.dim,))
+    exact = solve(model, sched, noise, preset("taa", splitting="exact"))
+    euler = solve(model, sched, noise, preset("taa", splitting="euler"))
+    assert torch.equal(exact.iterations, euler.iterations)
+    tol = rounding_tol(torch.float64, 4 * steps, scale=float(exact.trajectory.abs().max())) * steps
+    torch.testing.assert_close(exact.trajectory, euler.trajectory, rtol=0, atol=tol)
