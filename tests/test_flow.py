@@ -67,3 +67,35 @@ def test_tiny_flow_train_and_evaluate_smoke(tmp_path):
           "--out", str(tmp_path / "ev.json")])
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["samples"] == 4 and ev["sampler"].startswith("flow-euler-3") and 0.0 <= ev["accuracy"] <= 1.0
+
+
+def test_tiny_flow_registry_entry_samples_like_the_training_check(tmp_path):
+    """A tiny-flow checkpoint loads through the registry as a velocity model with its flow scheduler config;
+    parataa's sequential flow-Euler solve equals the diffusers loop `evaluate` uses, and diffusion samplers are
+    refused for it by name."""
+    pytest.importorskip("mlxtend")
+    from parataa import draw_noise
+    from parataa.models.registry import build_denoiser
+    from parataa.solvers import preset, solve
+    from parataa.train import flow_euler_sample, main
+    from tests.helpers import step_loop_tol
+
+    out = tmp_path / "tiny-flow"
+    main(["--model", "tiny-flow", "--out", str(out), "--minutes", "1", "--max-steps", "2", "--batch", "8",
+          "--device", "cpu"])
+    den, spec = build_denoiser("tiny-flow", [3, 8], path=out, cfg_scale=4.0)
+    assert spec["schedule"] == "flow" and spec["sample_shape"] == (1, 16, 16) and spec["image"]
+    assert spec["scheduler_config"]["shift"] == 1.0
+    steps = 6
+    sched = spec(steps, sampler="flow-euler")
+    noise = draw_noise([0, 1], steps, spec["sample_shape"])
+    ours = solve(den, sched, noise, preset("sequential")).x0
+    want = flow_euler_sample(den.transformer, torch.tensor([3, 8]), noise.x_T.float(), steps, 4.0,
+                             spec["scheduler_config"])
+    torch.testing.assert_close(ours.float(), want, rtol=0, atol=step_loop_tol(sched, float(want.abs().max())))
+    with pytest.raises(ValueError, match="flow-euler"):
+        spec(steps, sampler="ddim")
+    _, dit_spec = build_denoiser("tiny-dit", [3])
+    with pytest.raises(ValueError, match="dpmpp-2m"):
+        dit_spec(steps, sampler="flow-euler")
+    assert dit_spec(steps, sampler="dpmpp-2m").name == f"dpmpp-2m-{steps}"

@@ -11,15 +11,17 @@ GaussianMixtureFlow   the exact velocity of the analytic mixture of docs/METHOD.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ._common import load_part, resolve_weights
 from .dit import DiTDenoiser
 from .gmm import GaussianMixture
 
-__all__ = ["FlowDiTDenoiser", "GaussianMixtureFlow", "FLOW_GMM_SCHEDULER"]
+__all__ = ["FlowDiTDenoiser", "GaussianMixtureFlow", "FLOW_GMM_SCHEDULER", "load_flow_dit"]
 
 # the mixture's flow scheduler: FlowMatchEulerDiscreteScheduler, 1000 training levels, no shift
 FLOW_GMM_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0}
@@ -30,6 +32,24 @@ class FlowDiTDenoiser(DiTDenoiser):
 
     schedule = "flow"
     integer_timesteps = False
+
+
+def load_flow_dit(path: str, class_labels: Sequence[int], *, hub: bool = False, **kwargs: Any) -> FlowDiTDenoiser:
+    """A FlowDiTDenoiser (all channels guided, no VAE) from a folder with transformer/ and, optionally,
+    scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler; default: tiny-flow's, shift 1)."""
+    from diffusers import DiTTransformer2DModel
+
+    from .embedded import TINY_FLOW_SCHEDULER
+
+    what = f"flow DiT model {path}"
+    source = resolve_weights(path, what, ("transformer",), repo=None, hub=hub)
+    transformer = load_part(DiTTransformer2DModel, source, "transformer", what)
+    den = FlowDiTDenoiser(transformer, class_labels, guided_channels=None, **kwargs)
+    cfg_file = None if source.root is None else source.root / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file is not None and cfg_file.is_file() else TINY_FLOW_SCHEDULER
+    den.scheduler_config = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    den.source = source
+    return den
 
 
 class GaussianMixtureFlow:

@@ -27,6 +27,7 @@ __all__ = ["weights_identity", "weight_files", "file_sha256", "COMPONENTS"]
 # component folder -> library naming its weight files, per model (what the loaders read)
 COMPONENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "tiny-dit": (("transformer", "diffusers"),),
+    "tiny-flow": (("transformer", "diffusers"),),
     "dit-xl-2-256": (("transformer", "diffusers"), ("vae", "diffusers")),
     "tiny-sd": (("unet", "diffusers"), ("text_encoder", "transformers"), ("vae", "diffusers")),
     "sd-v1-5": (("unet", "diffusers"), ("text_encoder", "transformers"), ("vae", "diffusers")),
