@@ -95,7 +95,7 @@ class StopRule:
 
 @register
 class PerStep(StopRule):
-    """"step": a position is accepted when its own rho_t <= max(abs_tol, rel_tol g_t) (docs/METHOD.md section 4).
+    """Rule "step": a position is accepted when its own rho_t <= max(abs_tol, rel_tol g_t) (docs/METHOD.md sec. 4).
     u* is the highest position that is not; accepted states keep their values (their residuals, part of the final
     trajectory's, are the ones just measured), so at the end every state meets the rule or is an exact step from
     the state above it."""
@@ -125,7 +125,7 @@ class PerStep(StopRule):
 
 @register
 class Summed(StopRule):
-    """"sum": the summed first-order residual of the trajectory stays within sum_tol (docs/METHOD.md section 9).
+    """Rule "sum": the summed first-order residual of the trajectory stays within sum_tol (docs/METHOD.md sec. 9).
 
     The whole window is accepted at once when the residual already accepted (`spent`) plus the window's rho sum
     stays within the budget of the steps from T down to the window's bottom, sum_tol (T - lo) / T; it then takes
