@@ -52,6 +52,8 @@ __all__ = [
     "DPMSchedule",
     "DPMStep",
     "DataPrediction",
+    "BandedDataPrediction",
+    "dpmpp_2m_system",
     "flow_euler_schedule",
     "flow_sigmas",
     "dpmpp_2m_schedule",
@@ -188,6 +190,22 @@ class DPMSchedule(Schedule):
     def make_step_rule(self) -> StepRule:
         return DPMStep(self)
 
+    def one_output(self) -> Schedule:
+        """The same steps as a one-output `Schedule` (a, b, c = 0) whose model output is
+        m_t = D(x_{t+1}) + (b2_t / b_t) D(x_{t+2}): what `BandedDataPrediction` returns (`dpmpp_2m_system`).
+
+        Where the last step lands on clean data (a_0 = sigma_0 / sigma_1 = 0, x_0 = D(x_1)) it is written in eps
+        form instead, x_0 = x_1 / alpha_1 - (sigma_1 / alpha_1) eps(x_1), the same step with a non-zero linear
+        part: the exact splitting's products P_{t,s} of a's must not vanish, and `BandedDataPrediction` returns
+        eps for that step's rows."""
+        a, b = self.a.clone(), self.b.clone()
+        if float(a[0]) == 0.0:
+            alpha1 = torch.sqrt(self.alpha_in[0])
+            a[0], b[0] = 1 / alpha1, -torch.sqrt(1 - self.alpha_in[0]) / alpha1
+        f = ("timesteps", "alpha_in", "alpha_out", "c", "sigma")
+        return Schedule(**{k: getattr(self, k) for k in f}, a=a, b=b, eta=self.eta, name=self.name,
+                        final_noise=self.final_noise)
+
 
 class DPMStep(StepRule):
     """The step rule of a `DPMSchedule`: a = sigma_t / sigma_{t+1}, drift = b_t outs[0] + b2_t outs[1] (the data
@@ -233,12 +251,57 @@ class DataPrediction:
             raise ValueError(
                 f"DataPrediction: timesteps {timesteps.tolist()} are not all steps of {self.schedule.name}"
             )
+        self.last_eps, self.last_idx = self.model(x, timesteps, samples).to(torch.float64), idx
         A = self.schedule.alpha_in.to(x.device)[idx].view(-1, *([1] * (x.ndim - 1)))
-        eps = self.model(x, timesteps, samples).to(torch.float64)
-        return (x.to(torch.float64) - torch.sqrt(1 - A) * eps) / torch.sqrt(A)
+        return (x.to(torch.float64) - torch.sqrt(1 - A) * self.last_eps) / torch.sqrt(A)
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return self.model.decode(x0)
+
+
+class BandedDataPrediction(DataPrediction):
+    """A `Denoiser` that lets a one-output solver run DPM-Solver++(2M): for a row of step t it returns
+    m_t = D(x_{t+1}) + (b2_t / b_t) D(x_{t+2}), so that b_t m_t is the step's whole drift.
+
+    D(x_{t+2}) is the data prediction of step t+1 of the same sample: from the same call when step t+1 is in the
+    batch (every window position but the top), else the last one computed (the frozen state above a window; the
+    previous step in sequential sampling). Under the per-step and summed stopping rules a state above the window
+    keeps the value its output was computed at, so the steps are exactly DPM-Solver++(2M)'s; Picard moves the
+    states it freezes after their last evaluation, so there the output above the window is off by less than the
+    last change (its tolerance). One instance per solve (it remembers outputs per sample and step). A last step
+    landing on clean data gets eps instead (`DPMSchedule.one_output`)."""
+
+    def __init__(self, model: Any, schedule: DPMSchedule) -> None:
+        super().__init__(model, schedule)
+        assert schedule.b2 is not None
+        self.ratio = schedule.b2 / schedule.b
+        self.cache: torch.Tensor | None = None  # [N, T, D] last data prediction per (sample, step)
+        self.eps_last = float(schedule.a[0]) == 0.0
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        d = super().__call__(x, timesteps, samples)
+        flat = d.reshape(d.shape[0], -1)
+        T = self.schedule.num_steps
+        n = int(samples.max()) + 1
+        if self.cache is None or self.cache.shape[0] < n or self.cache.device != flat.device:
+            grown = torch.zeros(n, T, flat.shape[1], dtype=torch.float64, device=flat.device)
+            if self.cache is not None:
+                grown[: self.cache.shape[0]] = self.cache.to(flat.device)
+            self.cache = grown
+        idx = torch.searchsorted(self.schedule.timesteps.to(flat.device), timesteps.to(torch.float64).contiguous())
+        self.cache[samples, idx] = flat
+        above = self.cache[samples, (idx + 1).clamp(max=T - 1)]
+        ratio = self.ratio.to(flat.device)[idx][:, None]
+        out = flat + ratio * above
+        if self.eps_last:  # the last step in eps form (`DPMSchedule.one_output`)
+            out = torch.where((idx == 0)[:, None], self.last_eps.reshape(out.shape), out)
+        return out.reshape(d.shape)
+
+
+def dpmpp_2m_system(model: Any, schedule: DPMSchedule) -> tuple[BandedDataPrediction, Schedule]:
+    """(model, schedule) on which every solver of the package runs DPM-Solver++(2M): the eps model wrapped in a
+    fresh `BandedDataPrediction` and the schedule's `one_output` form. Make a new pair for every solve."""
+    return BandedDataPrediction(model, schedule), schedule.one_output()
 
 
 def _dpm_timesteps(cfg: Mapping[str, Any], num_steps: int, lambdas: torch.Tensor) -> np.ndarray:

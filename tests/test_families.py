@@ -291,3 +291,61 @@ def test_exact_and_euler_splittings_coincide_on_flow_euler(mixture):
     assert torch.equal(exact.iterations, euler.iterations)
     tol = rounding_tol(torch.float64, 4 * steps, scale=float(exact.trajectory.abs().max())) * steps
     torch.testing.assert_close(exact.trajectory, euler.trajectory, rtol=0, atol=tol)
+
+
+# ------------------------------------------------------------------ every solver on DPM-Solver++(2M)
+
+
+def _dpm_residual_response(model, sch, noise, sample: int) -> list[torch.Tensor]:
+    """||d x_0 / d R_t||_2 for t = 0..T-1: how a residual R_t added to step t of the banded system reaches x_0,
+    linearised at the sequential trajectory (autograd through the exact mixture)."""
+    from parataa.families import DataPrediction
+
+    T, d = sch.num_steps, noise.x_T.shape[-1]
+    data = DataPrediction(model, sch)
+    s = torch.tensor([sample])
+
+    def x0_of(res: torch.Tensor) -> torch.Tensor:
+        x_up, d_prev = noise.x_T[sample].to(torch.float64), torch.zeros(d, dtype=torch.float64)
+        for t in range(T - 1, -1, -1):
+            d_now = data(x_up[None], sch.timesteps[t : t + 1], s)[0]
+            x = sch.a[t] * x_up + sch.b[t] * d_now + sch.b2[t] * d_prev + res[t]
+            x_up, d_prev = x, d_now
+        return x_up
+
+    jac = torch.autograd.functional.jacobian(x0_of, torch.zeros(T, d, dtype=torch.float64))  # [d, T, d]
+    return [torch.linalg.matrix_norm(jac[:, t], ord=2) for t in range(T)]
+
+
+@pytest.mark.parametrize("solver, options", FLOW_SOLVERS)
+@pytest.mark.parametrize("window", [3, 20])
+def test_every_solver_matches_sequential_on_dpmpp_2m(mixture, solver, options, window):
+    """Through `dpmpp_2m_system` every solver runs DPM-Solver++(2M). The sequential solver on it equals
+    `sequential_multistep` (float64 rounding); a parallel one's x_0 lies within twice the first-order response
+    of x_0 to its final trajectory's residuals (recomputed from scratch with the stateless data prediction)."""
+    from parataa.families import DataPrediction, dpmpp_2m_system
+
+    steps = 20
+    model = GaussianMixtureDenoiser(mixture, [0, 4, 9], 5.0)
+    sch = dpmpp_2m_schedule(mixture.scheduler_config, steps)
+    noise = draw_noise([0, 1, 2], steps, (mixture.dim,))
+    ref = sequential_multistep(model, sch, noise)
+    seq = solve(*dpmpp_2m_system(model, sch), noise, preset("sequential"))
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(seq.trajectory, ref, rtol=0, atol=steps * rounding_tol(torch.float64, 64, scale))
+    res = solve(*dpmpp_2m_system(model, sch), noise, preset(solver, window=window, **options))
+    assert bool(res.finished.all()) and int(res.iterations.max()) <= steps
+    # residuals of the final trajectory, from scratch: R_t = a x_{t+1} + b D(x_{t+1}) + b2 D(x_{t+2}) - x_t
+    traj, n = res.trajectory, noise.num_samples
+    data = DataPrediction(model, sch)
+    dpred = torch.zeros(n, steps + 1, mixture.dim, dtype=torch.float64)
+    for t in range(steps):
+        dpred[:, t + 1] = data(traj[:, t + 1], sch.timesteps[t].expand(n), torch.arange(n))
+    d_up2 = torch.cat([dpred[:, 2:], torch.zeros(n, 1, mixture.dim, dtype=torch.float64)], dim=1)
+    rhs = sch.a[None, :, None] * traj[:, 1:] + sch.b[None, :, None] * dpred[:, 1:] + sch.b2[None, :, None] * d_up2
+    resid = torch.linalg.vector_norm(rhs - traj[:, :-1], dim=-1)  # [N, T]
+    for i in range(n):
+        gains = torch.stack(_dpm_residual_response(model, sch, noise, i))
+        bound = 2.0 * float((gains * resid[i]).sum())
+        err = float(torch.linalg.vector_norm(res.x0[i] - ref[i, 0]))
+        assert err <= bound + rounding_tol(torch.float64, 64 * steps, scale), (i, err, bound)
