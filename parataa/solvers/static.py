@@ -43,13 +43,13 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
+from ..solver_config import METHOD_RECORDS
 from ..stopping import RULES
 from ..system import step_rule
 from ._history import elimination_solve, ridge_solve
-from ._iteration import History, count_iteration, fixed_point_update, picard_iteration, window_iteration
+from ._iteration import History, count_iteration, picard_iteration, window_iteration
 from ._loop import log_record
 from ._window import new_state
-from .anderson import anderson_update
 from .base import (
     Callback,
     Denoiser,
@@ -60,10 +60,10 @@ from .base import (
     SolverState,
     check_inputs,
     make_result,
+    registered,
 )
 from .picard import inverse_next_variance
 from .sequential import sequential_state
-from .taa import taa_update
 
 __all__ = ["ENGINES", "GraphCaptureError", "StaticSolver", "default_buckets", "solve_static"]
 
@@ -73,9 +73,6 @@ LINSOLVES = ("lapack", "elimination")
 
 class GraphCaptureError(RuntimeError):
     """A part of the iteration could not be captured in a CUDA graph (usually: the model is not graph-safe)."""
-
-
-UPDATES = {"fp": lambda config: fixed_point_update, "aa": anderson_update, "taa": taa_update}
 
 
 class PaddedHistory(History):
@@ -181,7 +178,7 @@ class StaticSolver:
         self.W = 1 if self.method == "sequential" else min(config.window or T, T)
         self.order = config.order or T
         self.max_iters = config.max_iters or T
-        self.m = config.history if self.method in ("aa", "taa") else 1
+        self.m = config.history if "history" in METHOD_RECORDS[self.method].options else 1
         if buckets is None:
             bs = default_buckets(self.W)
         else:
@@ -210,7 +207,8 @@ class StaticSolver:
         if self.method == "picard":
             self.inv_var_p = inverse_next_variance(sched)
         elif self.method != "sequential":
-            self.stop, self.update = RULES[self.config.stop], UPDATES[self.method](self.config)
+            self.stop = RULES[self.config.stop]
+            self.update = registered(METHOD_RECORDS[self.method].update)(self.config)  # the reference's rule
             self.thr_p = torch.cat([self.stop.thresholds(self.config, sched), sched.sigma.new_zeros(1)])
 
     def _allocate(self, n: int, d: int) -> None:
@@ -225,7 +223,7 @@ class StaticSolver:
         self.nfe = torch.zeros_like(self.frozen)
         self.spent = torch.zeros(n, dtype=f64, device=dev)
         self.rows = torch.arange(n, device=dev)[:, None]
-        self.accel = self.method in ("aa", "taa") and self.m > 1
+        self.accel = self.m > 1
         if self.accel:
             self.hist_x = torch.zeros(n, T + 1, self.m, d, dtype=f64, device=dev)
             self.hist_f = torch.zeros_like(self.hist_x)
