@@ -34,6 +34,7 @@ __all__ = [
     "WindowStep",
     "anderson_step",
     "count_iteration",
+    "fixed_point_rule",
     "fixed_point_update",
     "picard_iteration",
     "push_history",
@@ -79,6 +80,11 @@ UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
 
 def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
     return inp.x + inp.resid, torch.zeros_like(inp.valid)
+
+
+def fixed_point_rule(config: SolverConfig) -> UpdateRule:
+    """FP's update rule (the registry's factory signature: a rule from a config)."""
+    return fixed_point_update
 
 
 def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

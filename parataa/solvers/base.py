@@ -13,6 +13,7 @@ touch files, models' internals, randomness or distributed code.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -215,6 +216,12 @@ class Evaluator:
         self.comm_s = float(getattr(self.model, "comm_seconds", 0.0)) - comm0
         self.model_s = time.perf_counter() - t0 - self.comm_s
         return out
+
+
+def registered(spec: str) -> Any:
+    """The function a registry record (parataa/solver_config.py) names: "module:function" in parataa.solvers."""
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:
