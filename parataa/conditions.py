@@ -1,6 +1,6 @@
 """What each model accepts as a condition, checked before anything is computed.
 
-Class-conditional models take labels 0 .. C-1 (gmm: its `classes` option, default 10; tiny-dit: 10;
+Class-conditional models take labels 0 .. C-1 (gmm: its `classes` option, default 10; tiny-dit, tiny-flow: 10;
 dit-xl-2-256: 1000); a label outside is refused, never wrapped. Text-conditional models take non-empty prompts
 of at most 75 CLIP tokens (77 with the start and end tokens: Stable Diffusion's text encoder reads no more and
 would drop the rest silently); tiny-sd also takes a digit 0-9 as shorthand for its training prompt.
@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 # Labels each class-conditional model was trained with; None: text-conditional.
-_CLASSES: dict[str, int | None] = {"gmm": None, "tiny-dit": 10, "tiny-sd": None, "dit-xl-2-256": 1000, "sd-v1-5": None}
+_CLASSES: dict[str, int | None] = {
+    "gmm": None, "tiny-dit": 10, "tiny-sd": None, "tiny-flow": 10, "dit-xl-2-256": 1000, "sd-v1-5": None
+}
 MODELS = tuple(_CLASSES)
 GMM_DEFAULT_CLASSES = 10  # parataa.models.gmm.GaussianMixture's default num_classes
 PROMPT_TOKENS = 75  # CLIP's context of 77 ids minus the start and end tokens
@@ -37,7 +39,7 @@ PROMPT_TOKENS = 75  # CLIP's context of 77 ids minus the start and end tokens
 def is_class_conditional(model: str) -> bool:
     if model not in _CLASSES:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    return model in ("gmm", "tiny-dit", "dit-xl-2-256")
+    return model in ("gmm", "tiny-dit", "tiny-flow", "dit-xl-2-256")
 
 
 def num_classes(model: str, options: Mapping[str, Any] | None = None) -> int | None:

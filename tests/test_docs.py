@@ -357,11 +357,11 @@ def test_the_checks_catch_what_they_are_for(files: set[str], dirs: set[str]) -> 
     assert len(problems) == 3, problems
     assert missing in problems[0] and "no-such-heading" in problems[1] and "leaves" in problems[2]
     src = (
-        "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md\n# section 12,\n"
+        "see docs/METHOD.md section 4 and docs/METHOD.md sections 2-3, docs/METHOD.md\n# section 99,\n"
         f"{notes} section 1, docs/STORAGE.md, {gone}\n"
     )
     problems = reference_problems("parataa/example.py", src, files)
     assert len(problems) == 4, problems
-    assert "no heading numbered [12]" in problems[0] and f"{notes} section 1" in problems[1]
+    assert "no heading numbered [99]" in problems[0] and f"{notes} section 1" in problems[1]
     assert notes in problems[2] and gone in problems[3]
     assert section_numbers("3-5") == [3, 4, 5] and section_numbers("1, 2 and 7") == [1, 2, 7]

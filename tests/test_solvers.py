@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from parataa.solvers import ModelOutputError, SolverConfig, preset, solve
 from parataa.solvers._history import ridge_solve
-from parataa.solvers.base import tolerance_scale
 from parataa.solvers.taa import taa_coefficients
+from parataa.stopping import RULES, tolerance_scale
 from parataa.system import euler_rhs, order_k_rhs, rms, suffix_sum
 from tests.helpers import gmm_problem, rounding_tol, step_loop_tol
 
@@ -185,8 +187,10 @@ def test_fp_on_the_euler_splitting_is_the_picard_map(mixture, window):
 
 
 def test_sum_rule_accepts_the_whole_window_or_nothing():
-    from parataa.solvers._window import stop_test
     from parataa.system import make_window
+
+    def stop_test(cfg, rho, valid, win, thr, spent):
+        return RULES["sum"].test(cfg, rho, valid, win.lo, thr, spent, win.num_steps)
 
     cfg = preset("taa-euler", sum_tol=0.4)
     thr = torch.zeros(1, 4)
@@ -573,3 +577,72 @@ def test_picard_equals_the_paradigms_loop_of_diffusers(mixture, window):
     assert int(ours.iterations[0]) == steps
     # the replay does each step's arithmetic in float32 (batch_step_no_noise), this package in float64
     torch.testing.assert_close(ours.x0[0], buf[T], rtol=0, atol=step_loop_tol(sched, float(buf.abs().max())))
+
+
+def test_every_registered_method_and_rule_is_dispatched_and_described():
+    """The registry is the one list: every method has its reference loop, every window method an update rule the
+    static engine runs, every stopping rule its options among SolverConfig's fields."""
+    from parataa.solver_config import METHOD_RECORDS, SOLVER_RECORDS
+    from parataa.solvers import SOLVERS
+    from parataa.solvers.base import registered
+
+    fields = set(SolverConfig.field_names())
+    assert set(SOLVERS) == set(METHOD_RECORDS)
+    for name, m in METHOD_RECORDS.items():
+        assert SOLVERS[name] is registered(m.loop) and m.options <= fields, name
+        if m.update is not None:
+            assert callable(registered(m.update)(SolverConfig(method=name))), name
+    for name, s in SOLVER_RECORDS.items():
+        assert preset(name).method == s.preset["method"] and s.fixed <= fields, name
+    for name, rule in RULES.items():
+        assert set(rule.options) <= fields and SolverConfig(stop=name).stop == name, name
+
+
+def test_an_option_that_changes_nothing_for_a_solver_is_refused():
+    from parataa.solver_config import expand_solver_grid, read_options
+
+    for name, block, word in (
+        ("fp", {"splitting": "euler"}, "at order 1 both splittings are the same"),
+        ("taa", {"order": 1, "splitting": "euler"}, "at order 1 both splittings are the same"),
+        ("taa-euler", {"abs_tol": 1e-4}, "stop='sum' reads sum_tol"),
+        ("picard", {"history": 3}, "method 'picard' reads"),
+        ("fp+", {"ridge": 0.1}, "method 'fp' reads"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"solvers.{re.escape(name)}: .* does nothing for solver '{re.escape(name)}'"
+        ):
+            expand_solver_grid({"solvers": {name: block}}, 20)
+        with pytest.raises(ValueError, match=word):
+            expand_solver_grid({"solvers": {name: block}}, 20)
+    # what a solver reads is accepted, and study-wide defaults still skip what a solver does not read
+    assert expand_solver_grid({"solvers": {"fp+": {"splitting": "euler"}}, "solver_defaults": {"history": 4}}, 20)
+    assert "splitting" in read_options(preset("fp+").to_dict()) and "sum_tol" in read_options(
+        preset("taa-euler").to_dict()
+    )
+
+
+def test_cli_refuses_a_flag_no_chosen_solver_reads(capsys):
+    from parataa.cli import main
+
+    base = ["compare", "--model", "gmm", "--dim", "4", "--steps", "4", "--seeds", "0", "--json", "--quiet"]
+    assert main([*base, "--solvers", "fp", "--splitting", "euler"]) == 2
+    err = capsys.readouterr().err
+    assert "--splitting" in err and "'fp'" in err and "drop --splitting" in err
+    assert main([*base, "--solvers", "taa", "--stop", "sum", "--abs-tol", "1e-4"]) == 2
+    assert "abs_tol does nothing" in capsys.readouterr().err
+    # a flag one chosen solver reads applies to it and passes the others by
+    assert main([*base, "--solvers", "fp,fp+", "--splitting", "euler"]) == 0
+
+
+def test_schema_solver_options_are_the_registry_options():
+    """The study schema's solver block offers exactly SolverConfig's study options, with the registry's choices."""
+    import yaml
+
+    from parataa.solver_config import SPLITTINGS, STOPS, TOL_SCALES
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["definitions"]["solver_block"]["properties"]
+    assert set(props) == set(SolverConfig.field_names()) - {"method", "freeze_from"}
+    assert schema["definitions"]["tol_scale"]["enum"] == list(TOL_SCALES)
+    assert props["splitting"]["anyOf"][0]["enum"] == list(SPLITTINGS)
+    assert props["stop"]["anyOf"][0]["enum"] == list(STOPS)

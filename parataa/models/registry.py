@@ -3,12 +3,14 @@
     gmm           analytic Gaussian mixture (64-d, 10 classes), exact eps, no weights
     tiny-dit      embedded class-conditional DiT on 16x16 MNIST digits (ships with parataa)
     tiny-sd       embedded text-conditioned UNet + CLIP text encoder on the same digits (ships with parataa)
+    tiny-flow     embedded class-conditional flow-matching DiT on the same digits (velocity; sampler flow-euler)
     dit-xl-2-256  facebook/DiT-XL-2-256 (hub id or local snapshot; DiT guides 3 of 4 latent channels)
     sd-v1-5       stable-diffusion-v1-5/stable-diffusion-v1-5 (hub id or local snapshot)
 
 `build_denoiser` returns (denoiser, spec): `spec(num_steps, sampler=..., eta=...)` builds the matching
-`Schedule` (DiT's respacing for DiT models, the diffusers tables otherwise), and `spec` also answers
-`spec["sample_shape"]`, `spec["schedule"]` ("dit" or "diffusers") and `spec["scheduler_config"]`; network models
+`Schedule` (DiT's respacing for DiT models, the diffusers tables otherwise; sampler "dpmpp-2m" gives a
+`parataa.families.DPMSchedule`, "flow-euler" the flow table of flow models), and `spec` also answers
+`spec["sample_shape"]`, `spec["schedule"]` ("dit", "diffusers" or "flow") and `spec["scheduler_config"]`; network models
 also answer `spec["source"]` (the name or path given) and `spec["weights"]` (where the weights were found: a local
 path, or a hub id with its cached snapshot and revision). `weights.weights_identity` adds the files' sha256.
 
@@ -48,10 +50,11 @@ _SHAPES = {
     "gmm": (64,),
     "tiny-dit": (1, 16, 16),
     "tiny-sd": (1, 16, 16),
+    "tiny-flow": (1, 16, 16),
     "dit-xl-2-256": (4, 32, 32),
     "sd-v1-5": (4, 64, 64),
 }
-_DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
+_DEFAULT_CFG = {"gmm": 5.0, "tiny-dit": 5.0, "tiny-sd": 5.0, "tiny-flow": 5.0, "dit-xl-2-256": 4.0, "sd-v1-5": 7.5}
 
 
 # the published hub ids of the real models
@@ -76,6 +79,7 @@ _VAE = Component("vae", "diffusers", "AutoencoderKL")
 # per network model, in loading (and synthetic building) order; the embedded tiny-sd runs in pixel space
 COMPONENTS: dict[str, tuple[Component, ...]] = {
     "tiny-dit": (_TRANSFORMER,),
+    "tiny-flow": (_TRANSFORMER,),
     "dit-xl-2-256": (_TRANSFORMER, _VAE),
     "tiny-sd": (_UNET, _TEXT, Component("vae", "diffusers", "AutoencoderKL", optional=True)),
     "sd-v1-5": (_UNET, _TEXT, _VAE),
@@ -160,7 +164,7 @@ class ModelSpec:
     """What a solver needs to know of a model besides eps: its schedule family and its state shape."""
 
     name: str
-    schedule: str  # "dit" (DiT's respacing) or "diffusers" (scheduler_config tables)
+    schedule: str  # "dit" (DiT's respacing), "diffusers" (scheduler_config tables) or "flow" (flow matching)
     sample_shape: tuple[int, ...]
     scheduler_config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +172,21 @@ class ModelSpec:
     def __call__(
         self, num_steps: int, sampler: str = "ddim", eta: float | None = None, final_noise: str | None = None
     ) -> Schedule:
-        """The schedule; final_noise None is the family's own rule ("none" for DiT, "diffusers" otherwise)."""
+        """The schedule; final_noise None is the family's own rule ("none" for DiT, "diffusers" otherwise).
+        sampler "dpmpp-2m": DPM-Solver++(2M) of the model's diffusers config (DiT models: DiT's training betas);
+        flow models take only "flow-euler"."""
+        from ..families import DIT_SCHEDULER, dpmpp_2m_schedule, flow_euler_schedule
+
+        if self.schedule == "flow" or sampler == "flow-euler":
+            if self.schedule != "flow" or sampler != "flow-euler":
+                raise ValueError(
+                    f"model {self.name} is {'a flow-matching' if self.schedule == 'flow' else 'a diffusion'} model: "
+                    f"sampler {sampler!r} does not apply; use "
+                    f"{'flow-euler' if self.schedule == 'flow' else 'ddim, ddpm or dpmpp-2m'}"
+                )
+            return flow_euler_schedule(self.scheduler_config or {}, num_steps)
+        if sampler == "dpmpp-2m":
+            return dpmpp_2m_schedule(self.scheduler_config or DIT_SCHEDULER, num_steps)
         if self.schedule == "dit":
             return dit_schedule(num_steps, sampler=sampler, eta=eta, final_noise=final_noise or "none")
         assert self.scheduler_config is not None
@@ -250,6 +268,13 @@ def build_denoiser(
     # a path the user gave is a local folder; only the published hub id (the default) may come from the hub
     kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size, components=COMPONENTS[name])
     kw.update(hub=src == HUB_IDS.get(name), repo=HUB_IDS.get(name))
+    if name == "tiny-flow":
+        from .flow import load_flow_dit
+
+        flow_kw = dict(cfg_scale=cfg, device=device, dtype=dtype, chunk_size=chunk_size)
+        den = load_flow_dit(src, _labels(name, conditions, 10), hub=kw["hub"], **flow_kw)
+        extra = {"source": src, "weights": den.source.record()}
+        return den, ModelSpec(name, "flow", den.sample_shape, den.scheduler_config, extra)
     if name in ("tiny-dit", "dit-xl-2-256"):
         from .dit import load_dit
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..solver_config import preset
+from ..solver_config import METHOD_RECORDS, preset
 from .anderson import anderson
 from .base import (
     Denoiser,
@@ -20,19 +20,15 @@ from .base import (
     SolverConfig,
     SolveResult,
     SolverState,
+    registered,
 )
 from .fixed_point import fixed_point
 from .picard import picard
 from .sequential import sequential
 from .taa import taa
 
-SOLVERS: dict[str, Callable[..., SolveResult]] = {
-    "sequential": sequential,
-    "fp": fixed_point,
-    "aa": anderson,
-    "taa": taa,
-    "picard": picard,
-}
+# the reference loop of every registered method (parataa/solver_config.py: METHOD_RECORDS)
+SOLVERS: dict[str, Callable[..., SolveResult]] = {n: registered(m.loop) for n, m in METHOD_RECORDS.items()}
 
 
 def solve(model, schedule, noise, config: SolverConfig, *, engine: str = "eager", **kwargs) -> SolveResult:

@@ -13,6 +13,7 @@ touch files, models' internals, randomness or distributed code.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -217,13 +218,10 @@ class Evaluator:
         return out
 
 
-def tolerance_scale(schedule: Schedule, kind: str) -> torch.Tensor:
-    """g_t of the stopping rule rho_t <= max(abs_tol, rel_tol * g_t)."""
-    if kind == "sigma":
-        return schedule.sigma
-    if kind == "one":
-        return torch.ones_like(schedule.sigma)
-    return torch.sqrt(1 - schedule.alpha_in / schedule.alpha_out)  # "beta": sqrt of the step's beta
+def registered(spec: str) -> Any:
+    """The function a registry record (parataa/solver_config.py) names: "module:function" in parataa.solvers."""
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:

@@ -13,23 +13,15 @@ waits for the host several times. `StaticSolver` runs the same algorithm on fixe
 - one small device-to-host copy per iteration (the frozen boundaries and a non-finite flag) picks the next bucket
   and decides when to stop. Sequential sampling needs none: its T steps are known in advance.
 
-Engines (`solve(..., engine=...)`, `StaticSolver(..., engine=...)`):
+Engines ("static", "graphed", "graphed-solver"): parataa/solvers/_graphs.py. The device-side log: _device_log.py.
 
-- "static": the static iteration, eager, on any device (the CPU tests compare it with the reference loops);
-- "graphed": each bucket's iteration (window gather, model call, residuals, update, stopping test, window move)
-  is captured once in CUDA graphs and replayed; the model must be graph-safe (no host synchronisation and no
-  host-to-device copy inside its call);
-- "graphed-solver": the solver's parts are captured, the model is called eagerly between them, for models that
-  synchronise with the host such as `parataa.distributed.DistributedDenoiser` (its inner model can itself be a
-  `parataa.cuda_graphs.GraphedDenoiser`).
-
-Same semantics as the reference: the same window, residuals, stopping test (`_window.stop_test`), safeguard,
-updates, history and fallbacks, the same log rows (one per valid window position, in sample-then-step order)
-and counts. Reductions over the window (Anderson's shared Gram matrix, Picard's window sum, the "sum" rule's
-total) add B - w exact zeros after the valid values. tests/test_static.py checks on the CPU that every solver,
-splitting, rule and window gives the reference's iterates bit for bit, and on a GPU that graph replay gives the
-static engine's; the static engine against the reference loops on a GPU (other kernels, other summation orders)
-is not compared.
+Same semantics as the reference, by construction: both run the iteration core (`_iteration.py`: residuals, stopping
+rule, safeguard, updates, history and fallbacks) on the same padded layout, and give the same log rows (one per
+valid window position, in sample-then-step order) and counts. Reductions over the window (Anderson's shared Gram
+matrix, Picard's window sum, the "sum" rule's total) add B - w exact zeros after the valid values.
+tests/test_static.py checks on the CPU that every solver, splitting, rule and window gives the reference's iterates
+bit for bit, and on a GPU that graph replay gives the static engine's; the static engine against the reference loops
+on a GPU (other kernels, other summation orders) is not compared.
 """
 
 from __future__ import annotations
@@ -43,31 +35,47 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, rms, splitting_rhs, step_rhs
-from ._history import ridge_solve, ridge_system
-from ._window import new_state, stop_test, stop_thresholds, updated_positions
+from ..solver_config import METHOD_RECORDS
+from ..stopping import RULES
+from ..system import step_rule
+from ._device_log import DeviceLog
+from ._graphs import ENGINES, GraphCaptureError, GraphedSegments, check_engine, check_numerics, seconds
+from ._history import elimination_solve, ridge_solve
+from ._iteration import History, count_iteration, picard_iteration, window_iteration
+from ._window import new_state
 from .base import (
     Callback,
     Denoiser,
-    IterationInfo,
-    ModelOutputError,
     SolverConfig,
     SolveResult,
     SolverState,
     check_inputs,
     make_result,
+    registered,
 )
-from .picard import window_move
-from .taa import taa_coefficients
+from .picard import inverse_next_variance
+from .sequential import sequential_state
 
-__all__ = ["ENGINES", "GraphCaptureError", "StaticSolver", "default_buckets", "solve_static"]
+__all__ = [
+    "ENGINES",
+    "GraphCaptureError",
+    "StaticSolver",
+    "default_buckets",
+    "elimination_solve",
+    "solve_static",
+]
 
-ENGINES = ("eager", "static", "graphed", "graphed-solver")
-LINSOLVES = ("lapack", "elimination")
 
+class PaddedHistory(History):
+    """The static engine's history: [N, T+1, m, D], padding positions read and write the scratch row T."""
 
-class GraphCaptureError(RuntimeError):
-    """A part of the iteration could not be captured in a CUDA graph (usually: the model is not graph-safe)."""
+    def write(self, hx: torch.Tensor, hf: torch.Tensor, length: torch.Tensor, valid: torch.Tensor) -> None:
+        r, t = self.rows, self.t
+        self.hist_x[r, t], self.hist_f[r, t], self.hist_len[r, t] = hx, hf, length
+
+    def reset(self, fallback: torch.Tensor) -> None:
+        r, t = self.rows, self.t
+        self.hist_len[r, t] = torch.where(fallback, torch.ones_like(self.hist_len[r, t]), self.hist_len[r, t])
 
 
 def default_buckets(window: int) -> tuple[int, ...]:
@@ -79,65 +87,7 @@ def default_buckets(window: int) -> tuple[int, ...]:
     return (*out, window)
 
 
-def elimination_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ridge_solve` by Gaussian elimination without pivoting, written in batched elementwise tensor operations.
-
-    The same system as `_history.ridge_solve` ((gram + ridge I) gamma = rhs, a unit diagonal for columns with no
-    data when ridge = 0). Without pivoting it is stable for these symmetric positive (semi)definite systems; a zero
-    pivot gives a non-finite gamma, reported as not ok exactly like a singular LAPACK solve. It launches only
-    elementwise kernels and small reductions, which every CUDA graph can capture (batched LAPACK/cuSOLVER calls are
-    not all capturable): each elimination step and each back-substitution step works on the whole batch and every
-    row at once, about 8 kernels per unknown, since inside a replayed graph an iteration's cost is mostly kernel
-    count.
-    """
-    k = gram.shape[-1]
-    # the augmented system [.., k, k + 1], eliminated in place
-    m = torch.cat([ridge_system(gram, rhs, ridge), rhs[..., None]], dim=-1)
-    for p in range(k - 1):
-        f = m[..., p + 1 :, p] / m[..., p, p, None]
-        m[..., p + 1 :, p:] -= f[..., None] * m[..., p, None, p:]
-    x = torch.zeros_like(rhs)
-    for p in reversed(range(k)):
-        s = m[..., p, k] - (m[..., p, p + 1 : k] * x[..., p + 1 :]).sum(dim=-1) if p < k - 1 else m[..., p, k]
-        x[..., p] = s / m[..., p, p]
-    ok = torch.isfinite(x).all(dim=-1)
-    return torch.where(ok[..., None], x, torch.zeros_like(x)), ok
-
-
-def _check_engine(model: Denoiser, engine: str, device: torch.device) -> torch.device:
-    """The device the engine runs on (cuda:<current> for a bare "cuda"), after checking that it can."""
-    if engine not in ENGINES[1:]:
-        raise ValueError(f"engine must be one of {ENGINES[1:]} for StaticSolver, got {engine!r}")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if engine != "static":
-        if device.type != "cuda":
-            raise ValueError(
-                f"engine={engine!r} captures CUDA graphs and needs a CUDA device, but the noise bundle is on "
-                f"{device}; move the noise (noise.to('cuda')) and the model to a GPU, or use engine='static'"
-            )
-        if engine == "graphed" and getattr(model, "graph_safe", True) is False:
-            raise GraphCaptureError(
-                f"the model {type(model).__name__} declares graph_safe = False (it synchronises with the host "
-                "inside its call), so it cannot be captured with the iteration; use engine='graphed-solver' "
-                "(the model is called eagerly between captured solver graphs) or engine='static'"
-            )
-    return device
-
-
-def _check_numerics(engine: str, ls_dtype: torch.dtype, linsolve: str | None, warmup: int) -> str:
-    """The least-squares solver to use (lapack for the static engine, elimination when graphed), checked."""
-    if ls_dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"ls_dtype must be torch.float64 (the reference) or torch.float32, got {ls_dtype!r}")
-    linsolve = linsolve or ("lapack" if engine == "static" else "elimination")
-    if linsolve not in LINSOLVES:
-        raise ValueError(f"linsolve must be one of {LINSOLVES}, got {linsolve!r}")
-    if not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup must be a positive integer (eager runs before a capture), got {warmup!r}")
-    return linsolve
-
-
-class StaticSolver:
+class StaticSolver(GraphedSegments, DeviceLog):
     """A solver on fixed shapes for one (model, schedule, config, number of samples, sample shape), reusable across
     noise bundles: buffers and captured graphs are kept, so only the first solve pays for the captures.
 
@@ -172,10 +122,11 @@ class StaticSolver:
         linsolve: str | None = None,
         warmup: int = 2,
     ) -> None:
-        self.device = _check_engine(model, engine, torch.device(device))
-        linsolve = _check_numerics(engine, ls_dtype, linsolve, warmup)
+        self.device = check_engine(model, engine, torch.device(device))
+        linsolve = check_numerics(engine, ls_dtype, linsolve, warmup)
         self.model, self.config, self.engine = model, config, engine
         self.ls_dtype, self.linsolve, self.warmup = ls_dtype, linsolve, warmup
+        self.solve_ls = elimination_solve if linsolve == "elimination" else ridge_solve
         self.schedule = schedule
         T = self.T = schedule.num_steps
         self.N = n = int(num_samples)
@@ -185,7 +136,7 @@ class StaticSolver:
         self.W = 1 if self.method == "sequential" else min(config.window or T, T)
         self.order = config.order or T
         self.max_iters = config.max_iters or T
-        self.m = config.history if self.method in ("aa", "taa") else 1
+        self.m = config.history if "history" in METHOD_RECORDS[self.method].options else 1
         if buckets is None:
             bs = default_buckets(self.W)
         else:
@@ -207,21 +158,16 @@ class StaticSolver:
         self.capture_s = 0.0  # seconds spent warming up and capturing graphs (not part of any iteration's time)
 
     def _tables(self, sched: Schedule) -> None:
-        """Per-step tables with a scratch entry at index T (what padding positions read)."""
-        dev, f64 = self.device, torch.float64
-
-        def pad(v: torch.Tensor, value: float) -> torch.Tensor:
-            return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=dev)])
-
-        self.a_p, self.b_p, self.c_p = pad(sched.a, 1.0), pad(sched.b, 0.0), pad(sched.c, 0.0)
+        """The step rule, the method's update and per-step tables, each with a scratch entry at index T (what
+        padding positions read)."""
+        self.rule = step_rule(sched)
         self.tau_p = torch.cat([sched.timesteps, sched.timesteps[-1:]])
         if self.method == "picard":
-            var_next = torch.cat([torch.zeros(1, dtype=f64, device=dev), sched.sigma[:-1] ** 2])
-            inv_var = 1.0 / torch.clamp(var_next, min=1e-20)
-            inv_var[0] = float("inf")
-            self.inv_var_p = pad(inv_var, 1.0)
+            self.inv_var_p = inverse_next_variance(sched)
         elif self.method != "sequential":
-            self.thr_p = pad(stop_thresholds(self.config, sched), 0.0)
+            self.stop = RULES[self.config.stop]
+            self.update = registered(METHOD_RECORDS[self.method].update)(self.config)  # the reference's rule
+            self.thr_p = torch.cat([self.stop.thresholds(self.config, sched), sched.sigma.new_zeros(1)])
 
     def _allocate(self, n: int, d: int) -> None:
         """The solver state, its history and the device-side log, each with the scratch slots padding uses."""
@@ -235,24 +181,12 @@ class StaticSolver:
         self.nfe = torch.zeros_like(self.frozen)
         self.spent = torch.zeros(n, dtype=f64, device=dev)
         self.rows = torch.arange(n, device=dev)[:, None]
-        self.accel = self.method in ("aa", "taa") and self.m > 1
+        self.accel = self.m > 1
         if self.accel:
             self.hist_x = torch.zeros(n, T + 1, self.m, d, dtype=f64, device=dev)
             self.hist_f = torch.zeros_like(self.hist_x)
             self.hist_len = torch.zeros(n, T + 1, dtype=torch.long, device=dev)
-        # device-side log, one slot per iteration; pack = (frozen [N], non-finite flag, its sample, its step)
-        cap = T if self.method == "sequential" else min(self.max_iters, T)
-        self.cap = cap
-        self.it_dev = torch.zeros((), dtype=torch.long, device=dev)
-        if self.method != "sequential":
-            self.log_rho = torch.zeros(cap, n, self.W, dtype=f64, device=dev)
-            self.log_thr = torch.zeros_like(self.log_rho)
-            self.log_conv = torch.zeros(cap, n, self.W, dtype=torch.bool, device=dev)
-            self.log_fb = torch.zeros_like(self.log_conv)
-            self.log_lo = torch.zeros(cap, n, dtype=torch.long, device=dev)
-            self.log_hi = torch.zeros_like(self.log_lo)
-            self.log_w = torch.zeros_like(self.log_lo)
-        self.pack = torch.zeros(n + 3, dtype=torch.long, device=dev)
+        self._allocate_log(n)
 
     # ------------------------------------------------------------------------------------------------ buffers
     def _bucket(self, width: int) -> int:
@@ -315,14 +249,6 @@ class StaticSolver:
             )
         self.eps_buf[B].view(self.N * B, self.D).copy_(out.reshape(self.N * B, self.D))
 
-    def _flag_nonfinite(self, valid: torch.Tensor, t: torch.Tensor, B: int) -> None:
-        bad = valid & ~torch.isfinite(self.eps_buf[B]).all(dim=-1)
-        first = torch.argmax(bad.reshape(-1).to(torch.uint8))
-        new = bad.any() & (self.pack[self.N] == 0)  # keep the first one (sequential checks only at the end)
-        self.pack[self.N + 1] = torch.where(new, first // B, self.pack[self.N + 1])
-        self.pack[self.N + 2] = torch.where(new, t.reshape(-1).index_select(0, first.view(1))[0], self.pack[self.N + 2])
-        self.pack[self.N] = torch.where(new, torch.ones_like(self.pack[self.N]), self.pack[self.N])
-
     def _post(self, B: int) -> None:
         if self.method == "sequential":
             self._post_sequential(B)
@@ -338,191 +264,51 @@ class StaticSolver:
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        # the reference shares one step index across samples: a 0-d coefficient times [N, D]; here [N, 1] rows
-        self.xs[r, t] = step_rhs(
-            self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps + self.c_p[t][:, None] * self.xi_p[r, t]
-        )
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
         self.frozen -= 1
-        self.iterations += 1
-        self.nfe += 1
+        count_iteration(self.iterations, self.nfe, torch.ones_like(t))
 
-    def _log(self, B: int, rho, thr, conv, fb, lo, hi, width) -> None:
-        # a solve makes at most `cap` iterations; the warm-up runs before a capture (on a copy of the state, restored
-        # afterwards) can count past it, and write into the last slot instead
-        k = torch.clamp(self.it_dev, max=self.cap - 1).view(1)
-        self.log_rho[:, :, :B].index_copy_(0, k, rho[None])
-        self.log_thr[:, :, :B].index_copy_(0, k, thr[None])
-        self.log_conv[:, :, :B].index_copy_(0, k, conv[None])
-        self.log_fb[:, :, :B].index_copy_(0, k, fb[None])
-        self.log_lo.index_copy_(0, k, lo[None])
-        self.log_hi.index_copy_(0, k, hi[None])
-        self.log_w.index_copy_(0, k, width[None])
+    def _eps(self, B: int):
+        """The window and the model's eps on it (zero on padding), the first non-finite eps flagged."""
+        lo, width, valid, t, ts, t_up = self._window(B)
+        self._flag_nonfinite(valid, t, B)
+        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(self.eps_buf[B]))
+        return (lo, width, t, valid), ts, self.xs[self.rows, t_up], eps, self.xi_p[self.rows, t]
 
     def _post_window(self, B: int) -> None:
-        """run_window_solver's steps 2-5 on the padded window (see `_window.run_window_solver`)."""
-        cfg, rows = self.config, self.rows
-        lo, width, valid, t, ts, t_up = self._window(B)
-        self._flag_nonfinite(valid, t, B)
-        x_ext = self.xs[rows, t_up]
-        x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w = self.a_p[t]
-        g = self.b_p[t][..., None] * eps + self.c_p[t][..., None] * self.xi_p[rows, t]
-        g = torch.where(valid[..., None], g, torch.zeros_like(g))
-        exact = step_rhs(a_w[..., None], x_up, g)
-        rho = rms(exact - x_cur)
-        rhs = exact if self.order == 1 else splitting_rhs(cfg.splitting, a_w, g, x_ext, width, self.order)
+        """run_window_solver's steps 2-5 on the padded window (_iteration.window_iteration)."""
+        rows = self.rows
+        win, ts, x_ext, eps, xi = self._eps(B)
+        lo, width, t, _ = win
         thr = self.thr_p[t]
-        win = Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=self.T)
-        u_star, accepted = stop_test(cfg, rho, valid, win, thr, self.spent)
-        j = self.pos[B][:B]
-        below = updated_positions(cfg, valid, u_star, accepted)
-        new_vals, fallback = self._update(x_cur, rhs - x_cur, valid, below, t)
-        x_new = torch.where(below[..., None], new_vals, x_cur)
-        x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
-        self.xs[rows, ts] = x_new
+        history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
+        out = window_iteration(
+            self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
+            self.update, history, solve=self.solve_ls, ls_dtype=self.ls_dtype,
+        )  # fmt: skip
+        self.xs[rows, ts] = out.x_new
         hi = self.frozen.clone()
-        self.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
-        self.frozen.copy_(torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo))
-        self.iterations += (width > 0).long()
-        self.nfe += width
-        self._log(B, rho, thr, accepted, fallback, lo, hi, width)
+        self.spent.copy_(out.spent)
+        self.frozen.copy_(out.frozen)
+        count_iteration(self.iterations, self.nfe, width)
+        self._log(B, out.rho, thr, out.accepted, out.fallback, lo, hi, width)
 
     def _post_picard(self, B: int) -> None:
-        """picard's steps 2-4 on the padded window (see `picard.picard`)."""
+        """picard's steps 2-5 on the padded window (_iteration.picard_iteration)."""
         rows = self.rows
-        lo, width, valid, t, ts, t_up = self._window(B)
-        self._flag_nonfinite(valid, t, B)
-        x_ext = self.xs[rows, t_up]
-        x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w, b_w, c_w = self.a_p[t][..., None], self.b_p[t][..., None], self.c_p[t][..., None]
-        noise_w = c_w * self.xi_p[rows, t]
-        rho = rms(step_rhs(a_w, x_up, b_w * eps + noise_w) - x_cur)
-        step = torch.where(valid[..., None], (a_w * x_up + b_w * eps) - x_up + noise_w, torch.zeros_like(x_cur))
-        below_sum = torch.cumsum(step, dim=1) - step
+        win, ts, x_ext, eps, xi = self._eps(B)
+        lo, width, t, _ = win
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
-        x_new = x_f + (step.sum(dim=1, keepdim=True) - below_sum)
-        tol = self.config.picard_tol
-        bad = valid & ~(torch.mean((x_new - x_cur) ** 2, dim=-1) * self.inv_var_p[t] <= tol**2)
-        move = window_move(bad, width, self.W)
+        x_new, rho, bad, thr, frozen = picard_iteration(
+            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W
+        )
         self.xs[rows, ts] = x_new
         hi = self.frozen.clone()
-        self.frozen.copy_(torch.where(width > 0, torch.clamp(self.frozen - move, min=0), hi))
-        self.iterations += (width > 0).long()
-        self.nfe += width
-        thr = tol / torch.sqrt(self.inv_var_p[t])
+        self.frozen.copy_(frozen)
+        count_iteration(self.iterations, self.nfe, width)
         self._log(B, rho, thr, ~bad, torch.zeros_like(bad), lo, hi, width)
 
-    # ------------------------------------------------------------------------------------------ the updates
-    def _update(self, x, resid, valid, below, t):
-        if not self.accel:
-            return x + resid, torch.zeros_like(valid)  # _window.fixed_point_update
-        m, rows = self.m, self.rows
-        # push the current (X, F) of every window step; padding positions write history row T (scratch)
-        hx = torch.cat([x[:, :, None], self.hist_x[rows, t][:, :, :-1]], dim=2)
-        hf = torch.cat([resid[:, :, None], self.hist_f[rows, t][:, :, :-1]], dim=2)
-        self.hist_x[rows, t] = hx
-        self.hist_f[rows, t] = hf
-        self.hist_len[rows, t] = torch.clamp(self.hist_len[rows, t] + 1, max=m)
-        count = torch.where(valid, self.hist_len[rows, t], torch.zeros_like(t))
-        cols = torch.arange(m - 1, device=t.device)
-        col_ok = cols[None, None, :] + 2 <= count[..., None]
-        dx = (hx[:, :, :-1] - hx[:, :, 1:]) * col_ok[..., None]
-        df = (hf[:, :, :-1] - hf[:, :, 1:]) * col_ok[..., None]
-        lsd = self.ls_dtype
-        if self.method == "taa":  # the reference's own function, with this engine's small solver
-            gamma, ok = taa_coefficients((dx, df.to(lsd)), resid.to(lsd), valid, self.config.ridge, solve=self._solve)
-        else:
-            v = valid[..., None, None]
-            dfl = df.to(lsd)
-            gram = torch.einsum("nwid,nwjd->nij", dfl * v, dfl * v)
-            rhs = torch.einsum("nwid,nwd->ni", dfl * v, resid.to(lsd) * valid[..., None])
-            gamma, ok = self._solve(gram, rhs, self.config.ridge)
-            B = x.shape[1]
-            gamma, ok = gamma[:, None].expand(-1, B, -1), ok[:, None].expand(-1, B)
-        gamma = gamma.to(torch.float64)
-        # anderson_step: x + F - (dX + dF) gamma where accelerated; plain FP where < 2 iterates or a failed solve
-        corr = torch.einsum("nwid,nwi->nwd", dx + df, gamma)
-        accel = count >= 2
-        use = accel & ok
-        fallback = below & accel & ~ok
-        new = x + resid - torch.where(use[..., None], corr, torch.zeros_like(corr))
-        self.hist_len[rows, t] = torch.where(fallback, torch.ones_like(count), self.hist_len[rows, t])
-        return new, fallback
-
-    def _solve(self, gram: torch.Tensor, rhs: torch.Tensor, ridge: float):
-        return (elimination_solve if self.linsolve == "elimination" else ridge_solve)(gram, rhs, ridge)
-
     # ------------------------------------------------------------------------------------------- the driver
-    def _capture(self, B: int) -> None:
-        t0 = time.perf_counter()
-        dev = self.device
-        snapshot = [v.clone() for v in self._mutable()]
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(self.warmup):
-                self._pre(B)
-                self._model(B)
-                self._post(B)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        for v, s in zip(self._mutable(), snapshot, strict=True):
-            v.copy_(s)
-        del snapshot
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graphs: list[Any] = []
-        for name, fn in (("pre", self._pre), ("model", self._model), ("post", self._post)):
-            if name == "model" and self.engine == "graphed-solver":
-                graphs.append(None)
-                continue
-            g = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(g, pool=self._pool), torch.no_grad():
-                    fn(B)
-            except Exception as err:
-                what = (
-                    f"the model {type(self.model).__name__} is not graph-safe: capturing its call failed. A graph-safe "
-                    "Denoiser neither synchronises with the host nor copies host tensors to the device inside its "
-                    "call (keep its lookup tables on the GPU); use engine='graphed-solver' (the model is called "
-                    "eagerly) or engine='static'"
-                    if name == "model"
-                    else f"capturing the solver's {name!r} segment failed"
-                )
-                raise GraphCaptureError(
-                    f"{what} (window bucket {B}; cause: {type(err).__name__}: {err}). A failed capture can leave "
-                    "this process's CUDA context unusable: run the other engine in a new process"
-                ) from err
-            graphs.append(g)
-        self._graphs[B] = graphs
-        torch.cuda.synchronize(dev)
-        self.capture_s += time.perf_counter() - t0
-
-    def _iterate(self, B: int) -> tuple[float, Any]:
-        """One iteration at bucket B: (communication seconds the model reported, the model call's time: a pair of
-        CUDA events read at the end, or seconds on the CPU)."""
-        comm0 = float(getattr(self.model, "comm_seconds", 0.0))
-        graphs = self._graphs.get(B)
-        cuda = self.device.type == "cuda"
-        with torch.no_grad():
-            graphs[0].replay() if graphs else self._pre(B)
-            if cuda:
-                model = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                model[0].record()
-            else:
-                t0 = time.perf_counter()
-            if graphs and graphs[1] is not None:
-                graphs[1].replay()
-            else:
-                self._model(B)
-            if cuda:
-                model[1].record()
-            else:
-                model = time.perf_counter() - t0
-            graphs[2].replay() if graphs else self._post(B)
-        return float(getattr(self.model, "comm_seconds", 0.0)) - comm0, model
-
     def _load(self, noise: NoiseBundle, init: torch.Tensor | None) -> SolverState:
         check_inputs(self.schedule, noise, init, self.config)
         if noise.num_samples != self.N or tuple(noise.sample_shape) != self.shape:
@@ -533,13 +319,7 @@ class StaticSolver:
         if noise.x_T.device != self.device and not (noise.x_T.device.type == self.device.type == "cpu"):
             raise ValueError(f"noise is on {noise.x_T.device} but the solver on {self.device}; use noise.to(...)")
         T, n = self.T, self.N
-        if self.method == "sequential":
-            x = torch.zeros(n, T + 1, self.D, dtype=torch.float64, device=self.device)
-            x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
-            full = torch.full((n,), T, dtype=torch.long, device=self.device)
-            st = SolverState(x=x, frozen=full, entered=full.clone())
-        else:
-            st = new_state(noise, self.config, init)
+        st = sequential_state(noise) if self.method == "sequential" else new_state(noise, self.config, init)
         self.xs[:, : T + 1].copy_(st.x)
         self.xs[:, T + 1].copy_(noise.x_T.reshape(n, -1).to(torch.float64))  # scratch: a finite state
         self.xi_p[:, :T].copy_(noise.xi.reshape(n, T, -1).to(torch.float64))
@@ -596,8 +376,8 @@ class StaticSolver:
         timings = [
             {
                 "iteration": i,
-                "model_s": _seconds(models[i]) - comms[i],
-                "solver_s": walls[i] - _seconds(models[i]),
+                "model_s": seconds(models[i]) - comms[i],
+                "solver_s": walls[i] - seconds(models[i]),
                 "comm_s": comms[i],
                 "rows": rows[i],
             }
@@ -620,145 +400,10 @@ class StaticSolver:
             self._ready(B)
         return self.capture_s - t0
 
-    def replay(self, noise: NoiseBundle, widths: Sequence[int]) -> list[dict[str, float]]:
-        """Benchmarks only: run one iteration per entry of `widths` with every sample's window forced to that
-        width (the frozen boundary set to it), whatever the iterates, and time each: the window sequence of another
-        solve replayed on this model (the iterates solve nothing). Rows: width, bucket, wall_s, model_s, comm_s."""
-        if self.method == "sequential":
-            raise ValueError("replay applies to the parallel solvers; sequential has no window to replay")
-        if self.config.init == "trajectory":
-            raise ValueError("replay needs a solver whose init is 'gaussian' or 'copy'")
-        self._load(noise, None)
-        self.seeds = noise.seeds
-        out = []
-        for w in widths:
-            if not 1 <= int(w) <= self.W:
-                raise ValueError(f"replay widths must lie in [1, W={self.W}], got {w}")
-            B = self._bucket(int(w))
-            self._ready(B)
-            self.frozen.fill_(int(w))
-            self.it_dev.zero_()
-            self._sync()
-            t0 = time.perf_counter()
-            comm, model = self._iterate(B)
-            self.pack.to("cpu", copy=True)
-            wall = time.perf_counter() - t0
-            out.append(
-                {"width": int(w), "bucket": B, "wall_s": wall, "model_s": _seconds(model) - comm, "comm_s": comm}
-            )
-        return out
-
     # ---------------------------------------------------------------------------------------------- results
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _raise_if_nonfinite(self, pack: torch.Tensor | list[int], iteration: int | None) -> None:
-        n = self.N
-        if int(pack[n]):
-            s, t = int(pack[n + 1]), int(pack[n + 2])
-            it = iteration if iteration is not None else self.T - 1 - t
-            raise ModelOutputError(s, self.seeds[s], t, it, self.method)
-
-    def _log_rows(self, it: int) -> list[dict[str, torch.Tensor]]:
-        n = self.N
-        if self.method == "sequential":
-            out = []
-            samples = torch.arange(n)
-            for i in range(it):
-                t = torch.full((n,), self.T - 1 - i, dtype=torch.long)
-                zero = torch.zeros(n, dtype=torch.float64)
-                done = torch.ones(n, dtype=torch.bool)
-                out.append(
-                    {
-                        "sample": samples,
-                        "iteration": torch.full((n,), i, dtype=torch.long),
-                        "step": t,
-                        "rho": zero,
-                        "threshold": zero,
-                        "converged": done,
-                        "window_lo": t,
-                        "window_hi": t + 1,
-                        "fallback": ~done,
-                    }
-                )
-            return out
-        rho, thr, conv, fb, lo, hi, w = (
-            v[:it].to("cpu", copy=True)
-            for v in (self.log_rho, self.log_thr, self.log_conv, self.log_fb, self.log_lo, self.log_hi, self.log_w)
-        )
-        j = torch.arange(self.W)
-        out = []
-        for i in range(it):
-            valid = j[None, :] < w[i][:, None]
-            vi, vj = torch.nonzero(valid, as_tuple=True)
-            out.append(
-                {
-                    "sample": vi,
-                    "iteration": torch.full((vi.numel(),), i, dtype=torch.long),
-                    "step": lo[i][vi] + vj,
-                    "rho": rho[i][vi, vj],
-                    "threshold": thr[i][vi, vj],
-                    "converged": conv[i][vi, vj],
-                    "window_lo": lo[i][vi],
-                    "window_hi": hi[i][vi],
-                    "fallback": fb[i][vi, vj],
-                }
-            )
-        return out
-
-    def _final_state(self, it: int, log: list, timings: list) -> SolverState:
-        T = self.T
-        st = SolverState(
-            x=self.xs[:, : T + 1].contiguous(),
-            frozen=self.frozen.clone(),
-            entered=self.entered.clone(),
-            iteration=it,
-            iterations=self.iterations.clone(),
-            nfe=self.nfe.clone(),
-            spent=self.spent.clone() if self.method not in ("sequential", "picard") else None,
-            log=log,
-            timings=timings,
-        )
-        if self.accel:
-            st.hist_x, st.hist_f = self.hist_x[:, :T].contiguous(), self.hist_f[:, :T].contiguous()
-            st.hist_len = self.hist_len[:, :T].contiguous()
-        return st
-
-    def _callback(self, callback: Callback, iteration: int) -> None:
-        T, n = self.T, self.N
-        view = SolverState(
-            x=self.xs[:, : T + 1],
-            frozen=self.frozen,
-            entered=self.entered,
-            iteration=iteration + 1,
-            iterations=self.iterations,
-            nfe=self.nfe,
-            spent=self.spent,
-        )
-        if self.method == "sequential":
-            lo, hi = self.frozen, self.frozen + 1
-            rho = torch.zeros(n, 1, dtype=torch.float64, device=self.device)
-        else:
-            lo, hi, w = self.log_lo[iteration], self.log_hi[iteration], self.log_w[iteration]
-            j = torch.arange(self.W, device=self.device)
-            rho = torch.where(j[None, :] < w[:, None], self.log_rho[iteration], math.nan)
-        callback(
-            IterationInfo(
-                iteration=iteration,
-                trajectory=self.xs[:, : T + 1].view(n, T + 1, *self.shape),
-                frozen=self.frozen,
-                window_lo=lo,
-                window_hi=hi,
-                rho=rho,
-                state=view,
-            )
-        )
-
-
-def _seconds(model: Any) -> float:
-    """A model-call time from `_iterate`: seconds, or a pair of CUDA events (read after the final sync)."""
-    return model[0].elapsed_time(model[1]) / 1e3 if isinstance(model, tuple) else float(model)
 
 
 def solve_static(

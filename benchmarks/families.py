@@ -1,0 +1,146 @@
+"""The goals of the two sampler families beyond the paper (docs/METHOD.md section 12), measured with the rule-free
+yardstick of `benchmarks/iterations.py`: iterations until x_0 is within 40 dB of the sequential x_0, 8 seeds.
+
+Cells: DPM-Solver++(2M) at 25 steps on tiny-dit and tiny-sd (solvers run it through `dpmpp_2m_system`, a fresh
+wrapped model per solve), flow-Euler at 50 steps on tiny-flow. Goals: DPM-Solver++(2M) within 8 iterations for
+the best TAA setting and at least 1.5x fewer than Picard; flow-Euler at most 10 iterations and at least 1.5x fewer
+than Picard.
+
+    python benchmarks/families.py --out families.jsonl                       # the goals (GPU: about a minute)
+    python benchmarks/families.py --out f.jsonl --cells tiny-dit:dpmpp-2m:6 --seeds 2 --device cpu \\
+        --variants "taa (paper),picard"                                      # a CPU smoke run
+    python benchmarks/families.py --report families.jsonl                     # the goals' table (Markdown)
+
+Each JSON line is `iterations.run_variant`'s record plus model, sampler, steps, variant, seeds and device.
+`--flow-path DIR` loads tiny-flow from a trained folder other than the embedded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iterations import CORE, run_variant  # noqa: E402
+
+from parataa import draw_noise  # noqa: E402
+from parataa.families import dpmpp_2m_system, sequential_multistep  # noqa: E402
+
+CELLS = "tiny-dit:dpmpp-2m:25,tiny-sd:dpmpp-2m:25,tiny-flow:flow-euler:50"
+VARIANTS = [
+    "fp+", "aa", "taa (paper)", "taa m3 copy", "taa-euler", "taa-euler m2", "taa-euler m4",
+    "fp+ euler copy", "picard", "picard ptol0.05",
+    "taa (paper) nostop", "taa-euler nostop", "picard nostop",  # the curve to T: every seed reaches 40 dB
+]  # fmt: skip
+CONDITIONS = {
+    "tiny-dit": list(range(10)),
+    "tiny-flow": list(range(10)),
+    "tiny-sd": [f"a handwritten digit {w}" for w in "zero one two three four five six seven eight nine".split()],
+}
+GOALS = {"dpmpp-2m": 8, "flow-euler": 10}  # iterations to 40 dB of the best TAA setting
+
+
+class _Fresh:
+    """A DPM-Solver++(2M) model that re-wraps itself for every solve (the wrapper remembers outputs)."""
+
+    def __init__(self, den: Any, dpm: Any) -> None:
+        self.den, self.dpm = den, dpm
+
+
+def _cell(den: Any, spec: Any, sampler: str, steps: int, noise: Any) -> tuple[Any, Any, torch.Tensor]:
+    """(model for a solve, schedule, sequential x_0); for DPM the model is re-made per solve by `_solve_pair`."""
+    sched = spec(steps, sampler=sampler)
+    if sampler == "dpmpp-2m":
+        return _Fresh(den, sched), sched.one_output(), sequential_multistep(den, sched, noise)[:, 0]
+    from parataa.solvers import preset, solve
+
+    return den, sched, solve(den, sched, noise, preset("sequential")).x0
+
+
+def measure(args: argparse.Namespace) -> None:
+    from parataa.models.registry import build_denoiser
+
+    device = torch.device(args.device)
+    seeds = list(range(args.seeds))
+    variants = args.variants.split(",") if args.variants else VARIANTS
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    with args.out.open("w") as fh:
+        for cell in args.cells.split(","):
+            model_name, sampler, steps_s = cell.split(":")
+            steps, conds = int(steps_s), CONDITIONS[model_name]
+            path = args.flow_path if model_name == "tiny-flow" else None
+            den, spec = build_denoiser(model_name, [conds[s % len(conds)] for s in seeds], cfg_scale=args.cfg_scale,
+                                       device=device, path=path)
+            noise = draw_noise(seeds, steps, spec.sample_shape).to(device)
+            model, sched, ref = _cell(den, spec, sampler, steps, noise)
+            for label in variants:
+                name, options, special = CORE[label]
+                m, s = dpmpp_2m_system(model.den, model.dpm) if isinstance(model, _Fresh) else (model, sched)
+                rec = run_variant(m, s, noise, ref, name, options, special, spec)
+                dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+                rec.update(model=model_name, sampler=sampler, steps=steps, variant=label, seeds=seeds, device=dev)
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                to40 = [v for v in rec["to_40"] if v is not None]
+                print(f"{model_name} {sampler}-{steps} {label:20s} stop {sum(rec['iterations']) / len(seeds):6.2f}"
+                      f" to40 {sum(to40) / max(len(to40), 1):6.2f} ({len(to40)}/{len(seeds)})"
+                      f" [{time.perf_counter() - t_all:5.0f} s]", flush=True)
+
+
+def report(path: Path) -> str:
+    """The goals' table: per cell, mean iterations to 40 dB of every variant (a seed whose stopping rule ended
+    below 40 dB counts as the step count T; the "nostop" variants run to T, so there every seed gets there), the
+    best TAA setting against Picard's best, and whether each goal is met."""
+    cells: dict[tuple[str, str, int], dict[str, float]] = {}
+    devices = set()
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        to40 = [r["steps"] if v is None else v for v in r["to_40"]]
+        cells.setdefault((r["model"], r["sampler"], r["steps"]), {})[r["variant"]] = sum(to40) / len(to40)
+        devices.add(r["device"])
+    out = [f"Iterations to 40 dB of the sequential x_0 (mean over seeds; device: {', '.join(sorted(devices))})", "",
+           "| cell | best TAA (setting) | Picard (best setting) | ratio | goal | met |", "|---|---|---|---|---|---|"]
+    for (model, sampler, steps), v in cells.items():
+        taa = {k: x for k, x in v.items() if k.startswith("taa")}
+        pic = {k: x for k, x in v.items() if k.startswith("picard")}
+        if not taa or not pic:
+            continue
+        bt, bp = min(taa, key=taa.get), min(pic, key=pic.get)
+        ratio = pic[bp] / taa[bt]
+        goal = GOALS.get(sampler, steps)
+        met = taa[bt] <= goal and ratio >= 1.5
+        out.append(f"| {model} {sampler}-{steps} | {taa[bt]:.2f} ({bt}) | {pic[bp]:.2f} ({bp}) | {ratio:.2f}x |"
+                   f" <= {goal} and >= 1.5x | {'yes' if met else 'no'} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--report", type=Path, default=None, help="print the goals' table of a JSONL file and exit")
+    p.add_argument("--cells", default=CELLS, help=f"model:sampler:steps, comma-separated (default {CELLS})")
+    p.add_argument("--variants", default=None, help="comma-separated labels of iterations.CORE (default: a set)")
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--cfg-scale", type=float, default=5.0)
+    p.add_argument("--flow-path", default=None, help="tiny-flow folder (default: the embedded one)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if args.report is not None:
+        print(report(args.report))
+        return 0
+    if args.out is None:
+        p.error("--out is required unless --report is given")
+    measure(args)
+    print(report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
