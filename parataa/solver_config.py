@@ -39,7 +39,7 @@ METHODS = ("sequential", "fp", "aa", "taa", "picard")
 INITS = ("gaussian", "copy", "trajectory")
 TOL_SCALES = ("sigma", "one", "beta")
 SPLITTINGS = ("exact", "euler")
-STOPS = ("step", "sum")
+STOPS = ("step", "sum", "target")
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -66,8 +66,10 @@ class SolverConfig:
     freeze_from: int | None = None  # with init="trajectory": states x_t, t >= freeze_from, stay fixed
     picard_tol: float = 0.1  # ParaDiGMS tolerance (RMS change <= picard_tol * sigma)
     splitting: str = "exact"  # order-k equations: "exact" (the paper) or "euler" (increments, as ParaDiGMS)
-    stop: str = "step"  # "step": every rho_t <= max(abs_tol, rel_tol g_t); "sum": sum_t rho_t <= sum_tol
+    stop: str = "step"  # "step": every rho_t <= max(abs_tol, rel_tol g_t); "sum": sum_t rho_t <= sum_tol;
+    # "target": x0's change per iteration within the PSNR target_db (docs/METHOD.md section 9)
     sum_tol: float = 0.05  # with stop="sum": budget for the summed first-order residual RMS of the trajectory
+    target_db: float = 40.0  # with stop="target": the PSNR of x0 against the sequential x0 to stop at (section 9)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -90,6 +92,9 @@ class SolverConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        t = self.target_db
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"target_db must be a finite number of dB > 0 (e.g. 40), got {t!r}")
         if self.stop == "sum" and self.sum_tol == 0:
             raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
         if self.method != "picard" and self.stop == "step" and self.abs_tol == 0 and self.rel_tol == 0:
@@ -196,6 +201,8 @@ def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> 
         parts.append(f"ptol{fmt_num(c['picard_tol'])}")
     elif c["stop"] == "sum":
         parts.append(f"sum{fmt_num(c['sum_tol'])}")
+    elif c["stop"] == "target":
+        parts.append(f"db{fmt_num(c.get('target_db', 40.0))}")
     else:
         parts.append(f"tol{fmt_num(c['abs_tol'])}")
         if c["rel_tol"] != c["abs_tol"]:

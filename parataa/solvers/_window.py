@@ -107,15 +107,20 @@ def stop_test(
     that reaches x_0 (every window when W = T) is accepted only as a whole: a small residual frozen early can be
     amplified by expansive steps below it (docs/METHOD.md section 9 has the measurements). Either way the accepted
     residuals add up to at most sum_tol. x_{u*} always takes the exact step (residual 0).
+
+    "target": as "sum" with the budget `target_rms(config)`, except that the window reaching x_0 is never accepted
+    here: `target_accept` accepts it after the update, from the change of x_0 the update made.
     """
     j = torch.arange(win.size, device=rho.device)
     if config.stop == "step":
         bad = valid & (rho > thr)
     else:
+        budget = config.sum_tol if config.stop == "sum" else target_rms(config)
         total = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
-        whole = total <= config.sum_tol * (win.num_steps - win.lo).to(rho.dtype) / win.num_steps
+        whole = total <= budget * (win.num_steps - win.lo).to(rho.dtype) / win.num_steps
+        whole = whole & (config.stop == "sum")
         # a window that does not reach x_0 must freeze states to move on: those within their share of the budget
-        moving = (win.lo > 0)[:, None] & (rho <= config.sum_tol / win.num_steps)
+        moving = (win.lo > 0)[:, None] & (rho <= budget / win.num_steps)
         bad = valid & ~whole[:, None] & ~moving
     u_star = torch.where(bad, j[None, :], torch.full_like(win.t, -1)).max(dim=1).values
     return u_star, valid & (j[None, :] > u_star[:, None])
@@ -222,6 +227,7 @@ def run_window_solver(
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
         state.x[ev.vi, ev.tv] = x_new[ev.vi, ev.vj]
+        u_star, accepted = target_accept(config, x_cur, x_new, valid, win, u_star, accepted)
         # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
         hi = state.frozen.clone()
         state.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
@@ -237,8 +243,37 @@ def run_window_solver(
 
 
 def stop_thresholds(config: SolverConfig, schedule: Schedule) -> torch.Tensor:
-    """Per-step threshold [T] logged with rho: max(abs_tol, rel_tol g_t) for "step"; the uniform share sum_tol / T
-    of the budget for "sum" (the "sum" rule itself tests the accepted segment's total, see `stop_test`)."""
-    if config.stop == "sum":
-        return torch.full_like(schedule.sigma, config.sum_tol / schedule.num_steps)
+    """Per-step threshold [T] logged with rho: max(abs_tol, rel_tol g_t) for "step"; the uniform share of the budget
+    for "sum" and "target" (sum_tol / T, target_rms / T; those rules test more than that, see `stop_test`)."""
+    if config.stop in ("sum", "target"):
+        budget = config.sum_tol if config.stop == "sum" else target_rms(config)
+        return torch.full_like(schedule.sigma, budget / schedule.num_steps)
     return torch.clamp(config.rel_tol * tolerance_scale(schedule, config.tol_scale), min=config.abs_tol)
+
+
+# --- stop="target": the fidelity target (docs/METHOD.md section 9) ---------------------------------------------------
+# The margin between the target and the PSNR-equivalent of x_0's change per iteration at which the rule stops,
+# chosen on the tuning cells of benchmarks/validation_cells.yaml (benchmarks/RESULTS.md, "Validation suite").
+TARGET_MARGIN_DB = 0.0
+
+
+def target_rms(config: SolverConfig) -> float:
+    """The RMS distance of x_0 (data range 2, [-1, 1]) at PSNR `target_db`: 2 * 10^(-target_db / 20)."""
+    return 2.0 * 10.0 ** (-config.target_db / 20.0)
+
+
+def target_accept(
+    config: SolverConfig, x_cur: torch.Tensor, x_new: torch.Tensor, valid: torch.Tensor, win: Window,
+    u_star: torch.Tensor, accepted: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """stop="target", after the update: a window that reaches x_0 (lo = 0) is accepted as a whole, and its sample
+    finished with the updated trajectory, when the update changed x_0 by at most the target's RMS less the margin,
+    RMS(x_0^new - x_0^cur) <= target_rms 10^(-TARGET_MARGIN_DB / 20). The checked iterate is the returned one: the
+    change measures how far the update moved it, and where the iteration contracts by a factor r per iteration the
+    remaining distance to the fixed point is r / (1 - r) times that change (at most the change while r <= 1/2).
+    Returns (u*, accepted) with u* = -1 and the window's positions accepted where it stops; unchanged otherwise."""
+    if config.stop != "target":
+        return u_star, accepted
+    change = rms(x_new[:, 0] - x_cur[:, 0])  # window position 0 is x_0 when lo = 0
+    done = (win.lo == 0) & valid[:, 0] & (change <= target_rms(config) * 10.0 ** (-TARGET_MARGIN_DB / 20.0))
+    return torch.where(done, torch.full_like(u_star, -1), u_star), accepted | (done[:, None] & valid)

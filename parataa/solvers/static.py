@@ -45,7 +45,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import Window, rms, splitting_rhs, step_rhs
 from ._history import ridge_solve, ridge_system
-from ._window import new_state, stop_test, stop_thresholds, updated_positions
+from ._window import new_state, stop_test, stop_thresholds, target_accept, updated_positions
 from .base import (
     Callback,
     Denoiser,
@@ -381,6 +381,7 @@ class StaticSolver:
         x_new = torch.where(below[..., None], new_vals, x_cur)
         x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
         self.xs[rows, ts] = x_new
+        u_star, accepted = target_accept(cfg, x_cur, x_new, valid, win, u_star, accepted)
         hi = self.frozen.clone()
         self.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
         self.frozen.copy_(torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo))
