@@ -87,7 +87,13 @@ def summary_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
 
 
 def report(recs: list[dict[str, Any]], db: float) -> str:
-    lines = [BEGIN, "", f"Target {db:g} dB; lateness = iterations at the stop minus the first iteration at or above "
+    lines = [BEGIN, "## Validation suite: the fidelity target on cells nobody tuned on", "",
+             "`benchmarks/validation.py` (cells: `benchmarks/validation_cells.yaml`), tables by "
+             "`benchmarks/validation_report.py`. `target40` is the `taa-euler` preset stopped by the fidelity target "
+             "(`stop=\"target\"`, 40 dB; docs/METHOD.md section 9), `taa-euler` the preset with its summed rule, "
+             "`picard` ParaDiGMS's rule. x0's PSNR is measured against the sequential x0 computed with the same "
+             "network precision. The tuning cells are the only ones the rule's threshold was chosen on.", "",
+             f"Target {db:g} dB; lateness = iterations at the stop minus the first iteration at or above "
              "the target (only for solves that stopped at or above it; \"below\" counts the others). Machine: "
              + ", ".join(sorted({r["device"] for r in recs})) + "."]
     for part in ("tuning", "validation"):
@@ -96,9 +102,9 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
             continue
         title = {"tuning": "Tuning cells (thresholds may be chosen here)",
                  "validation": "Validation cells (chose nothing)"}[part]
-        lines += ["", f"#### {title}: summary", "", *summary_rows(sel, db), "", f"#### {title}: per cell", "",
+        lines += ["", f"### {title}: summary", "", *summary_rows(sel, db), "", f"### {title}: per cell", "",
                   *cell_rows(sel, db)]
-    lines += ["", END]
+    lines += [END]
     return "\n".join(lines) + "\n"
 
 
