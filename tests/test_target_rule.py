@@ -103,3 +103,20 @@ def test_a_half_precision_like_noise_floor_does_not_keep_the_target_rule_running
     assert bool((psnr_db(noisy.x0, ref.x0) >= 40.0).all()), psnr_db(noisy.x0, ref.x0)
     # the floor is real: the summed residual rule, whose budget it exceeds, runs several times longer
     assert bool((summed.iterations >= 3 * noisy.iterations).all()), (summed.iterations, noisy.iterations)
+
+
+def test_target_db_flag_selects_the_rule_where_it_means_something():
+    import argparse
+
+    from parataa.cli._solver_options import add_solver_arguments, solver_config
+
+    p = argparse.ArgumentParser()
+    add_solver_arguments(p)
+    args = p.parse_args(["--target-db", "45"])
+    for name in ("taa-euler", "taa", "fp+"):  # taa-euler's preset fixes its rule; the flag still chooses this one
+        cfg = solver_config(name, args)
+        assert (cfg.stop, cfg.target_db) == ("target", 45.0), name
+    assert solver_config("picard", args).stop == "step"  # Picard keeps its own rule
+    assert solver_config("taa-euler", p.parse_args([])).stop == "sum"
+    with pytest.raises(ValueError, match="--target-db 45 sets the target rule; drop --stop sum"):
+        solver_config("taa", p.parse_args(["--target-db", "45", "--stop", "sum"]))
