@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default=None, help="comma-separated: only these network dtypes")
     p.add_argument("--steps", default=None, help="comma-separated: only these step counts")
     p.add_argument("--max-seeds", type=int, default=None, help="keep at most this many seeds of each cell")
+    p.add_argument("--list", action="store_true", help="print the cells and their solves, run nothing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     spec = yaml.safe_load(args.cells.read_text())
@@ -172,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 if cell["model"] == "tiny-sd" and cell["steps"] > 999:
                     print(f"skip tiny-sd at {cell['steps']} steps: its spacing allows at most 999", flush=True)
                     continue
-                run_cell(cell, tuning_solvers if part == "tuning" else solvers, device, fh)
+                labels = tuning_solvers if part == "tuning" else solvers
+                if args.list:
+                    print(f"{part:10s} {cell['model']} {cell['sampler']}-{cell['steps']} cfg {cell['cfg']:g} "
+                          f"{cell['dtype']} seeds {cell['seeds']}: {', '.join(labels)}")
+                    continue
+                run_cell(cell, labels, device, fh)
     print(f"done in {time.perf_counter() - t_all:.0f} s", flush=True)
     return 0
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 BEGIN, END = "<!-- validation:begin -->", "<!-- validation:end -->"
+DTYPE_ORDER = ("float32", "bfloat16", "float16")
+REPLAY_FACTORS = [(0.89, 0.89), (1.0, 1.0), (1.26, 1.26), (1.0, 2.0), (1.0, 4.0), (0.5, 2.0)]
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +59,10 @@ def capped(st: list[dict[str, Any]]) -> str:
 def cell_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
     out = ["| model | cell | cfg | dtype | solver | seeds | stop mean (max) | PSNR at stop min | late mean (max) "
            "| below | to target | states |", "|" + "---|" * 12]
-    for r in recs:
+    order = {"target": 0, "taa-euler": 1, "picard": 2}
+    key = lambda r: (r["model"], r["sampler"], r["steps"], r["cfg"], list(DTYPE_ORDER).index(r["dtype"]),  # noqa: E731
+                     next((v for k, v in order.items() if r["solver"].startswith(k)), 3), r["solver"])
+    for r in sorted(recs, key=key):
         st = [solve_stats(r, s, db) for s in range(len(r["seeds"]))]
         late = [x["late"] for x in st if x["late"] is not None]
         reach = [x["reach"] for x in st if x["reach"] is not None]
@@ -94,8 +99,9 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
              "`picard` ParaDiGMS's rule. x0's PSNR is measured against the sequential x0 computed with the same "
              "network precision. The tuning cells are the only ones the rule's threshold was chosen on.", "",
              f"Target {db:g} dB; lateness = iterations at the stop minus the first iteration at or above "
-             "the target (only for solves that stopped at or above it; \"below\" counts the others). Machine: "
-             + ", ".join(sorted({r["device"] for r in recs})) + "."]
+             "the target (only for solves that stopped at or above it; \"below\" counts the others); states = states "
+             "the model evaluated per sample up to the stop. Machine: "
+             + ", ".join(sorted({r["device"] if r["device"] != "cpu" else "the CPU" for r in recs})) + "."]
     for part in ("tuning", "validation"):
         sel = [r for r in recs if r["part"] == part and "nostop" not in r["solver"]]
         if not sel:
@@ -104,6 +110,14 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
                  "validation": "Validation cells (chose nothing)"}[part]
         lines += ["", f"### {title}: summary", "", *summary_rows(sel, db), "", f"### {title}: per cell", "",
                   *cell_rows(sel, db)]
+    tuned = [r for r in recs if r["part"] == "tuning" and r["solver"] == "taa-euler nostop"]
+    if tuned:
+        lines += ["", "### Tuning cells: the target rule's threshold replayed on runs with stopping disabled", "",
+                  "x0's change times a factor <= the target's RMS; factor 1 is the rule (`stop=\"target\"`), the "
+                  "others clamp the contraction estimate r / (1 - r), r the ratio of consecutive changes, or add a "
+                  "fixed margin (1.26 = 2 dB).", ""]
+        for dtype in [d for d in DTYPE_ORDER if any(r["dtype"] == d for r in tuned)]:
+            lines += [f"{dtype}:", "", replay([r for r in tuned if r["dtype"] == dtype], db, REPLAY_FACTORS)]
     lines += [END]
     return "\n".join(lines) + "\n"
 
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, default=None, help="Markdown file whose validation section to replace")
     p.add_argument("--replay", action="store_true", help="replay the target rule's margins on the nostop curves")
     p.add_argument("--part", default="tuning", help="with --replay: the part to replay on (tuning chooses)")
-    p.add_argument("--factors", default="1:1,1.26:1.26,0.5:2,1:2,1:4,0.5:4",
+    p.add_argument("--factors", default=",".join(f"{lo:g}:{hi:g}" for lo, hi in REPLAY_FACTORS),
                    help="with --replay: low:high clamps of the rate factor r / (1 - r) to try")
     args = p.parse_args(argv)
     recs = [r for path in args.inputs for r in load(path)]
