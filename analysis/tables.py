@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from parataa.solver_config import SolverConfig
+from parataa.stopping import RULES, TOL_SCALES, step_threshold
 
 __all__ = [
     "Threshold",
@@ -93,12 +94,9 @@ def _g(df: pd.DataFrame, g: str) -> np.ndarray:
     return df[col].to_numpy(float)
 
 
-G_CHOICES = ("sigma", "beta", "one")
-
-
 def _check_g(g: str) -> None:
-    if g not in G_CHOICES:
-        raise ValueError(f"g must be one of {G_CHOICES}, got {g!r}")
+    if g not in TOL_SCALES:
+        raise ValueError(f"g must be one of {TOL_SCALES}, got {g!r}")
 
 
 def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma") -> Threshold:
@@ -110,7 +108,7 @@ def authors_rule(abs_tol: float = 1e-3, rel_tol: float = 1e-3, g: str = "sigma")
     return Threshold(
         label,
         f"rho_t <= max({abs_tol:g}, {rel_tol:g} * g_t), g = {g} (authors' code rule)",
-        lambda df: np.full(len(df), float(abs_tol)) if flat else np.maximum(abs_tol, rel_tol * _g(df, g)),
+        lambda df: np.full(len(df), float(abs_tol)) if flat else step_threshold(abs_tol, rel_tol, _g(df, g)),
     )
 
 
@@ -177,13 +175,15 @@ def with_step_scales(convergence: pd.DataFrame, scales: pd.DataFrame) -> pd.Data
 
 def first_order_tags(conv: pd.DataFrame, settings: pd.DataFrame | None = None) -> tuple[set[str], set[str]]:
     """(tags of runs that stop on each step's first-order residual, the others). From the runs' solver settings
-    (Study.solver_settings: method, stop) when given: Picard stops on its own change-based rule, stop="sum" on
-    the summed residual (docs/METHOD.md section 9). Without settings, from the logs: a run on the per-step rule
-    never accepts a step whose rho_t exceeds its threshold."""
+    (Study.solver_settings: method, stop) when given: Picard stops on its own change-based rule, a rule that is not
+    `recountable` (parataa/stopping.py; stop="sum", the summed residual, docs/METHOD.md section 9) on another.
+    Without settings, from the logs: a run on the per-step rule never accepts a step whose rho_t exceeds its
+    threshold."""
     tags = {str(t) for t in conv["solver_tag"].unique()}
     if settings is not None and {"solver_tag", "method", "stop"} <= set(settings.columns):
         s = settings[settings["solver_tag"].astype(str).isin(tags)]
-        other = set(s.loc[(s["method"] == "picard") | (s["stop"].fillna("step") != "step"), "solver_tag"].astype(str))
+        per_step = s["stop"].fillna("step").map(lambda r: RULES[r].recountable if r in RULES else False)
+        other = set(s.loc[(s["method"] == "picard") | ~per_step.astype(bool), "solver_tag"].astype(str))
     else:
         bad = conv["converged"].to_numpy(bool) & (conv["rho"].to_numpy(float) > conv["threshold"].to_numpy(float))
         other = {str(t) for t in conv.loc[bad, "solver_tag"].unique()}

@@ -32,8 +32,8 @@ import torch
 from parataa import draw_noise
 from parataa.fidelity import FidelityRecorder, psnr_db
 from parataa.solvers import preset, solve
-from parataa.solvers._history import anderson_step, push_history
-from parataa.solvers._window import UpdateInput, run_window_solver
+from parataa.solvers._iteration import UpdateInput, anderson_step, push_history
+from parataa.solvers._window import run_window_solver
 from parataa.solvers.taa import taa_coefficients
 
 NOSTOP = {"stop": "step", "abs_tol": 1e-7, "rel_tol": 0.0}
@@ -106,8 +106,7 @@ def taa_restart_update(config):
         f_prev = (inp.resid - df[:, :, 0]).norm(dim=-1)
         grew = inp.valid & (count >= 2) & (f_new > f_prev)
         if bool(grew.any()):
-            st, win = inp.state, inp.window
-            st.hist_len[win.rows.expand_as(win.t)[grew], win.t[grew]] = 1
+            inp.history.reset(grew)
             keep = (~grew)[..., None, None].to(dx.dtype)
             dx, df, count = dx * keep, df * keep, torch.where(grew, torch.ones_like(count), count)
         gamma, ok = taa_coefficients((dx, df), inp.resid, inp.valid, config.ridge)

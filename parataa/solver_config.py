@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .stopping import RULES, TOL_SCALES
+
 __all__ = [
     "METHODS",
     "INITS",
@@ -37,9 +39,8 @@ __all__ = [
 
 METHODS = ("sequential", "fp", "aa", "taa", "picard")
 INITS = ("gaussian", "copy", "trajectory")
-TOL_SCALES = ("sigma", "one", "beta")
 SPLITTINGS = ("exact", "euler")
-STOPS = ("step", "sum", "target")
+STOPS = tuple(RULES)  # parataa/stopping.py: one class per rule
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -95,10 +96,8 @@ class SolverConfig:
         t = self.target_db
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"target_db must be a finite number of dB > 0 (e.g. 40), got {t!r}")
-        if self.stop == "sum" and self.sum_tol == 0:
-            raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
-        if self.method != "picard" and self.stop == "step" and self.abs_tol == 0 and self.rel_tol == 0:
-            raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
+        if self.method != "picard":
+            RULES[self.stop].check(self)
         if self.freeze_from is not None:
             if self.init != "trajectory":
                 raise ValueError(f"freeze_from needs init='trajectory', got init={self.init!r}")
@@ -199,14 +198,8 @@ def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> 
         parts.append(c["splitting"])
     if name == "picard":
         parts.append(f"ptol{fmt_num(c['picard_tol'])}")
-    elif c["stop"] == "sum":
-        parts.append(f"sum{fmt_num(c['sum_tol'])}")
-    elif c["stop"] == "target":
-        parts.append(f"db{fmt_num(c.get('target_db', 40.0))}")
     else:
-        parts.append(f"tol{fmt_num(c['abs_tol'])}")
-        if c["rel_tol"] != c["abs_tol"]:
-            parts.append(f"rtol{fmt_num(c['rel_tol'])}")
+        parts.extend(RULES[c["stop"]].tag_parts(c))
     if method in ("aa", "taa") and c["ridge"] != default["ridge"]:
         parts.append(f"ridge{fmt_num(c['ridge'])}")
     if c["tol_scale"] != default["tol_scale"]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "LinearStep",
+    "StepRule",
     "Window",
     "make_window",
     "step_rhs",
@@ -32,7 +34,82 @@ __all__ = [
     "splitting_rhs",
     "suffix_sum",
     "rms",
+    "step_rule",
 ]
+
+
+class StepRule:
+    """The recurrence of a sampler: how step t writes x_t (docs/METHOD.md section 1, "The step rule").
+
+    Every solver and both engines compute a step through this object and nothing else, so a sampler family is
+    one subclass. The contract:
+
+    - A step is affine in the state directly above it: x_t = a_t x_{t+1} + g_t, with
+      g_t = drift_t + noise_t, drift_t the part made of model outputs and noise_t the part made of the fixed
+      noise xi_t. The order-k splittings (docs/METHOD.md sections 2 and 8) and the stopping rule's first-order
+      residual R_t = a_t x_{t+1} + g_t - x_t rely on this form; anything non-linear in the states must go
+      through the model outputs.
+    - `reads` is how many consecutive model outputs a step reads: outs[i] is the output at state x_{t+1+i},
+      i < reads, each evaluated at the model timestep of step t+i (`timesteps` of the schedule). DDIM/DDPM read
+      one (eps at x_{t+1}); DPM-Solver++(2M) reads two (its data predictions at x_{t+1} and x_{t+2}: in a
+      parallel window both come from the iteration's one batched model call, the one at the frozen state above
+      the window from the call that evaluated it). The step that writes x_{T-1} has no x_{T+1}: a rule with
+      reads > 1 gives its extra outputs zero weight there, and the engines pass zeros.
+    - What the model returns is the rule's to interpret: a noise prediction eps (`LinearStep`), a data prediction,
+      or a velocity v (flow matching: x_t = x_{t+1} + (s_t - s_{t+1}) v(x_{t+1}) is a = 1, drift = (s_t -
+      s_{t+1}) v, noise = 0).
+    - Tables are indexed by step t with one scratch entry at index T (a = 1 and zero drift and noise weights):
+      the static engine's padding positions read it and write nothing that counts. t may be a tensor of any
+      shape [...]; x_up, xi and every outs[i] are then [..., D] and so is every result.
+    - Rules are pure: no state, no I/O; the coefficients are float64 on the schedule's device.
+    """
+
+    reads: int = 1
+
+    def a(self, t: torch.Tensor) -> torch.Tensor:
+        """a_t [...]: the coefficient of x_{t+1} (the splittings read it per step)."""
+        raise NotImplementedError
+
+    def drift(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The model-output part of g_t."""
+        raise NotImplementedError
+
+    def noise(self, t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The noise part of g_t."""
+        raise NotImplementedError
+
+    def g(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...], xi: torch.Tensor) -> torch.Tensor:
+        """g_t = drift_t + noise_t: the part of step t that is not linear in x_{t+1}."""
+        return self.drift(t, outs) + self.noise(t, xi)
+
+    def step(self, t: torch.Tensor, x_up: torch.Tensor, outs: tuple[torch.Tensor, ...], xi: torch.Tensor):
+        """x_t = a_t x_{t+1} + g_t: one exact step."""
+        return step_rhs(self.a(t)[..., None], x_up, self.g(t, outs, xi))
+
+
+class LinearStep(StepRule):
+    """DDIM and DDPM (eta in [0, 1]): x_t = a_t x_{t+1} + b_t eps(x_{t+1}, tau_t) + c_t xi_t, eps the network's
+    guided noise prediction (docs/METHOD.md section 1)."""
+
+    def __init__(self, schedule) -> None:
+        def pad(v: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=v.device)])
+
+        self.a_p, self.b_p, self.c_p = pad(schedule.a, 1.0), pad(schedule.b, 0.0), pad(schedule.c, 0.0)
+
+    def a(self, t: torch.Tensor) -> torch.Tensor:
+        return self.a_p[t]
+
+    def drift(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.b_p[t][..., None] * outs[0]
+
+    def noise(self, t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return self.c_p[t][..., None] * xi
+
+
+def step_rule(schedule) -> StepRule:
+    """The step rule of a schedule (on the schedule's device): the one place a sampler family names its rule."""
+    return LinearStep(schedule)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import torch
 
 from parataa.solvers import ModelOutputError, SolverConfig, preset, solve
 from parataa.solvers._history import ridge_solve
-from parataa.solvers.base import tolerance_scale
 from parataa.solvers.taa import taa_coefficients
+from parataa.stopping import RULES, tolerance_scale
 from parataa.system import euler_rhs, order_k_rhs, rms, suffix_sum
 from tests.helpers import gmm_problem, rounding_tol, step_loop_tol
 
@@ -185,8 +185,10 @@ def test_fp_on_the_euler_splitting_is_the_picard_map(mixture, window):
 
 
 def test_sum_rule_accepts_the_whole_window_or_nothing():
-    from parataa.solvers._window import stop_test
     from parataa.system import make_window
+
+    def stop_test(cfg, rho, valid, win, thr, spent):
+        return RULES["sum"].test(cfg, rho, valid, win.lo, thr, spent, win.num_steps)
 
     cfg = preset("taa-euler", sum_tol=0.4)
     thr = torch.zeros(1, 4)

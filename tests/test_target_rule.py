@@ -10,7 +10,7 @@ import torch
 
 from parataa.fidelity import psnr_db
 from parataa.solvers import preset, solve
-from parataa.solvers._window import target_accept, target_rms
+from parataa.stopping import RULES, target_rms
 from parataa.system import make_window
 
 from .helpers import gmm_problem, rounding_tol
@@ -31,14 +31,15 @@ class NoisyDenoiser:
 @pytest.mark.parametrize("db", [20.0, 40.0, 57.5])
 def test_target_rms_is_the_distance_at_the_target_psnr(db):
     cfg = preset("taa-euler", stop="target", target_db=db)
-    x = torch.full((1, 64), target_rms(cfg), dtype=torch.float64)
+    x = torch.full((1, 64), target_rms(cfg.target_db), dtype=torch.float64)
     # psnr_db: a mean, a division and a log10 in float64, each within a few roundings of the dB value
     assert abs(float(psnr_db(x, torch.zeros_like(x))) - db) <= rounding_tol(torch.float64, 64 + 8, scale=db)
 
 
-def test_target_accept_checks_the_change_of_x0_and_only_where_the_window_reaches_it():
+def test_target_rule_checks_the_change_of_x0_and_only_where_the_window_reaches_it():
     cfg = preset("taa-euler", stop="target", target_db=40.0)
-    tol = target_rms(cfg)
+    tol = target_rms(cfg.target_db)
+    rule = RULES["target"]
     win = make_window(torch.tensor([4, 4]), 4, 4)  # two samples, whole windows [0, 4)
     x_cur = torch.zeros(2, 4, 8, dtype=torch.float64)
     x_new = x_cur.clone()
@@ -47,15 +48,16 @@ def test_target_accept_checks_the_change_of_x0_and_only_where_the_window_reaches
     x_new[:, 1:] = 10.0  # the other states' change does not enter the test
     u_star = torch.tensor([3, 3])
     accepted = torch.zeros(2, 4, dtype=torch.bool)
-    u, acc = target_accept(cfg, x_cur, x_new, win.valid, win, u_star, accepted)
+    u, acc = rule.after_update(cfg, x_cur, x_new, win.valid, win.lo, u_star, accepted)
     assert u.tolist() == [-1, 3] and acc.tolist() == [[True] * 4, [False] * 4]
     # a window above x_0 (lo = 2 of T = 6) is never accepted here, whatever its bottom state did
     high = make_window(torch.tensor([6, 6]), 4, 6)
-    u, acc = target_accept(cfg, x_cur, x_cur.clone(), high.valid, high, u_star, accepted)
+    u, acc = rule.after_update(cfg, x_cur, x_cur.clone(), high.valid, high.lo, u_star, accepted)
     assert u.tolist() == [3, 3] and not bool(acc.any())
-    # other rules are left alone
-    u, acc = target_accept(preset("taa-euler"), x_cur, x_new, win.valid, win, u_star, accepted)
-    assert u.tolist() == [3, 3] and not bool(acc.any())
+    # other rules accept nothing after the update
+    for name in ("step", "sum"):
+        u, acc = RULES[name].after_update(preset("taa-euler"), x_cur, x_new, win.valid, win.lo, u_star, accepted)
+        assert u.tolist() == [3, 3] and not bool(acc.any())
 
 
 def test_target_db_is_checked_with_its_name_value_and_fix():

@@ -1,41 +1,15 @@
-"""Iterate/residual history and the ridge least squares shared by AA and TAA.
+"""The small ridge least squares of AA and TAA: by LAPACK (`ridge_solve`, the reference) or by Gaussian elimination
+in elementwise tensor operations (`elimination_solve`, which CUDA graphs can capture).
 
-History is kept per absolute step t (shape [N, T, m, D], newest first), so it survives the window sliding.
-Column i of step t (i = 0 .. m-2) is the difference of consecutive stored iterates,
+The history they fit is kept per absolute step t (shape [N, T, m, D], newest first), so it survives the window
+sliding. Column i of step t (i = 0 .. m-2) is the difference of consecutive stored iterates,
     dX_t[:, i] = X_t^(newest - i) - X_t^(newest - i - 1),   dF_t likewise,
-and is usable while step t has at least i + 2 stored iterates.
+and is usable while step t has at least i + 2 stored iterates (`_iteration.push_history`).
 """
 
 from __future__ import annotations
 
 import torch
-
-from ._window import UpdateInput
-
-
-def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Store the current (X, F) of every window step; return dX, dF [N, Wmax, m-1, D] and column masks."""
-    st, win = inp.state, inp.window
-    n, T = st.x.shape[0], st.x.shape[1] - 1
-    d = st.x.shape[2]
-    if st.hist_x is None:
-        st.hist_x = torch.zeros(n, T, m, d, dtype=torch.float64, device=st.x.device)
-        st.hist_f = torch.zeros_like(st.hist_x)
-        st.hist_len = torch.zeros(n, T, dtype=torch.long, device=st.x.device)
-    assert st.hist_f is not None and st.hist_len is not None
-    rows, t, valid = win.rows, win.t, inp.valid
-    rr, tt = inp.vi, t[inp.vi, inp.vj]
-    hx = torch.cat([inp.x[:, :, None], st.hist_x[rows, t][:, :, :-1]], dim=2)
-    hf = torch.cat([inp.resid[:, :, None], st.hist_f[rows, t][:, :, :-1]], dim=2)
-    st.hist_x[rr, tt] = hx[inp.vi, inp.vj]
-    st.hist_f[rr, tt] = hf[inp.vi, inp.vj]
-    st.hist_len[rr, tt] = torch.clamp(st.hist_len[rr, tt] + 1, max=m)
-    count = torch.where(valid, st.hist_len[rows, t], torch.zeros_like(t))
-    cols = torch.arange(m - 1, device=t.device)
-    col_ok = cols[None, None, :] + 2 <= count[..., None]  # [N, Wmax, m-1]
-    dx = (hx[:, :, :-1] - hx[:, :, 1:]) * col_ok[..., None]
-    df = (hf[:, :, :-1] - hf[:, :, 1:]) * col_ok[..., None]
-    return dx, df, count
 
 
 def ridge_system(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -59,25 +33,26 @@ def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[to
     return torch.where(ok[..., None], gamma, torch.zeros_like(gamma)), ok
 
 
-def anderson_step(
-    inp: UpdateInput,
-    dx: torch.Tensor,
-    df: torch.Tensor,
-    count: torch.Tensor,
-    gamma: torch.Tensor,
-    ok: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x + F - (dX + dF) gamma where accelerated; plain FP where a step has < 2 iterates or its solve failed.
+def elimination_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ridge_solve` by Gaussian elimination without pivoting, written in batched elementwise tensor operations.
 
-    A failed solve resets that step's history to the current iterate alone.
+    The same system as `_history.ridge_solve` ((gram + ridge I) gamma = rhs, a unit diagonal for columns with no
+    data when ridge = 0). Without pivoting it is stable for these symmetric positive (semi)definite systems; a zero
+    pivot gives a non-finite gamma, reported as not ok exactly like a singular LAPACK solve. It launches only
+    elementwise kernels and small reductions, which every CUDA graph can capture (batched LAPACK/cuSOLVER calls are
+    not all capturable): each elimination step and each back-substitution step works on the whole batch and every
+    row at once, about 8 kernels per unknown, since inside a replayed graph an iteration's cost is mostly kernel
+    count.
     """
-    corr = torch.einsum("nwid,nwi->nwd", dx + df, gamma)
-    accel = count >= 2
-    use = accel & ok
-    fallback = inp.below & accel & ~ok
-    new = inp.x + inp.resid - torch.where(use[..., None], corr, torch.zeros_like(corr))
-    if bool(fallback.any()):
-        st, win = inp.state, inp.window
-        assert st.hist_len is not None
-        st.hist_len[win.rows.expand_as(win.t)[fallback], win.t[fallback]] = 1
-    return new, fallback
+    k = gram.shape[-1]
+    # the augmented system [.., k, k + 1], eliminated in place
+    m = torch.cat([ridge_system(gram, rhs, ridge), rhs[..., None]], dim=-1)
+    for p in range(k - 1):
+        f = m[..., p + 1 :, p] / m[..., p, p, None]
+        m[..., p + 1 :, p:] -= f[..., None] * m[..., p, None, p:]
+    x = torch.zeros_like(rhs)
+    for p in reversed(range(k)):
+        s = m[..., p, k] - (m[..., p, p + 1 : k] * x[..., p + 1 :]).sum(dim=-1) if p < k - 1 else m[..., p, k]
+        x[..., p] = s / m[..., p, p]
+    ok = torch.isfinite(x).all(dim=-1)
+    return torch.where(ok[..., None], x, torch.zeros_like(x)), ok

@@ -3,7 +3,7 @@
 One iteration, for every unfinished sample at once (states entering the window are initialised first):
   1. evaluate eps at the window's states x_{lo+1} .. x_f in one batched model call;
   2. first-order residuals R_t (rho_t = RMS) and the splitting's order-k residuals F_t of the current iterate;
-  3. u* = the highest step the stopping rule does not accept (`stop_test`: per step, or the summed residual);
+  3. u* = the highest step the stopping rule does not accept (parataa/stopping.py: per step, or summed);
   4. steps above u* are accepted and kept as they are (so every final state has a verified residual);
      x_{u*} takes the exact step a x_{u*+1} + g (safeguard: finalised); steps below u* take the method's update;
   5. the frozen boundary moves to u* (or to the window bottom when every step was accepted).
@@ -12,14 +12,15 @@ The boundary falls by at least one step per iteration, so every solve ends withi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, make_window, rms, splitting_rhs, step_rhs
+from ..stopping import RULES
+from ..system import Window, make_window, step_rule
+from ._iteration import History, UpdateRule, count_iteration, window_iteration
 from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
@@ -29,28 +30,7 @@ from .base import (
     SolverState,
     check_inputs,
     make_result,
-    tolerance_scale,
 )
-
-
-@dataclass
-class UpdateInput:
-    x: torch.Tensor  # [N, Wmax, D] current unknowns
-    resid: torch.Tensor  # [N, Wmax, D] order-k residual F
-    valid: torch.Tensor  # [N, Wmax] window positions in use
-    below: torch.Tensor  # [N, Wmax] positions below u* (the ones the method updates)
-    window: Window
-    state: SolverState
-    vi: torch.Tensor  # [R] sample of each valid position (from one nonzero: masks sync the GPU)
-    vj: torch.Tensor  # [R] window position of each valid position
-
-
-# An update rule returns the new values of the positions below u* and a per-position fallback flag.
-UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
-
-
-def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
-    return inp.x + inp.resid, torch.zeros_like(inp.valid)
 
 
 def new_state(noise: NoiseBundle, config: SolverConfig, init: torch.Tensor | None) -> SolverState:
@@ -89,55 +69,6 @@ def enter_copies(state: SolverState, window: int) -> None:
         state.entered[n] = low
 
 
-def stop_test(
-    config: SolverConfig, rho: torch.Tensor, valid: torch.Tensor, win: Window, thr: torch.Tensor, spent: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """u* per sample (the highest window position not accepted; -1 when all are) and the accepted-position mask.
-
-    "step": a position is accepted when its own rho_t <= max(abs_tol, rel_tol g_t); u* is the highest one that
-    is not, and accepted states keep their values (their residuals, part of the final trajectory's, are the
-    ones just measured), so at the end every state meets the rule or is an exact step from the state above it.
-
-    "sum": the whole window is accepted at once when the residual already accepted (`spent`) plus the window's
-    rho sum stays within the budget of the steps from T down to the window's bottom, sum_tol (T - lo) / T; it then
-    takes the method's update once more before it freezes (the caller does that: the measured iterate met the
-    budget, the one after the update is, where the method contracts, closer still). Otherwise u* is the highest
-    state whose own residual exceeds its share sum_tol / T, and the states above it are accepted as measured, but
-    only while the window does not reach x_0 (lo > 0): such a window must freeze states to move on. The window
-    that reaches x_0 (every window when W = T) is accepted only as a whole: a small residual frozen early can be
-    amplified by expansive steps below it (docs/METHOD.md section 9 has the measurements). Either way the accepted
-    residuals add up to at most sum_tol. x_{u*} always takes the exact step (residual 0).
-
-    "target": as "sum" with the budget `target_rms(config)`, except that the window reaching x_0 is never accepted
-    here: `target_accept` accepts it after the update, from the change of x_0 the update made.
-    """
-    j = torch.arange(win.size, device=rho.device)
-    if config.stop == "step":
-        bad = valid & (rho > thr)
-    else:
-        budget = config.sum_tol if config.stop == "sum" else target_rms(config)
-        total = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
-        whole = total <= budget * (win.num_steps - win.lo).to(rho.dtype) / win.num_steps
-        whole = whole & (config.stop == "sum")
-        # a window that does not reach x_0 must freeze states to move on: those within their share of the budget
-        moving = (win.lo > 0)[:, None] & (rho <= budget / win.num_steps)
-        bad = valid & ~whole[:, None] & ~moving
-    u_star = torch.where(bad, j[None, :], torch.full_like(win.t, -1)).max(dim=1).values
-    return u_star, valid & (j[None, :] > u_star[:, None])
-
-
-def updated_positions(
-    config: SolverConfig, valid: torch.Tensor, u_star: torch.Tensor, accepted: torch.Tensor
-) -> torch.Tensor:
-    """The positions that take the method's update: those below u*, and under the "sum" rule an accepted window
-    too (it takes its last update before it freezes, docs/METHOD.md section 9)."""
-    j = torch.arange(valid.shape[1], device=valid.device)
-    below = valid & (j[None, :] < u_star[:, None])
-    if config.stop == "sum":
-        below = below | (accepted & (u_star < 0)[:, None])
-    return below
-
-
 @dataclass
 class WindowEval:
     """The window of this iteration and the model's eps at its states (shared by the window solvers and Picard)."""
@@ -156,6 +87,31 @@ class WindowEval:
     @property
     def x_up(self) -> torch.Tensor:
         return self.x_ext[:, 1:]
+
+
+class StateHistory(History):
+    """The reference loops' history: `SolverState.hist_*` [N, T, m, D], allocated on first use; the valid
+    positions are written through their (sample, step) indices."""
+
+    def __init__(self, state: SolverState, ev: WindowEval, m: int) -> None:
+        if state.hist_x is None:
+            n, T1, d = state.x.shape
+            state.hist_x = torch.zeros(n, T1 - 1, m, d, dtype=torch.float64, device=state.x.device)
+            state.hist_f = torch.zeros_like(state.hist_x)
+            state.hist_len = torch.zeros(n, T1 - 1, dtype=torch.long, device=state.x.device)
+        assert state.hist_f is not None and state.hist_len is not None
+        super().__init__(state.hist_x, state.hist_f, state.hist_len, ev.win.rows, ev.win.t)
+        self.vi, self.vj, self.tv = ev.vi, ev.vj, ev.tv
+
+    def write(self, hx: torch.Tensor, hf: torch.Tensor, length: torch.Tensor, valid: torch.Tensor) -> None:
+        vi, vj, tv = self.vi, self.vj, self.tv
+        self.hist_x[vi, tv] = hx[vi, vj]
+        self.hist_f[vi, tv] = hf[vi, vj]
+        self.hist_len[vi, tv] = length[vi, vj]
+
+    def reset(self, fallback: torch.Tensor) -> None:
+        if bool(fallback.any()):
+            self.hist_len[self.rows.expand_as(self.t)[fallback], self.t[fallback]] = 1
 
 
 def start_solve(
@@ -202,78 +158,30 @@ def run_window_solver(
     T = schedule.num_steps
     sched, xi, state, book = start_solve(model, schedule, noise, config, init, callback, resume)
     window, order, max_iters = config.window or T, config.order or T, config.max_iters or T
-    threshold_all = stop_thresholds(config, sched)
+    stop, step = RULES[config.stop], step_rule(sched)
+    threshold_all = stop.thresholds(config, sched)
     if state.spent is None:
         state.spent = torch.zeros(noise.num_samples, dtype=torch.float64, device=state.x.device)
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
         book.begin()
         # 1. eps at every state of the window, one batched model call
         ev = evaluate_window(state, book, window, config.init == "copy")
-        win, t, valid, x_cur = ev.win, ev.win.t, ev.win.valid, ev.x_cur
-        # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
-        a_w = sched.a[t]
-        g = sched.b[t][..., None] * ev.eps + sched.c[t][..., None] * xi[win.rows, t]
-        g = torch.where(valid[..., None], g, torch.zeros_like(g))
-        exact = step_rhs(a_w[..., None], ev.x_up, g)  # the sequential step from the current state above
-        rho = rms(exact - x_cur)
-        rhs = exact if order == 1 else splitting_rhs(config.splitting, a_w, g, ev.x_ext, win.width, order)
-        # 3. u* = the highest step the stopping rule does not accept
-        thr = threshold_all[t]
-        u_star, accepted = stop_test(config, rho, valid, win, thr, state.spent)
-        j = torch.arange(win.size, device=t.device)
-        below = updated_positions(config, valid, u_star, accepted)
-        # 4. accepted steps keep their values ("step"); x_{u*} takes the exact step; steps below u* the update
-        new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, win, state, ev.vi, ev.vj))
-        x_new = torch.where(below[..., None], new_vals, x_cur)
-        x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
-        state.x[ev.vi, ev.tv] = x_new[ev.vi, ev.vj]
-        u_star, accepted = target_accept(config, x_cur, x_new, valid, win, u_star, accepted)
-        # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
+        win, thr = ev.win, threshold_all[ev.win.t]
+        # 2-5. residuals, stopping test, update, window move (_iteration.window_iteration)
+        out = window_iteration(
+            config, stop, step, order, T, (win.lo, win.width, win.t, win.valid), ev.x_ext, ev.eps,
+            xi[win.rows, win.t], thr, state.spent, update, StateHistory(state, ev, config.history),
+        )  # fmt: skip
+        state.x[ev.vi, ev.tv] = out.x_new[ev.vi, ev.vj]
         hi = state.frozen.clone()
-        state.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
-        state.frozen = torch.where(u_star >= 0, win.lo + u_star.clamp(min=0), win.lo)
-        state.iterations += (win.width > 0).long()
-        state.nfe += win.width
+        state.spent, state.frozen = out.spent, out.frozen
+        count_iteration(state.iterations, state.nfe, win.width)
         vi, vj = ev.vi, ev.vj
-        log = log_record(
-            book.iteration, vi, ev.tv, win.lo[vi], hi[vi], rho[vi, vj], thr[vi, vj], accepted[vi, vj], fallback[vi, vj]
-        )
-        book.end(log, win.lo, hi, torch.where(valid, rho, torch.full_like(rho, float("nan"))))
+        rows = (out.rho[vi, vj], thr[vi, vj], out.accepted[vi, vj], out.fallback[vi, vj])
+        book.end(log_record(book.iteration, vi, ev.tv, win.lo[vi], hi[vi], *rows), win.lo, hi, nan_pad(out.rho, win))
     return make_result(state, schedule, noise, config)
 
 
-def stop_thresholds(config: SolverConfig, schedule: Schedule) -> torch.Tensor:
-    """Per-step threshold [T] logged with rho: max(abs_tol, rel_tol g_t) for "step"; the uniform share of the budget
-    for "sum" and "target" (sum_tol / T, target_rms / T; those rules test more than that, see `stop_test`)."""
-    if config.stop in ("sum", "target"):
-        budget = config.sum_tol if config.stop == "sum" else target_rms(config)
-        return torch.full_like(schedule.sigma, budget / schedule.num_steps)
-    return torch.clamp(config.rel_tol * tolerance_scale(schedule, config.tol_scale), min=config.abs_tol)
-
-
-# --- stop="target": the fidelity target (docs/METHOD.md section 9) ---------------------------------------------------
-# The margin between the target and the PSNR-equivalent of x_0's change per iteration at which the rule stops,
-# chosen on the tuning cells of benchmarks/validation_cells.yaml (benchmarks/RESULTS.md, "Validation suite").
-TARGET_MARGIN_DB = 0.0
-
-
-def target_rms(config: SolverConfig) -> float:
-    """The RMS distance of x_0 (data range 2, [-1, 1]) at PSNR `target_db`: 2 * 10^(-target_db / 20)."""
-    return 2.0 * 10.0 ** (-config.target_db / 20.0)
-
-
-def target_accept(
-    config: SolverConfig, x_cur: torch.Tensor, x_new: torch.Tensor, valid: torch.Tensor, win: Window,
-    u_star: torch.Tensor, accepted: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """stop="target", after the update: a window that reaches x_0 (lo = 0) is accepted as a whole, and its sample
-    finished with the updated trajectory, when the update changed x_0 by at most the target's RMS less the margin,
-    RMS(x_0^new - x_0^cur) <= target_rms 10^(-TARGET_MARGIN_DB / 20). The checked iterate is the returned one: the
-    change measures how far the update moved it, and where the iteration contracts by a factor r per iteration the
-    remaining distance to the fixed point is r / (1 - r) times that change (at most the change while r <= 1/2).
-    Returns (u*, accepted) with u* = -1 and the window's positions accepted where it stops; unchanged otherwise."""
-    if config.stop != "target":
-        return u_star, accepted
-    change = rms(x_new[:, 0] - x_cur[:, 0])  # window position 0 is x_0 when lo = 0
-    done = (win.lo == 0) & valid[:, 0] & (change <= target_rms(config) * 10.0 ** (-TARGET_MARGIN_DB / 20.0))
-    return torch.where(done, torch.full_like(u_star, -1), u_star), accepted | (done[:, None] & valid)
+def nan_pad(rho: torch.Tensor, win: Window) -> torch.Tensor:
+    """rho [N, Wmax] with NaN on padding, as the callback shows it."""
+    return torch.where(win.valid, rho, torch.full_like(rho, float("nan")))

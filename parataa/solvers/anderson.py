@@ -11,8 +11,8 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ._history import anderson_step, push_history, ridge_solve
-from ._window import UpdateInput, fixed_point_update, run_window_solver
+from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
+from ._window import run_window_solver
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
@@ -23,10 +23,10 @@ def anderson_update(config: SolverConfig):
         if m == 1:
             return fixed_point_update(inp)
         dx, df, count = push_history(inp, m)
-        v = inp.valid[..., None, None]
-        gram = torch.einsum("nwid,nwjd->nij", df * v, df * v)
-        rhs = torch.einsum("nwid,nwd->ni", df * v, inp.resid * inp.valid[..., None])
-        gamma, ok = ridge_solve(gram, rhs, config.ridge)
+        v, dfl = inp.valid[..., None, None], df.to(inp.ls_dtype)
+        gram = torch.einsum("nwid,nwjd->nij", dfl * v, dfl * v)
+        rhs = torch.einsum("nwid,nwd->ni", dfl * v, inp.resid.to(inp.ls_dtype) * inp.valid[..., None])
+        gamma, ok = inp.solve(gram, rhs, config.ridge)
         wmax = inp.x.shape[1]
         return anderson_step(inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax))
 

@@ -217,15 +217,6 @@ class Evaluator:
         return out
 
 
-def tolerance_scale(schedule: Schedule, kind: str) -> torch.Tensor:
-    """g_t of the stopping rule rho_t <= max(abs_tol, rel_tol * g_t)."""
-    if kind == "sigma":
-        return schedule.sigma
-    if kind == "one":
-        return torch.ones_like(schedule.sigma)
-    return torch.sqrt(1 - schedule.alpha_in / schedule.alpha_out)  # "beta": sqrt of the step's beta
-
-
 def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:
     if noise.num_steps != schedule.num_steps:
         raise ValueError(

@@ -11,7 +11,8 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ._window import fixed_point_update, run_window_solver
+from ._iteration import fixed_point_update
+from ._window import run_window_solver
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import step_rhs
+from ..system import step_rule
 from ._loop import Bookkeeper, log_record
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState, check_inputs, make_result
 
@@ -30,14 +30,9 @@ def sequential(
     device = noise.x_T.device
     sched = schedule.to(device)
     xi = noise.xi.reshape(n, T, -1).to(torch.float64)
-    if resume is None:
-        x = torch.zeros(n, T + 1, xi.shape[2], dtype=torch.float64, device=device)
-        x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
-        full = torch.full((n,), T, dtype=torch.long, device=device)
-        zeros = torch.zeros(n, dtype=torch.long, device=device)
-        resume = SolverState(x=x, frozen=full, entered=full.clone(), iterations=zeros, nfe=zeros.clone())
-    state = resume
+    state = resume if resume is not None else sequential_state(noise)
     book = Bookkeeper(state, model, sched, noise, "sequential", callback)
+    rule = step_rule(sched)
     samples = torch.arange(n, device=device)
     zero = torch.zeros(n, dtype=torch.float64, device=device)
     while int(state.frozen[0]) > 0:
@@ -45,7 +40,7 @@ def sequential(
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
         eps = book.eps(state.x[:, t + 1], steps, samples)
-        state.x[:, t] = step_rhs(sched.a[t], state.x[:, t + 1], sched.b[t] * eps + sched.c[t] * xi[:, t])
+        state.x[:, t] = rule.step(steps, state.x[:, t + 1], (eps,), xi[:, t])
         state.frozen -= 1
         state.iterations += 1
         state.nfe += 1
@@ -53,3 +48,14 @@ def sequential(
         log = log_record(book.iteration, samples, steps, steps, steps + 1, zero, zero, done, ~done)
         book.end(log, steps, steps + 1, zero[:, None])
     return make_result(state, schedule, noise, config)
+
+
+def sequential_state(noise: NoiseBundle) -> SolverState:
+    """The start of a sequential solve: x_T the noise, nothing else known yet."""
+    n, T = noise.num_samples, noise.num_steps
+    device = noise.x_T.device
+    x = torch.zeros(n, T + 1, noise.x_T[0].numel(), dtype=torch.float64, device=device)
+    x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
+    full = torch.full((n,), T, dtype=torch.long, device=device)
+    zeros = torch.zeros(n, dtype=torch.long, device=device)
+    return SolverState(x=x, frozen=full, entered=full.clone(), iterations=zeros, nfe=zeros.clone())

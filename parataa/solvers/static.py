@@ -23,7 +23,7 @@ Engines (`solve(..., engine=...)`, `StaticSolver(..., engine=...)`):
   synchronise with the host such as `parataa.distributed.DistributedDenoiser` (its inner model can itself be a
   `parataa.cuda_graphs.GraphedDenoiser`).
 
-Same semantics as the reference: the same window, residuals, stopping test (`_window.stop_test`), safeguard,
+Same semantics as the reference: the same window, residuals, stopping rule (parataa/stopping.py), safeguard,
 updates, history and fallbacks, the same log rows (one per valid window position, in sample-then-step order)
 and counts. Reductions over the window (Anderson's shared Gram matrix, Picard's window sum, the "sum" rule's
 total) add B - w exact zeros after the valid values. tests/test_static.py checks on the CPU that every solver,
@@ -43,9 +43,13 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
-from ..system import Window, rms, splitting_rhs, step_rhs
-from ._history import ridge_solve, ridge_system
-from ._window import new_state, stop_test, stop_thresholds, target_accept, updated_positions
+from ..stopping import RULES
+from ..system import step_rule
+from ._history import elimination_solve, ridge_solve
+from ._iteration import History, count_iteration, fixed_point_update, picard_iteration, window_iteration
+from ._loop import log_record
+from ._window import new_state
+from .anderson import anderson_update
 from .base import (
     Callback,
     Denoiser,
@@ -57,8 +61,9 @@ from .base import (
     check_inputs,
     make_result,
 )
-from .picard import window_move
-from .taa import taa_coefficients
+from .picard import inverse_next_variance
+from .sequential import sequential_state
+from .taa import taa_update
 
 __all__ = ["ENGINES", "GraphCaptureError", "StaticSolver", "default_buckets", "solve_static"]
 
@@ -70,6 +75,21 @@ class GraphCaptureError(RuntimeError):
     """A part of the iteration could not be captured in a CUDA graph (usually: the model is not graph-safe)."""
 
 
+UPDATES = {"fp": lambda config: fixed_point_update, "aa": anderson_update, "taa": taa_update}
+
+
+class PaddedHistory(History):
+    """The static engine's history: [N, T+1, m, D], padding positions read and write the scratch row T."""
+
+    def write(self, hx: torch.Tensor, hf: torch.Tensor, length: torch.Tensor, valid: torch.Tensor) -> None:
+        r, t = self.rows, self.t
+        self.hist_x[r, t], self.hist_f[r, t], self.hist_len[r, t] = hx, hf, length
+
+    def reset(self, fallback: torch.Tensor) -> None:
+        r, t = self.rows, self.t
+        self.hist_len[r, t] = torch.where(fallback, torch.ones_like(self.hist_len[r, t]), self.hist_len[r, t])
+
+
 def default_buckets(window: int) -> tuple[int, ...]:
     """Window-size buckets: the powers of two below `window`, and `window` itself."""
     out, b = [], 1
@@ -77,31 +97,6 @@ def default_buckets(window: int) -> tuple[int, ...]:
         out.append(b)
         b *= 2
     return (*out, window)
-
-
-def elimination_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ridge_solve` by Gaussian elimination without pivoting, written in batched elementwise tensor operations.
-
-    The same system as `_history.ridge_solve` ((gram + ridge I) gamma = rhs, a unit diagonal for columns with no
-    data when ridge = 0). Without pivoting it is stable for these symmetric positive (semi)definite systems; a zero
-    pivot gives a non-finite gamma, reported as not ok exactly like a singular LAPACK solve. It launches only
-    elementwise kernels and small reductions, which every CUDA graph can capture (batched LAPACK/cuSOLVER calls are
-    not all capturable): each elimination step and each back-substitution step works on the whole batch and every
-    row at once, about 8 kernels per unknown, since inside a replayed graph an iteration's cost is mostly kernel
-    count.
-    """
-    k = gram.shape[-1]
-    # the augmented system [.., k, k + 1], eliminated in place
-    m = torch.cat([ridge_system(gram, rhs, ridge), rhs[..., None]], dim=-1)
-    for p in range(k - 1):
-        f = m[..., p + 1 :, p] / m[..., p, p, None]
-        m[..., p + 1 :, p:] -= f[..., None] * m[..., p, None, p:]
-    x = torch.zeros_like(rhs)
-    for p in reversed(range(k)):
-        s = m[..., p, k] - (m[..., p, p + 1 : k] * x[..., p + 1 :]).sum(dim=-1) if p < k - 1 else m[..., p, k]
-        x[..., p] = s / m[..., p, p]
-    ok = torch.isfinite(x).all(dim=-1)
-    return torch.where(ok[..., None], x, torch.zeros_like(x)), ok
 
 
 def _check_engine(model: Denoiser, engine: str, device: torch.device) -> torch.device:
@@ -176,6 +171,7 @@ class StaticSolver:
         linsolve = _check_numerics(engine, ls_dtype, linsolve, warmup)
         self.model, self.config, self.engine = model, config, engine
         self.ls_dtype, self.linsolve, self.warmup = ls_dtype, linsolve, warmup
+        self.solve_ls = elimination_solve if linsolve == "elimination" else ridge_solve
         self.schedule = schedule
         T = self.T = schedule.num_steps
         self.N = n = int(num_samples)
@@ -207,21 +203,15 @@ class StaticSolver:
         self.capture_s = 0.0  # seconds spent warming up and capturing graphs (not part of any iteration's time)
 
     def _tables(self, sched: Schedule) -> None:
-        """Per-step tables with a scratch entry at index T (what padding positions read)."""
-        dev, f64 = self.device, torch.float64
-
-        def pad(v: torch.Tensor, value: float) -> torch.Tensor:
-            return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=dev)])
-
-        self.a_p, self.b_p, self.c_p = pad(sched.a, 1.0), pad(sched.b, 0.0), pad(sched.c, 0.0)
+        """The step rule, the method's update and per-step tables, each with a scratch entry at index T (what
+        padding positions read)."""
+        self.rule = step_rule(sched)
         self.tau_p = torch.cat([sched.timesteps, sched.timesteps[-1:]])
         if self.method == "picard":
-            var_next = torch.cat([torch.zeros(1, dtype=f64, device=dev), sched.sigma[:-1] ** 2])
-            inv_var = 1.0 / torch.clamp(var_next, min=1e-20)
-            inv_var[0] = float("inf")
-            self.inv_var_p = pad(inv_var, 1.0)
+            self.inv_var_p = inverse_next_variance(sched)
         elif self.method != "sequential":
-            self.thr_p = pad(stop_thresholds(self.config, sched), 0.0)
+            self.stop, self.update = RULES[self.config.stop], UPDATES[self.method](self.config)
+            self.thr_p = torch.cat([self.stop.thresholds(self.config, sched), sched.sigma.new_zeros(1)])
 
     def _allocate(self, n: int, d: int) -> None:
         """The solver state, its history and the device-side log, each with the scratch slots padding uses."""
@@ -338,13 +328,9 @@ class StaticSolver:
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        # the reference shares one step index across samples: a 0-d coefficient times [N, D]; here [N, 1] rows
-        self.xs[r, t] = step_rhs(
-            self.a_p[t][:, None], self.xs[r, t + 1], self.b_p[t][:, None] * eps + self.c_p[t][:, None] * self.xi_p[r, t]
-        )
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
         self.frozen -= 1
-        self.iterations += 1
-        self.nfe += 1
+        count_iteration(self.iterations, self.nfe, torch.ones_like(t))
 
     def _log(self, B: int, rho, thr, conv, fb, lo, hi, width) -> None:
         # a solve makes at most `cap` iterations; the warm-up runs before a capture (on a copy of the state, restored
@@ -358,102 +344,45 @@ class StaticSolver:
         self.log_hi.index_copy_(0, k, hi[None])
         self.log_w.index_copy_(0, k, width[None])
 
-    def _post_window(self, B: int) -> None:
-        """run_window_solver's steps 2-5 on the padded window (see `_window.run_window_solver`)."""
-        cfg, rows = self.config, self.rows
+    def _eps(self, B: int):
+        """The window and the model's eps on it (zero on padding), the first non-finite eps flagged."""
         lo, width, valid, t, ts, t_up = self._window(B)
         self._flag_nonfinite(valid, t, B)
-        x_ext = self.xs[rows, t_up]
-        x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w = self.a_p[t]
-        g = self.b_p[t][..., None] * eps + self.c_p[t][..., None] * self.xi_p[rows, t]
-        g = torch.where(valid[..., None], g, torch.zeros_like(g))
-        exact = step_rhs(a_w[..., None], x_up, g)
-        rho = rms(exact - x_cur)
-        rhs = exact if self.order == 1 else splitting_rhs(cfg.splitting, a_w, g, x_ext, width, self.order)
+        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(self.eps_buf[B]))
+        return (lo, width, t, valid), ts, self.xs[self.rows, t_up], eps, self.xi_p[self.rows, t]
+
+    def _post_window(self, B: int) -> None:
+        """run_window_solver's steps 2-5 on the padded window (_iteration.window_iteration)."""
+        rows = self.rows
+        win, ts, x_ext, eps, xi = self._eps(B)
+        lo, width, t, _ = win
         thr = self.thr_p[t]
-        win = Window(lo=lo, width=width, t=t, t_up=t_up, valid=valid, rows=rows, num_steps=self.T)
-        u_star, accepted = stop_test(cfg, rho, valid, win, thr, self.spent)
-        j = self.pos[B][:B]
-        below = updated_positions(cfg, valid, u_star, accepted)
-        new_vals, fallback = self._update(x_cur, rhs - x_cur, valid, below, t)
-        x_new = torch.where(below[..., None], new_vals, x_cur)
-        x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
-        self.xs[rows, ts] = x_new
-        u_star, accepted = target_accept(cfg, x_cur, x_new, valid, win, u_star, accepted)
+        history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
+        out = window_iteration(
+            self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
+            self.update, history, solve=self.solve_ls, ls_dtype=self.ls_dtype,
+        )  # fmt: skip
+        self.xs[rows, ts] = out.x_new
         hi = self.frozen.clone()
-        self.spent += torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
-        self.frozen.copy_(torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo))
-        self.iterations += (width > 0).long()
-        self.nfe += width
-        self._log(B, rho, thr, accepted, fallback, lo, hi, width)
+        self.spent.copy_(out.spent)
+        self.frozen.copy_(out.frozen)
+        count_iteration(self.iterations, self.nfe, width)
+        self._log(B, out.rho, thr, out.accepted, out.fallback, lo, hi, width)
 
     def _post_picard(self, B: int) -> None:
-        """picard's steps 2-4 on the padded window (see `picard.picard`)."""
+        """picard's steps 2-5 on the padded window (_iteration.picard_iteration)."""
         rows = self.rows
-        lo, width, valid, t, ts, t_up = self._window(B)
-        self._flag_nonfinite(valid, t, B)
-        x_ext = self.xs[rows, t_up]
-        x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
-        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(x_cur))
-        a_w, b_w, c_w = self.a_p[t][..., None], self.b_p[t][..., None], self.c_p[t][..., None]
-        noise_w = c_w * self.xi_p[rows, t]
-        rho = rms(step_rhs(a_w, x_up, b_w * eps + noise_w) - x_cur)
-        step = torch.where(valid[..., None], (a_w * x_up + b_w * eps) - x_up + noise_w, torch.zeros_like(x_cur))
-        below_sum = torch.cumsum(step, dim=1) - step
+        win, ts, x_ext, eps, xi = self._eps(B)
+        lo, width, t, _ = win
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
-        x_new = x_f + (step.sum(dim=1, keepdim=True) - below_sum)
-        tol = self.config.picard_tol
-        bad = valid & ~(torch.mean((x_new - x_cur) ** 2, dim=-1) * self.inv_var_p[t] <= tol**2)
-        move = window_move(bad, width, self.W)
+        x_new, rho, bad, thr, frozen = picard_iteration(
+            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W
+        )
         self.xs[rows, ts] = x_new
         hi = self.frozen.clone()
-        self.frozen.copy_(torch.where(width > 0, torch.clamp(self.frozen - move, min=0), hi))
-        self.iterations += (width > 0).long()
-        self.nfe += width
-        thr = tol / torch.sqrt(self.inv_var_p[t])
+        self.frozen.copy_(frozen)
+        count_iteration(self.iterations, self.nfe, width)
         self._log(B, rho, thr, ~bad, torch.zeros_like(bad), lo, hi, width)
-
-    # ------------------------------------------------------------------------------------------ the updates
-    def _update(self, x, resid, valid, below, t):
-        if not self.accel:
-            return x + resid, torch.zeros_like(valid)  # _window.fixed_point_update
-        m, rows = self.m, self.rows
-        # push the current (X, F) of every window step; padding positions write history row T (scratch)
-        hx = torch.cat([x[:, :, None], self.hist_x[rows, t][:, :, :-1]], dim=2)
-        hf = torch.cat([resid[:, :, None], self.hist_f[rows, t][:, :, :-1]], dim=2)
-        self.hist_x[rows, t] = hx
-        self.hist_f[rows, t] = hf
-        self.hist_len[rows, t] = torch.clamp(self.hist_len[rows, t] + 1, max=m)
-        count = torch.where(valid, self.hist_len[rows, t], torch.zeros_like(t))
-        cols = torch.arange(m - 1, device=t.device)
-        col_ok = cols[None, None, :] + 2 <= count[..., None]
-        dx = (hx[:, :, :-1] - hx[:, :, 1:]) * col_ok[..., None]
-        df = (hf[:, :, :-1] - hf[:, :, 1:]) * col_ok[..., None]
-        lsd = self.ls_dtype
-        if self.method == "taa":  # the reference's own function, with this engine's small solver
-            gamma, ok = taa_coefficients((dx, df.to(lsd)), resid.to(lsd), valid, self.config.ridge, solve=self._solve)
-        else:
-            v = valid[..., None, None]
-            dfl = df.to(lsd)
-            gram = torch.einsum("nwid,nwjd->nij", dfl * v, dfl * v)
-            rhs = torch.einsum("nwid,nwd->ni", dfl * v, resid.to(lsd) * valid[..., None])
-            gamma, ok = self._solve(gram, rhs, self.config.ridge)
-            B = x.shape[1]
-            gamma, ok = gamma[:, None].expand(-1, B, -1), ok[:, None].expand(-1, B)
-        gamma = gamma.to(torch.float64)
-        # anderson_step: x + F - (dX + dF) gamma where accelerated; plain FP where < 2 iterates or a failed solve
-        corr = torch.einsum("nwid,nwi->nwd", dx + df, gamma)
-        accel = count >= 2
-        use = accel & ok
-        fallback = below & accel & ~ok
-        new = x + resid - torch.where(use[..., None], corr, torch.zeros_like(corr))
-        self.hist_len[rows, t] = torch.where(fallback, torch.ones_like(count), self.hist_len[rows, t])
-        return new, fallback
-
-    def _solve(self, gram: torch.Tensor, rhs: torch.Tensor, ridge: float):
-        return (elimination_solve if self.linsolve == "elimination" else ridge_solve)(gram, rhs, ridge)
 
     # ------------------------------------------------------------------------------------------- the driver
     def _capture(self, B: int) -> None:
@@ -534,13 +463,7 @@ class StaticSolver:
         if noise.x_T.device != self.device and not (noise.x_T.device.type == self.device.type == "cpu"):
             raise ValueError(f"noise is on {noise.x_T.device} but the solver on {self.device}; use noise.to(...)")
         T, n = self.T, self.N
-        if self.method == "sequential":
-            x = torch.zeros(n, T + 1, self.D, dtype=torch.float64, device=self.device)
-            x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
-            full = torch.full((n,), T, dtype=torch.long, device=self.device)
-            st = SolverState(x=x, frozen=full, entered=full.clone())
-        else:
-            st = new_state(noise, self.config, init)
+        st = sequential_state(noise) if self.method == "sequential" else new_state(noise, self.config, init)
         self.xs[:, : T + 1].copy_(st.x)
         self.xs[:, T + 1].copy_(noise.x_T.reshape(n, -1).to(torch.float64))  # scratch: a finite state
         self.xi_p[:, :T].copy_(noise.xi.reshape(n, T, -1).to(torch.float64))
@@ -662,28 +585,15 @@ class StaticSolver:
             raise ModelOutputError(s, self.seeds[s], t, it, self.method)
 
     def _log_rows(self, it: int) -> list[dict[str, torch.Tensor]]:
-        n = self.N
+        """The convergence log of `it` iterations, copied to the host once, as the reference writes it."""
         if self.method == "sequential":
-            out = []
-            samples = torch.arange(n)
-            for i in range(it):
-                t = torch.full((n,), self.T - 1 - i, dtype=torch.long)
-                zero = torch.zeros(n, dtype=torch.float64)
-                done = torch.ones(n, dtype=torch.bool)
-                out.append(
-                    {
-                        "sample": samples,
-                        "iteration": torch.full((n,), i, dtype=torch.long),
-                        "step": t,
-                        "rho": zero,
-                        "threshold": zero,
-                        "converged": done,
-                        "window_lo": t,
-                        "window_hi": t + 1,
-                        "fallback": ~done,
-                    }
-                )
-            return out
+            samples, zero, done = (
+                torch.arange(self.N),
+                torch.zeros(self.N, dtype=torch.float64),
+                torch.ones(self.N, dtype=torch.bool),
+            )
+            steps = [torch.full((self.N,), self.T - 1 - i, dtype=torch.long) for i in range(it)]
+            return [log_record(i, samples, t, t, t + 1, zero, zero, done, ~done) for i, t in enumerate(steps)]
         rho, thr, conv, fb, lo, hi, w = (
             v[:it].to("cpu", copy=True)
             for v in (self.log_rho, self.log_thr, self.log_conv, self.log_fb, self.log_lo, self.log_hi, self.log_w)
@@ -691,21 +601,9 @@ class StaticSolver:
         j = torch.arange(self.W)
         out = []
         for i in range(it):
-            valid = j[None, :] < w[i][:, None]
-            vi, vj = torch.nonzero(valid, as_tuple=True)
-            out.append(
-                {
-                    "sample": vi,
-                    "iteration": torch.full((vi.numel(),), i, dtype=torch.long),
-                    "step": lo[i][vi] + vj,
-                    "rho": rho[i][vi, vj],
-                    "threshold": thr[i][vi, vj],
-                    "converged": conv[i][vi, vj],
-                    "window_lo": lo[i][vi],
-                    "window_hi": hi[i][vi],
-                    "fallback": fb[i][vi, vj],
-                }
-            )
+            vi, vj = torch.nonzero(j[None, :] < w[i][:, None], as_tuple=True)
+            rows = (rho[i][vi, vj], thr[i][vi, vj], conv[i][vi, vj], fb[i][vi, vj])
+            out.append(log_record(i, vi, lo[i][vi] + vj, lo[i][vi], hi[i][vi], *rows))
         return out
 
     def _final_state(self, it: int, log: list, timings: list) -> SolverState:

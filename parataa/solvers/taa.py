@@ -19,8 +19,9 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..system import suffix_sum
-from ._history import anderson_step, push_history, ridge_solve
-from ._window import UpdateInput, fixed_point_update, run_window_solver
+from ._history import ridge_solve
+from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
+from ._window import run_window_solver
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
 
 
@@ -47,7 +48,8 @@ def taa_update(config: SolverConfig):
         if m == 1:
             return fixed_point_update(inp)
         dx, df, count = push_history(inp, m)
-        gamma, ok = taa_coefficients((dx, df), inp.resid, inp.valid, config.ridge)
+        lsd = inp.ls_dtype
+        gamma, ok = taa_coefficients((dx, df.to(lsd)), inp.resid.to(lsd), inp.valid, config.ridge, solve=inp.solve)
         return anderson_step(inp, dx, df, count, gamma, ok)
 
     return update

@@ -1,0 +1,225 @@
+"""One iteration of every parallel solver, on padded windows: the arithmetic both engines share.
+
+Both engines (the reference loops in `_window.py` and `picard.py`, and the static / CUDA-graph engine in
+`static.py`) call these functions on the same layout and differ only in how they index, log and synchronise:
+
+- a padded window [N, B, D] of every sample's unknowns, position j holding step t = lo + j, valid while
+  j < width; `x_ext` [N, B+1, D] adds the frozen state x_f at position width; `eps` [N, B, D] is the model
+  output at x_{t+1}, zero on padding; `xi` [N, B, D] the noise of each position's step;
+- the engine supplies the step indices t of the padding (the reference clamps them into [0, T-1], the static
+  engine points them at the step rule's scratch entry T): whatever padding holds is masked here, so a valid
+  position's result depends only on valid positions;
+- AA and TAA keep their iterates in a `History` whose `write` / `reset` are the engine's indexing.
+
+Nothing here synchronises with the host, so the static engine can capture it in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..solver_config import SolverConfig
+from ..stopping import StopRule
+from ..system import StepRule, rms, splitting_rhs, step_rhs
+from ._history import ridge_solve
+
+__all__ = [
+    "History",
+    "UpdateInput",
+    "UpdateRule",
+    "WindowStep",
+    "anderson_step",
+    "count_iteration",
+    "fixed_point_update",
+    "picard_iteration",
+    "push_history",
+    "window_iteration",
+    "window_move",
+]
+
+
+class History:
+    """Where AA and TAA keep each step's last m iterates (X, F), newest first, per absolute step (`_history.py`):
+    hist_x, hist_f [N, T', m, D] and hist_len [N, T'], read at (rows [N, 1], t [N, B]). `gather` reads the window's
+    rows; an engine's `write` stores the pushed rows at the valid positions and its `reset` cuts the history of the
+    positions whose small solve failed back to the current pair."""
+
+    def __init__(self, hist_x: torch.Tensor, hist_f: torch.Tensor, hist_len: torch.Tensor, rows, t) -> None:
+        self.hist_x, self.hist_f, self.hist_len, self.rows, self.t = hist_x, hist_f, hist_len, rows, t
+
+    def gather(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r, t = self.rows, self.t
+        return self.hist_x[r, t], self.hist_f[r, t], self.hist_len[r, t]
+
+    def write(self, hx: torch.Tensor, hf: torch.Tensor, length: torch.Tensor, valid: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def reset(self, fallback: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class UpdateInput:
+    x: torch.Tensor  # [N, B, D] current unknowns
+    resid: torch.Tensor  # [N, B, D] order-k residual F
+    valid: torch.Tensor  # [N, B] window positions in use
+    below: torch.Tensor  # [N, B] positions that take the method's update
+    history: History | None = None  # AA / TAA only
+    solve: Callable[..., tuple[torch.Tensor, torch.Tensor]] = ridge_solve  # the small ridge solver
+    ls_dtype: torch.dtype = torch.float64  # dtype of the least squares
+
+
+# An update rule returns the new values of the positions below u* and a per-position fallback flag.
+UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
+
+
+def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+    return inp.x + inp.resid, torch.zeros_like(inp.valid)
+
+
+def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Store the current (X, F) of every window step; return dX, dF [N, B, m-1, D] and the iterate counts [N, B].
+
+    Column i of a step (i = 0 .. m-2) is the difference of consecutive stored iterates and is usable while the
+    step has at least i + 2 of them."""
+    assert inp.history is not None
+    old_x, old_f, old_len = inp.history.gather()
+    hx = torch.cat([inp.x[:, :, None], old_x[:, :, :-1]], dim=2)
+    hf = torch.cat([inp.resid[:, :, None], old_f[:, :, :-1]], dim=2)
+    length = torch.clamp(old_len + 1, max=m)
+    inp.history.write(hx, hf, length, inp.valid)
+    count = torch.where(inp.valid, length, torch.zeros_like(length))
+    cols = torch.arange(m - 1, device=count.device)
+    col_ok = cols[None, None, :] + 2 <= count[..., None]  # [N, B, m-1]
+    dx = (hx[:, :, :-1] - hx[:, :, 1:]) * col_ok[..., None]
+    df = (hf[:, :, :-1] - hf[:, :, 1:]) * col_ok[..., None]
+    return dx, df, count
+
+
+def anderson_step(
+    inp: UpdateInput,
+    dx: torch.Tensor,
+    df: torch.Tensor,
+    count: torch.Tensor,
+    gamma: torch.Tensor,
+    ok: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x + F - (dX + dF) gamma where accelerated; plain FP where a step has < 2 iterates or its solve failed.
+
+    A failed solve resets that step's history to the current iterate alone.
+    """
+    gamma = gamma.to(torch.float64)
+    corr = torch.einsum("nwid,nwi->nwd", dx + df, gamma)
+    accel = count >= 2
+    use = accel & ok
+    fallback = inp.below & accel & ~ok
+    new = inp.x + inp.resid - torch.where(use[..., None], corr, torch.zeros_like(corr))
+    assert inp.history is not None
+    inp.history.reset(fallback)
+    return new, fallback
+
+
+@dataclass
+class WindowStep:
+    """What one window iteration decided (all [N, B] but frozen and spent, [N])."""
+
+    x_new: torch.Tensor  # [N, B, D] the window's new values (valid positions)
+    rho: torch.Tensor  # first-order residual RMS of the iterate before the update
+    accepted: torch.Tensor
+    fallback: torch.Tensor
+    frozen: torch.Tensor  # [N] the new frozen boundary
+    spent: torch.Tensor  # [N] summed rho of the states accepted so far
+
+
+def window_iteration(
+    config: SolverConfig,
+    stop: StopRule,
+    step: StepRule,
+    order: int,
+    num_steps: int,
+    win: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    x_ext: torch.Tensor,
+    eps: torch.Tensor,
+    xi: torch.Tensor,
+    thr: torch.Tensor,
+    spent: torch.Tensor,
+    update: UpdateRule,
+    history: History | None,
+    **least_squares: Any,
+) -> WindowStep:
+    """Steps 2-5 of the window solvers (`_window.py`'s docstring). win = (lo, width, t, valid); `update` is the
+    method's rule, on this engine's `history` (AA/TAA) with its `least_squares` (`UpdateInput`'s solve,
+    ls_dtype)."""
+    lo, width, t, valid = win
+    x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
+    # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
+    a_w = step.a(t)
+    g = step.g(t, (eps,), xi)
+    g = torch.where(valid[..., None], g, torch.zeros_like(g))
+    exact = step_rhs(a_w[..., None], x_up, g)  # the sequential step from the current state above
+    rho = rms(exact - x_cur)
+    rhs = exact if order == 1 else splitting_rhs(config.splitting, a_w, g, x_ext, width, order)
+    # 3. u* = the highest step the stopping rule does not accept
+    u_star, accepted = stop.test(config, rho, valid, lo, thr, spent, num_steps)
+    below = stop.updated(valid, u_star, accepted)
+    # 4. accepted steps keep their values ("step"); x_{u*} takes the exact step; steps below u* the update
+    new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, history, **least_squares))
+    j = torch.arange(x_cur.shape[1], device=t.device)
+    x_new = torch.where(below[..., None], new_vals, x_cur)
+    x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
+    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted)  # a check of x_new
+    # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
+    spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
+    frozen = torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo)
+    return WindowStep(x_new, rho, accepted, fallback, frozen, spent)
+
+
+def picard_iteration(
+    step: StepRule,
+    win: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    x_ext: torch.Tensor,
+    eps: torch.Tensor,
+    xi: torch.Tensor,
+    frozen: tuple[torch.Tensor, torch.Tensor],
+    inv_var: torch.Tensor,
+    tol: float,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Picard's steps 2-5 (`picard.py`'s docstring): the window's new values [N, B, D], rho [N, B] (for the log),
+    bad [N, B], the logged threshold [N, B] and the new frozen boundary [N]. frozen = (f [N], x_f [N, 1, D]);
+    inv_var [N, B]: the inverse next-step variance of each position's state; window: W."""
+    _, width, t, valid = win
+    x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
+    # 2. drifts, and the first-order residual for the log (this package's common metric)
+    a_w, drift, noise = step.a(t)[..., None], step.drift(t, (eps,)), step.noise(t, xi)
+    rho = rms(step_rhs(a_w, x_up, drift + noise) - x_cur)
+    inc = torch.where(valid[..., None], (a_w * x_up + drift) - x_up + noise, torch.zeros_like(x_cur))
+    # 3. cumulative sums from the frozen state down the window (top position width-1 down to position j)
+    below_sum = torch.cumsum(inc, dim=1) - inc  # sum over positions < j
+    x_new = frozen[1] + (inc.sum(dim=1, keepdim=True) - below_sum)
+    # 4. error = squared change over the next step's variance
+    bad = valid & ~(torch.mean((x_new - x_cur) ** 2, dim=-1) * inv_var <= tol**2)
+    # 5. the window slides past the converged states to the first bad one
+    move = window_move(bad, width, window)
+    f = torch.where(width > 0, torch.clamp(frozen[0] - move, min=0), frozen[0])
+    return x_new, rho, bad, tol / torch.sqrt(inv_var), f
+
+
+def window_move(bad: torch.Tensor, width: torch.Tensor, window: int) -> torch.Tensor:
+    """How far Picard's frozen boundary falls: past the converged states from the top to the first bad one
+    (included), at most W states."""
+    j = torch.arange(bad.shape[1], device=bad.device)
+    from_top = width[:, None] - 1 - j[None, :]
+    first_bad = torch.where(bad, from_top, torch.full_like(from_top, 10**9)).min(dim=1).values
+    first_bad = torch.minimum(first_bad, width)
+    return torch.minimum(first_bad + 1, torch.full_like(first_bad, window))
+
+
+def count_iteration(iterations: torch.Tensor, nfe: torch.Tensor, width: torch.Tensor) -> None:
+    """In place: one more iteration for every sample still running, `width` more states evaluated."""
+    iterations += (width > 0).long()
+    nfe += width
