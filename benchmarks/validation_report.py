@@ -91,6 +91,30 @@ def summary_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
     return out
 
 
+def half_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
+    """Each half-precision solve set against float32's on the same cell, seeds and solver: the differences of the
+    mean iterations at the stop and to the target (goal: within +2, docs/METHOD.md section 9)."""
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["part"], r["model"], r["sampler"], r["steps"], r["cfg"], tuple(r["seeds"]), r["solver"])
+
+    f32 = {key(r): r for r in recs if r["dtype"] == "float32"}
+    out = ["| model | cell | cfg | dtype | solver | stop: half - float32 | to target: half - float32 | within +2 |",
+           "|" + "---|" * 8]
+    for r in recs:
+        ref = f32.get(key(r))
+        if r["dtype"] == "float32" or ref is None:
+            continue
+        d_stop = sum(r["iterations"]) / len(r["iterations"]) - sum(ref["iterations"]) / len(ref["iterations"])
+        reach = [first_at(x["psnr"][s], db) for x in (r, ref) for s in range(len(x["seeds"]))]
+        half, full = reach[: len(r["seeds"])], reach[len(r["seeds"]):]
+        d_to = (None if None in half or None in full
+                else sum(half) / len(half) - sum(full) / len(full))  # type: ignore[arg-type]
+        ok = d_stop <= 2 and d_to is not None and d_to <= 2
+        out.append(f"| {r['model']} | {r['sampler']}-{r['steps']} | {r['cfg']:g} | {r['dtype']} | {r['solver']} | "
+                   f"{d_stop:+.1f} | {'-' if d_to is None else f'{d_to:+.1f}'} | {'yes' if ok else 'no'} |")
+    return out
+
+
 def report(recs: list[dict[str, Any]], db: float) -> str:
     lines = [BEGIN, "## Validation suite: the fidelity target on cells nobody tuned on", "",
              "`benchmarks/validation.py` (cells: `benchmarks/validation_cells.yaml`), tables by "
@@ -110,6 +134,10 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
                  "validation": "Validation cells (chose nothing)"}[part]
         lines += ["", f"### {title}: summary", "", *summary_rows(sel, db), "", f"### {title}: per cell", "",
                   *cell_rows(sel, db)]
+        half = half_rows(sel, db)
+        if len(half) > 2:
+            lines += ["", f"### {title}: half precision against float32 (same cell, seeds and solver; \"-\" where "
+                      "a solve never reached the target)", "", *half]
     tuned = [r for r in recs if r["part"] == "tuning" and r["solver"] == "taa-euler nostop"]
     if tuned:
         lines += ["", "### Tuning cells: the target rule's threshold replayed on runs with stopping disabled", "",
