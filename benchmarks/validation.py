@@ -12,7 +12,8 @@ change of x0 made by the iteration) and the states evaluated. One JSON line per 
     python benchmarks/validation.py --size full --out validation.jsonl                 # one H100/H200
     python benchmarks/validation_report.py validation.jsonl --write benchmarks/RESULTS.md
 
-Solvers (labels): "target<db>" is taa-euler stopped by the fidelity target (stop="target", target_db=<db>);
+Solvers (labels): "target<db>" is taa-euler stopped by the fidelity target (stop="target", target_db=<db>),
+"target<db>-m<k>" the same with history m = k;
 "taa-euler" the preset as it is (summed rule); "picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
 run to T with the rule disabled (their curves let `validation_report.py --replay` try a rule's thresholds
 offline; run them on the tuning part only: that is where thresholds may be chosen).
@@ -44,7 +45,11 @@ NOSTOP_SUM = {"stop": "sum", "sum_tol": 1e-12}
 def solver_config(label: str):
     """The SolverConfig of a solver label (see the module docstring)."""
     if label.startswith("target"):
-        return preset("taa-euler", stop="target", target_db=float(label.removeprefix("target")))
+        db, _, m = label.removeprefix("target").partition("-m")
+        try:
+            return preset("taa-euler", stop="target", target_db=float(db), **({"history": int(m)} if m else {}))
+        except ValueError as e:
+            raise ValueError(f"solver label {label!r}: target<db>[-m<history>] expected, e.g. target40-m8 ({e})") from e
     if label == "taa-euler":
         return preset("taa-euler")
     if label == "taa-euler nostop":
@@ -53,8 +58,8 @@ def solver_config(label: str):
         return preset("picard")
     if label == "picard nostop":
         return preset("picard", picard_tol=0.0)
-    raise ValueError(f"solver label {label!r} is not one of target<db>, taa-euler, taa-euler nostop, picard, "
-                     "picard nostop; pass one of those in --solvers")
+    raise ValueError(f"solver label {label!r} is not one of target<db>[-m<history>], taa-euler, taa-euler nostop, "
+                     "picard, picard nostop; pass those in --solvers")
 
 
 def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", choices=("quick", "full"), default="quick")
     p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation")
-    p.add_argument("--solvers", default="target40,taa-euler,picard")
+    p.add_argument("--solvers", default="target40,target40-m8,taa-euler,picard")
     p.add_argument("--tuning-solvers", default=None,
                    help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
     p.add_argument("--cells", type=Path, default=CELLS)
