@@ -65,7 +65,8 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 class Method:
     """One solver algorithm (`SolverConfig.method`).
 
-    loop: "module:function" in parataa.solvers of its reference loop, with the solvers' one signature.
+    loop: "module:function" in parataa.solvers of its reference loop, with the solvers' one signature; None for a
+        window solver, whose loop is the sliding window's (`_window.run_window_solver`) with its update rule.
     update: "module:function" in parataa.solvers that makes its window update rule from a config (`UpdateRule`,
         both engines run it), or None for an algorithm with its own iteration (sequential, Picard).
     options: the `SolverConfig` fields it reads; a window solver (update not None) also reads its stopping rule's
@@ -73,7 +74,7 @@ class Method:
     """
 
     name: str
-    loop: str
+    loop: str | None
     update: str | None
     options: frozenset[str]
 
@@ -84,9 +85,9 @@ METHOD_RECORDS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("sequential", "sequential:sequential", None, frozenset()),
-        Method("fp", "fixed_point:fixed_point", "_iteration:fixed_point_rule", _WINDOW),
-        Method("aa", "anderson:anderson", "anderson:anderson_update", _WINDOW | {"history", "ridge"}),
-        Method("taa", "taa:taa", "taa:taa_update", _WINDOW | {"history", "ridge"}),
+        Method("fp", None, "_iteration:fixed_point_rule", _WINDOW),
+        Method("aa", None, "anderson:anderson_update", _WINDOW | {"history", "ridge"}),
+        Method("taa", None, "taa:taa_update", _WINDOW | {"history", "ridge"}),
         Method(
             "picard", "picard:picard", None, frozenset({"window", "max_iters", "init", "freeze_from"} | {"picard_tol"})
         ),

@@ -79,6 +79,9 @@ UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
 
 
 def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-point iteration of order k: "FP" (k = 1) and "FP+" (k >= window), docs/METHOD.md sections 2-3 and 8.
+    Every unknown of the window moves to the right-hand side of its order-k equation at once, x_t <- x_t + F^(k)_t(x);
+    after i iterations the top i states of the window are exact, so a solve ends within T iterations."""
     return inp.x + inp.resid, torch.zeros_like(inp.valid)
 
 

@@ -12,6 +12,7 @@ The boundary falls by at least one step per iteration, so every solve ends withi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -185,3 +186,12 @@ def run_window_solver(
 def nan_pad(rho: torch.Tensor, win: Window) -> torch.Tensor:
     """rho [N, Wmax] with NaN on padding, as the callback shows it."""
     return torch.where(win.valid, rho, torch.full_like(rho, float("nan")))
+
+
+def window_solver(make_update: Callable[[SolverConfig], UpdateRule]) -> Callable[..., SolveResult]:
+    """The reference loop of a window solver: the sliding window with the update rule `make_update(config)`."""
+
+    def solver(model, schedule, noise, config, **kwargs) -> SolveResult:
+        return run_window_solver(model, schedule, noise, config, make_update(config), **kwargs)
+
+    return solver

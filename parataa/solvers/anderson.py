@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..noise import NoiseBundle
-from ..schedules import Schedule
 from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
-from ._window import run_window_solver
-from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
+from .base import SolverConfig
 
 
 def anderson_update(config: SolverConfig):
@@ -31,18 +28,3 @@ def anderson_update(config: SolverConfig):
         return anderson_step(inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax))
 
     return update
-
-
-def anderson(
-    model: Denoiser,
-    schedule: Schedule,
-    noise: NoiseBundle,
-    config: SolverConfig,
-    *,
-    init: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    resume: SolverState | None = None,
-) -> SolveResult:
-    return run_window_solver(
-        model, schedule, noise, config, anderson_update(config), init=init, callback=callback, resume=resume
-    )

@@ -16,13 +16,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..noise import NoiseBundle
-from ..schedules import Schedule
 from ..system import suffix_sum
 from ._history import ridge_solve
 from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
-from ._window import run_window_solver
-from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
+from .base import SolverConfig
 
 
 def taa_coefficients(
@@ -53,18 +50,3 @@ def taa_update(config: SolverConfig):
         return anderson_step(inp, dx, df, count, gamma, ok)
 
     return update
-
-
-def taa(
-    model: Denoiser,
-    schedule: Schedule,
-    noise: NoiseBundle,
-    config: SolverConfig,
-    *,
-    init: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    resume: SolverState | None = None,
-) -> SolveResult:
-    return run_window_solver(
-        model, schedule, noise, config, taa_update(config), init=init, callback=callback, resume=resume
-    )
