@@ -648,3 +648,31 @@ def test_schema_solver_options_are_the_registry_options():
     assert schema["definitions"]["tol_scale"]["enum"] == list(TOL_SCALES)
     assert props["splitting"]["anyOf"][0]["enum"] == list(SPLITTINGS)
     assert props["stop"]["anyOf"][0]["enum"] == list(STOPS)
+
+
+def test_a_new_stopping_rule_is_one_registered_class(mixture):
+    """A rule registered from outside the package is a valid `stop`, tags its runs and drives both engines alike."""
+    from parataa.solver_config import solver_tag
+    from parataa.stopping import PerStep, register
+
+    class Halved(PerStep):
+        name = "halved"  # accepts a step at half the per-step threshold
+
+        def tag_parts(self, c):
+            return ["halved", *super().tag_parts(c)]
+
+        def bad(self, config, rho, valid, lo, thr, spent, num_steps):
+            return valid & (rho > thr / 2)
+
+    register(Halved)
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        cfg = preset("taa", window=6, stop="halved")
+        assert solver_tag("taa", cfg, 12) == "taa_m2_k12_w6_halved_tol1e-3"
+        eager, static = solve(model, sched, noise, cfg), solve(model, sched, noise, cfg, engine="static")
+        assert torch.equal(eager.trajectory, static.trajectory) and torch.equal(eager.iterations, static.iterations)
+        log = eager.log
+        assert bool((log.loc[log["converged"], "rho"] <= log.loc[log["converged"], "threshold"] / 2).all())
+        assert int(eager.iterations.max()) >= int(solve(model, sched, noise, preset("taa", window=6)).iterations.max())
+    finally:
+        del RULES["halved"]
