@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .stopping import RULES, TOL_SCALES
+from .stopping import RULES, TOL_SCALES, fmt_num
 
 __all__ = [
     "METHODS",
@@ -212,16 +212,6 @@ def preset(name: str, **overrides: Any) -> SolverConfig:
     """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard, taa-euler."""
     _check_solver_name(name)
     return SolverConfig(**{**PRESETS[name], **overrides})
-
-
-def fmt_num(v: float) -> str:
-    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
-    if v == 0:
-        return "0"
-    m, e = f"{float(v):.6e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    e = int(e)
-    return f"{m}e{e}" if e else m
 
 
 def read_options(c: Mapping[str, Any]) -> frozenset[str]:
