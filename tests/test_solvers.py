@@ -676,3 +676,46 @@ def test_a_new_stopping_rule_is_one_registered_class(mixture):
         assert int(eager.iterations.max()) >= int(solve(model, sched, noise, preset("taa", window=6)).iterations.max())
     finally:
         del RULES["halved"]
+
+
+def test_a_step_rule_reading_two_outputs_drives_every_solver_and_both_engines(mixture):
+    """A step rule that reads the model outputs at x_{t+1} and x_{t+2} (as DPM-Solver++(2M) does) is one class: the
+    sequential loop, the window solvers and Picard solve its system, the window solvers' final trajectories meet the
+    per-step rule under residuals recomputed from scratch (the output above each window's top included), and the
+    static engine gives the reference's iterates bit for bit."""
+    import dataclasses
+
+    from parataa.system import STEP_RULES, LinearStep
+
+    class TwoOutputs(LinearStep):
+        reads = 2
+
+        def drift(self, t, outs):
+            second = 0.3 * (t < self.a_p.shape[0] - 2).to(torch.float64)  # zero weight at t = T-1 and the scratch T
+            return self.b_p[t][..., None] * outs[0] + (second * self.b_p[t])[..., None] * outs[1]
+
+    STEP_RULES["two-outputs"] = TwoOutputs
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        two = dataclasses.replace(sched, name="two-outputs")
+        ref = solve(model, two, noise, preset("sequential"))
+        assert not torch.equal(ref.x0, solve(model, sched, noise, preset("sequential")).x0)
+        assert torch.equal(ref.trajectory, solve(model, two, noise, preset("sequential"), engine="static").trajectory)
+        T, n = two.num_steps, noise.num_samples
+        rule, xi = TwoOutputs(two), noise.xi.reshape(n, T, -1)
+        for name, window in (("fp+", 3), ("taa", 3), ("taa", None), ("taa-euler", 5), ("picard", 3)):
+            cfg = preset(name, window=window)
+            res, static = solve(model, two, noise, cfg), solve(model, two, noise, cfg, engine="static")
+            assert bool(res.finished.all()) and torch.equal(res.trajectory, static.trajectory), (name, window)
+            if cfg.stop != "step" or name == "picard":
+                continue
+            x = res.trajectory.reshape(n, T + 1, -1)
+            t = torch.arange(T)
+            samples = torch.arange(n).repeat_interleave(T)
+            out = model(x[:, 1:].reshape(n * T, -1), two.timesteps[t].repeat(n), samples).reshape(n, T, -1)
+            up = torch.cat([out[:, 1:], torch.zeros_like(out[:, :1])], dim=1)
+            rho = rms(rule.step(t.expand(n, T), x[:, 1:], (out, up), xi) - x[:, :T])
+            thr = torch.clamp(cfg.rel_tol * tolerance_scale(two, cfg.tol_scale), min=cfg.abs_tol)
+            assert bool((rho <= thr + rounding_tol(torch.float64, 4 * T, scale=float(x.abs().max()))).all()), name
+    finally:
+        del STEP_RULES["two-outputs"]
