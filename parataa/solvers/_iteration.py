@@ -32,6 +32,7 @@ __all__ = [
     "UpdateInput",
     "UpdateRule",
     "WindowStep",
+    "anderson_rule",
     "anderson_step",
     "count_iteration",
     "fixed_point_rule",
@@ -89,6 +90,22 @@ def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
 def fixed_point_rule(config: SolverConfig) -> UpdateRule:
     """FP's update rule (the registry's factory signature: a rule from a config)."""
     return fixed_point_update
+
+
+def anderson_rule(config: SolverConfig, coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> UpdateRule:
+    """The update rule of an Anderson-type method (AA, TAA): push the history, fit gamma with `coefficients((dX, dF),
+    F, valid, ridge, solve)` (in the least-squares dtype) and take the Anderson step; plain FP when m = 1."""
+    m = config.history
+    if m == 1:
+        return fixed_point_update
+
+    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+        dx, df, count = push_history(inp, m)
+        lsd = inp.ls_dtype
+        gamma, ok = coefficients((dx, df.to(lsd)), inp.resid.to(lsd), inp.valid, config.ridge, inp.solve)
+        return anderson_step(inp, dx, df, count, gamma, ok)
+
+    return update
 
 
 def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
