@@ -1,4 +1,10 @@
-"""Solver configurations, presets and the tags that name them: what the solvers, jobs, CLI and analysis share.
+"""Solver configurations, the solver registry, presets and the tags that name them: what the solvers, jobs, CLI and
+analysis share.
+
+The registry holds one `Method` record per algorithm (its reference loop, its window update rule, the options it
+reads) and one `Solver` record per study name (its preset and what the preset fixes). The presets, the dispatch
+of both engines (parataa/solvers), the CLI's solver flags, the run tags and the "option X does nothing for solver
+Y" errors all follow from these records; adding an algorithm is its module plus one `Method` and one `Solver`.
 
 Torch-free on purpose: the analysis (which never imports torch) expands a study's solver grid into the same tags
 the workflow stored its runs under, from this one definition. Defaults live in `SolverConfig`'s fields and
@@ -16,10 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .stopping import RULES, TOL_SCALES
+from .stopping import RULES, TOL_SCALES, fmt_num
 
 __all__ = [
     "METHODS",
+    "METHOD_RECORDS",
+    "Method",
+    "SOLVER_RECORDS",
+    "Solver",
+    "read_options",
+    "refuse_unread",
     "INITS",
     "TOL_SCALES",
     "SPLITTINGS",
@@ -37,7 +49,6 @@ __all__ = [
     "solver_tag",
 ]
 
-METHODS = ("sequential", "fp", "aa", "taa", "picard")
 INITS = ("gaussian", "copy", "trajectory")
 SPLITTINGS = ("exact", "euler")
 STOPS = tuple(RULES)  # parataa/stopping.py: one class per rule
@@ -48,6 +59,41 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}{hint}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One solver algorithm (`SolverConfig.method`).
+
+    loop: "module:function" in parataa.solvers of its reference loop, with the solvers' one signature; None for a
+        window solver, whose loop is the sliding window's (`_window.run_window_solver`) with its update rule.
+    update: "module:function" in parataa.solvers that makes its window update rule from a config (`UpdateRule`,
+        both engines run it), or None for an algorithm with its own iteration (sequential, Picard).
+    options: the `SolverConfig` fields it reads; a window solver (update not None) also reads its stopping rule's
+        (parataa/stopping.py). Any other option changes nothing for it and is refused where a user gives it.
+    """
+
+    name: str
+    loop: str | None
+    update: str | None
+    options: frozenset[str]
+
+
+_ANY = frozenset({"window", "max_iters", "init", "freeze_from"})  # every parallel solver reads these
+_WINDOW = _ANY | {"order", "splitting", "stop"}
+METHOD_RECORDS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("sequential", "sequential:sequential", None, frozenset()),
+        Method("fp", None, "_iteration:fixed_point_rule", _WINDOW),
+        Method("aa", None, "anderson:anderson_update", _WINDOW | {"history", "ridge"}),
+        Method("taa", None, "taa:taa_update", _WINDOW | {"history", "ridge"}),
+        Method(
+            "picard", "picard:picard", None, frozenset({"window", "max_iters", "init", "freeze_from"} | {"picard_tol"})
+        ),
+    )
+}
+METHODS = tuple(METHOD_RECORDS)
 
 
 @dataclass(frozen=True)
@@ -77,7 +123,7 @@ class SolverConfig:
         check_choice("init", self.init, INITS)
         check_choice("tol_scale", self.tol_scale, TOL_SCALES)
         check_choice("splitting", self.splitting, SPLITTINGS)
-        check_choice("stop", self.stop, STOPS)
+        check_choice("stop", self.stop, tuple(RULES))
         if self.method in ("sequential", "picard") and (self.splitting, self.stop) != ("exact", "step"):
             raise ValueError(
                 f"splitting and stop apply to fp, aa and taa; {self.method} has its own update and rule "
@@ -125,35 +171,37 @@ class SolverConfig:
         return cls(**dict(d))
 
 
-# The study's solver names and the options that make each what it is.
-PRESETS: dict[str, dict[str, Any]] = {
-    "sequential": {"method": "sequential"},
-    "fp": {"method": "fp", "order": 1},
-    "fp+": {"method": "fp", "order": None},
-    "aa": {"method": "aa", "order": None},
-    "taa": {"method": "taa", "order": None},
-    "picard": {"method": "picard", "init": "copy"},
-    # TAA on the Euler splitting from copies, stopped by the summed residual (docs/METHOD.md sections 8-9)
-    "taa-euler": {
-        "method": "taa",
-        "order": None,
-        "splitting": "euler",
-        "init": "copy",
-        "history": 5,
-        "stop": "sum",
-    },
+@dataclass(frozen=True)
+class Solver:
+    """One solver name of the study and the CLI: the options that make it what it is (`preset`, method included)
+    and those a study's `solver_defaults` and the CLI's shared flags never change (`fixed`; its own block in a
+    study config can, e.g. the m x k grid sets TAA's order). `flag_sets`: fixed options the CLI flag still sets."""
+
+    name: str
+    preset: Mapping[str, Any]
+    fixed: frozenset[str] = frozenset()
+    flag_sets: frozenset[str] = frozenset()
+
+
+SOLVER_RECORDS: dict[str, Solver] = {
+    s.name: s
+    for s in (
+        Solver("sequential", {"method": "sequential"}),
+        Solver("fp", {"method": "fp", "order": 1}, frozenset({"order"})),
+        Solver("fp+", {"method": "fp", "order": None}, frozenset({"order"}), frozenset({"order"})),
+        Solver("aa", {"method": "aa", "order": None}, frozenset({"order"}), frozenset({"order"})),
+        Solver("taa", {"method": "taa", "order": None}, frozenset({"order"}), frozenset({"order"})),
+        Solver("picard", {"method": "picard", "init": "copy"}, frozenset({"init"})),
+        # TAA on the Euler splitting from copies, stopped by the summed residual (docs/METHOD.md sections 8-9)
+        Solver(
+            "taa-euler",
+            {"method": "taa", "order": None, "splitting": "euler", "init": "copy", "history": 5, "stop": "sum"},
+            frozenset({"order", "splitting", "init", "history", "stop"}),
+        ),
+    )
 }
-# Options a study's `solver_defaults` (and the CLI's shared flags) never change for that solver; the solver's own
-# block in a study config can (the m x k grid sets TAA's order).
-PRESET_FIXED: dict[str, frozenset[str]] = {
-    "sequential": frozenset(),
-    "fp": frozenset({"order"}),
-    "fp+": frozenset({"order"}),
-    "aa": frozenset({"order"}),
-    "taa": frozenset({"order"}),
-    "picard": frozenset({"init"}),
-    "taa-euler": frozenset({"order", "splitting", "init", "history", "stop"}),
-}
+PRESETS: dict[str, dict[str, Any]] = {n: dict(s.preset) for n, s in SOLVER_RECORDS.items()}
+PRESET_FIXED: dict[str, frozenset[str]] = {n: s.fixed for n, s in SOLVER_RECORDS.items()}
 SOLVER_NAMES = tuple(PRESETS)
 PARALLEL_SOLVERS = tuple(n for n in SOLVER_NAMES if n != "sequential")
 
@@ -171,36 +219,53 @@ def preset(name: str, **overrides: Any) -> SolverConfig:
     return SolverConfig(**{**PRESETS[name], **overrides})
 
 
-def fmt_num(v: float) -> str:
-    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
-    if v == 0:
-        return "0"
-    m, e = f"{float(v):.6e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    e = int(e)
-    return f"{m}e{e}" if e else m
+def read_options(c: Mapping[str, Any]) -> frozenset[str]:
+    """The options that change the result of the config c (as a dict): its method's and, for a window solver, its
+    stopping rule's; at order 1 both splittings are the same first-order step, so splitting is not among them."""
+    m = METHOD_RECORDS[c["method"]]
+    out = set(m.options) | (set(RULES[c["stop"]].options) if m.update is not None else set())
+    if c.get("order") == 1:
+        out.discard("splitting")
+    return frozenset(out)
+
+
+def refuse_unread(name: str, cfg: SolverConfig, given: Any, fix: str) -> None:
+    """ValueError for the first option in `given` that changes nothing for solver `name` at config `cfg`."""
+    reads = read_options(cfg.to_dict())
+    m = METHOD_RECORDS[cfg.method]
+    for k in given:
+        if k in reads:
+            continue
+        if k == "splitting" and k in m.options:
+            why = "at order 1 both splittings are the same first-order step"
+        elif m.update is not None and any(k in r.options for r in RULES.values()):
+            why = f"its stopping rule stop={cfg.stop!r} reads {', '.join(RULES[cfg.stop].options)}"
+        else:
+            why = f"method {cfg.method!r} reads {', '.join(sorted(reads)) or 'no option'}"
+        raise ValueError(f"{k} does nothing for solver {name!r}: {why}; {fix}")
 
 
 def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> str:
-    """Directory name of a solver and its hyperparameters, e.g. taa_m2_k25_w25_tol1e-3 (docs/STORAGE.md)."""
+    """Directory name of a solver and its hyperparameters, e.g. taa_m2_k25_w25_tol1e-3 (docs/STORAGE.md). The
+    parts follow from the solver's records: its method's options, its stopping rule's `tag_parts`."""
     c = cfg if isinstance(cfg, Mapping) else cfg.to_dict()
-    if name == "sequential":
-        return "sequential"
+    m = METHOD_RECORDS[PRESETS[name]["method"]]
+    if not m.options:
+        return name
     default = SolverConfig(**PRESETS[name]).to_dict()
-    method = PRESETS[name]["method"]
     parts = [name.replace("+", "plus")]
-    if method in ("aa", "taa"):
+    if "history" in m.options:
         parts.append(f"m{c['history']}")
-    if name != "fp" and method in ("fp", "aa", "taa"):
+    if "order" in m.options and PRESETS[name].get("order") != 1:
         parts.append(f"k{c['order'] or steps}")
     parts.append(f"w{c['window'] or steps}")
     if c["splitting"] != default["splitting"]:
         parts.append(c["splitting"])
-    if name == "picard":
+    if "picard_tol" in m.options:
         parts.append(f"ptol{fmt_num(c['picard_tol'])}")
     else:
         parts.extend(RULES[c["stop"]].tag_parts(c))
-    if method in ("aa", "taa") and c["ridge"] != default["ridge"]:
+    if "ridge" in m.options and c["ridge"] != default["ridge"]:
         parts.append(f"ridge{fmt_num(c['ridge'])}")
     if c["tol_scale"] != default["tol_scale"]:
         parts.append(f"g{c['tol_scale']}")
@@ -264,6 +329,7 @@ def _expand(
             over.update(dict(zip(keys, combo, strict=True)))
             try:
                 cfg = preset(name, **over)
+                refuse_unread(name, cfg, keys, "remove it from the block")
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{where}.{name}: {e}") from e
             if cfg.window is not None and cfg.window >= steps:

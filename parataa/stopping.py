@@ -10,7 +10,7 @@ Adding a rule is one subclass of `StopRule` registered with `@register`: its nam
 option is a `SolverConfig` field (the rule's `options` names it).
 
 Torch-free at import: the analysis (which never imports torch) reads `RULES`, `TOL_SCALES` and `step_threshold`
-here. The tensor methods import torch when they run.
+here; `fmt_num` writes the numbers of every run tag. The tensor methods import torch when they run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["RULES", "TOL_SCALES", "StopRule", "register", "step_threshold", "target_rms", "tolerance_scale"]
+__all__ = ["RULES", "TOL_SCALES", "StopRule", "fmt_num", "register", "step_threshold", "target_rms", "tolerance_scale"]
 
 TOL_SCALES = ("sigma", "one", "beta")
 
@@ -31,6 +31,16 @@ def register(cls: type[StopRule]) -> type[StopRule]:
         raise ValueError(f"stopping rule {cls.name!r} is registered twice")
     RULES[cls.name] = cls()
     return cls
+
+
+def fmt_num(v: float) -> str:
+    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
+    if v == 0:
+        return "0"
+    m, e = f"{float(v):.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    e = int(e)
+    return f"{m}e{e}" if e else m
 
 
 def step_threshold(abs_tol: float, rel_tol: float, g: Any) -> Any:
@@ -115,8 +125,6 @@ class PerStep(StopRule):
             raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        from .solver_config import fmt_num
-
         parts = [f"tol{fmt_num(c['abs_tol'])}"]
         if c["rel_tol"] != c["abs_tol"]:
             parts.append(f"rtol{fmt_num(c['rel_tol'])}")
@@ -153,8 +161,6 @@ class Summed(StopRule):
             raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        from .solver_config import fmt_num
-
         return [f"sum{fmt_num(c['sum_tol'])}"]
 
     def thresholds(self, config: Any, schedule: Any) -> Any:
@@ -203,8 +209,6 @@ class Target(StopRule):
     recountable = False
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        from .solver_config import fmt_num
-
         return [f"db{fmt_num(c.get('target_db', 40.0))}"]
 
     def thresholds(self, config: Any, schedule: Any) -> Any:

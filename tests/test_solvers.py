@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -575,3 +577,145 @@ def test_picard_equals_the_paradigms_loop_of_diffusers(mixture, window):
     assert int(ours.iterations[0]) == steps
     # the replay does each step's arithmetic in float32 (batch_step_no_noise), this package in float64
     torch.testing.assert_close(ours.x0[0], buf[T], rtol=0, atol=step_loop_tol(sched, float(buf.abs().max())))
+
+
+def test_every_registered_method_and_rule_is_dispatched_and_described():
+    """The registry is the one list: every method has its reference loop, every window method an update rule the
+    static engine runs, every stopping rule its options among SolverConfig's fields."""
+    from parataa.solver_config import METHOD_RECORDS, SOLVER_RECORDS
+    from parataa.solvers import SOLVERS
+    from parataa.solvers.base import registered
+
+    fields = set(SolverConfig.field_names())
+    assert set(SOLVERS) == set(METHOD_RECORDS)
+    for name, m in METHOD_RECORDS.items():
+        assert (m.loop is None) == (m.update is not None) and m.options <= fields, name
+        if m.loop is not None:
+            assert SOLVERS[name] is registered(m.loop), name
+        if m.update is not None:
+            assert callable(registered(m.update)(SolverConfig(method=name))), name
+    for name, s in SOLVER_RECORDS.items():
+        assert preset(name).method == s.preset["method"] and s.fixed <= fields, name
+    for name, rule in RULES.items():
+        assert set(rule.options) <= fields and SolverConfig(stop=name).stop == name, name
+
+
+def test_an_option_that_changes_nothing_for_a_solver_is_refused():
+    from parataa.solver_config import expand_solver_grid, read_options
+
+    for name, block, word in (
+        ("fp", {"splitting": "euler"}, "at order 1 both splittings are the same"),
+        ("taa", {"order": 1, "splitting": "euler"}, "at order 1 both splittings are the same"),
+        ("taa-euler", {"abs_tol": 1e-4}, "stop='sum' reads sum_tol"),
+        ("picard", {"history": 3}, "method 'picard' reads"),
+        ("fp+", {"ridge": 0.1}, "method 'fp' reads"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"solvers.{re.escape(name)}: .* does nothing for solver '{re.escape(name)}'"
+        ):
+            expand_solver_grid({"solvers": {name: block}}, 20)
+        with pytest.raises(ValueError, match=word):
+            expand_solver_grid({"solvers": {name: block}}, 20)
+    # what a solver reads is accepted, and study-wide defaults still skip what a solver does not read
+    assert expand_solver_grid({"solvers": {"fp+": {"splitting": "euler"}}, "solver_defaults": {"history": 4}}, 20)
+    assert "splitting" in read_options(preset("fp+").to_dict()) and "sum_tol" in read_options(
+        preset("taa-euler").to_dict()
+    )
+
+
+def test_cli_refuses_a_flag_no_chosen_solver_reads(capsys):
+    from parataa.cli import main
+
+    base = ["compare", "--model", "gmm", "--dim", "4", "--steps", "4", "--seeds", "0", "--json", "--quiet"]
+    assert main([*base, "--solvers", "fp", "--splitting", "euler"]) == 2
+    err = capsys.readouterr().err
+    assert "--splitting" in err and "'fp'" in err and "drop --splitting" in err
+    assert main([*base, "--solvers", "taa", "--stop", "sum", "--abs-tol", "1e-4"]) == 2
+    assert "abs_tol does nothing" in capsys.readouterr().err
+    # a flag one chosen solver reads applies to it and passes the others by
+    assert main([*base, "--solvers", "fp,fp+", "--splitting", "euler"]) == 0
+
+
+def test_schema_solver_options_are_the_registry_options():
+    """The study schema's solver block offers exactly SolverConfig's study options, with the registry's choices."""
+    import yaml
+
+    from parataa.solver_config import SPLITTINGS, STOPS, TOL_SCALES
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["definitions"]["solver_block"]["properties"]
+    assert set(props) == set(SolverConfig.field_names()) - {"method", "freeze_from"}
+    assert schema["definitions"]["tol_scale"]["enum"] == list(TOL_SCALES)
+    assert props["splitting"]["anyOf"][0]["enum"] == list(SPLITTINGS)
+    assert props["stop"]["anyOf"][0]["enum"] == list(STOPS)
+
+
+def test_a_new_stopping_rule_is_one_registered_class(mixture):
+    """A rule registered from outside the package is a valid `stop`, tags its runs and drives both engines alike."""
+    from parataa.solver_config import solver_tag
+    from parataa.stopping import PerStep, register
+
+    class Halved(PerStep):
+        name = "halved"  # accepts a step at half the per-step threshold
+
+        def tag_parts(self, c):
+            return ["halved", *super().tag_parts(c)]
+
+        def bad(self, config, rho, valid, lo, thr, spent, num_steps):
+            return valid & (rho > thr / 2)
+
+    register(Halved)
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        cfg = preset("taa", window=6, stop="halved")
+        assert solver_tag("taa", cfg, 12) == "taa_m2_k12_w6_halved_tol1e-3"
+        eager, static = solve(model, sched, noise, cfg), solve(model, sched, noise, cfg, engine="static")
+        assert torch.equal(eager.trajectory, static.trajectory) and torch.equal(eager.iterations, static.iterations)
+        log = eager.log
+        assert bool((log.loc[log["converged"], "rho"] <= log.loc[log["converged"], "threshold"] / 2).all())
+        assert int(eager.iterations.max()) >= int(solve(model, sched, noise, preset("taa", window=6)).iterations.max())
+    finally:
+        del RULES["halved"]
+
+
+def test_a_step_rule_reading_two_outputs_drives_every_solver_and_both_engines(mixture):
+    """A step rule that reads the model outputs at x_{t+1} and x_{t+2} (as DPM-Solver++(2M) does) is one class: the
+    sequential loop, the window solvers and Picard solve its system, the window solvers' final trajectories meet the
+    per-step rule under residuals recomputed from scratch (the output above each window's top included), and the
+    static engine gives the reference's iterates bit for bit."""
+    import dataclasses
+
+    from parataa.system import STEP_RULES, LinearStep
+
+    class TwoOutputs(LinearStep):
+        reads = 2
+
+        def drift(self, t, outs):
+            second = 0.3 * (t < self.a_p.shape[0] - 2).to(torch.float64)  # zero weight at t = T-1 and the scratch T
+            return self.b_p[t][..., None] * outs[0] + (second * self.b_p[t])[..., None] * outs[1]
+
+    STEP_RULES["two-outputs"] = TwoOutputs
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        two = dataclasses.replace(sched, name="two-outputs")
+        ref = solve(model, two, noise, preset("sequential"))
+        assert not torch.equal(ref.x0, solve(model, sched, noise, preset("sequential")).x0)
+        assert torch.equal(ref.trajectory, solve(model, two, noise, preset("sequential"), engine="static").trajectory)
+        T, n = two.num_steps, noise.num_samples
+        rule, xi = TwoOutputs(two), noise.xi.reshape(n, T, -1)
+        for name, window in (("fp+", 3), ("taa", 3), ("taa", None), ("taa-euler", 5), ("picard", 3)):
+            cfg = preset(name, window=window)
+            res, static = solve(model, two, noise, cfg), solve(model, two, noise, cfg, engine="static")
+            assert bool(res.finished.all()) and torch.equal(res.trajectory, static.trajectory), (name, window)
+            if cfg.stop != "step" or name == "picard":
+                continue
+            x = res.trajectory.reshape(n, T + 1, -1)
+            t = torch.arange(T)
+            samples = torch.arange(n).repeat_interleave(T)
+            out = model(x[:, 1:].reshape(n * T, -1), two.timesteps[t].repeat(n), samples).reshape(n, T, -1)
+            up = torch.cat([out[:, 1:], torch.zeros_like(out[:, :1])], dim=1)
+            rho = rms(rule.step(t.expand(n, T), x[:, 1:], (out, up), xi) - x[:, :T])
+            thr = torch.clamp(cfg.rel_tol * tolerance_scale(two, cfg.tol_scale), min=cfg.abs_tol)
+            assert bool((rho <= thr + rounding_tol(torch.float64, 4 * T, scale=float(x.abs().max()))).all()), name
+    finally:
+        del STEP_RULES["two-outputs"]

@@ -118,7 +118,11 @@ def test_target_db_flag_selects_the_rule_where_it_means_something():
     for name in ("taa-euler", "taa", "fp+"):  # taa-euler's preset fixes its rule; the flag still chooses this one
         cfg = solver_config(name, args)
         assert (cfg.stop, cfg.target_db) == ("target", 45.0), name
-    assert solver_config("picard", args).stop == "step"  # Picard keeps its own rule
+    with pytest.raises(ValueError, match="target_db does nothing for solver 'picard'"):
+        solver_config("picard", args)  # Picard has its own rule
+    both = p.parse_args(["--target-db", "45"])
+    both.solvers = "taa-euler,picard"
+    assert solver_config("picard", both).stop == "step" and solver_config("taa-euler", both).stop == "target"
     assert solver_config("taa-euler", p.parse_args([])).stop == "sum"
     with pytest.raises(ValueError, match="--target-db 45 sets the target rule; drop --stop sum"):
         solver_config("taa", p.parse_args(["--target-db", "45", "--stop", "sum"]))

@@ -1,28 +1,31 @@
-"""Solver options shared by the subcommands: one definition of the flags and of which flag applies to which
-solver. Every flag defaults to "not given": the solver's preset and then `SolverConfig`'s fields decide, so the
-defaults live in one place (parataa/solver_config.py). A flag that is given applies to every chosen solver it
-means something to and that its preset does not fix (`PRESET_FIXED`, as a study's `solver_defaults`; --order
-still reaches FP+/AA/TAA): FP is always order 1; Picard has its own update, rule and copy initialisation (its
-flags are --window, --picard-tol and --max-iters); taa-euler keeps its splitting, copies, history and summed rule
-(unless --target-db sets the target rule);
-sequential takes none."""
+"""Solver options shared by the subcommands: one definition of the flags, and which flag applies to which solver
+from the solver registry (parataa/solver_config.py). Every flag defaults to "not given": the solver's preset and
+then `SolverConfig`'s fields decide, so the defaults live in one place. A flag that is given applies to every
+chosen solver that reads it (`read_options`: its method's options and its stopping rule's) and whose preset does
+not fix it (`Solver.fixed`, as a study's `solver_defaults`; --order still reaches FP+/AA/TAA, `Solver.flag_sets`).
+A flag that no chosen solver reads changes nothing and is refused, naming the flag, the solvers and the fix."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..solver_config import INITS, PRESET_FIXED, SPLITTINGS, STOPS, TOL_SCALES, SolverConfig, preset
+from ..solver_config import (
+    INITS,
+    METHOD_RECORDS,
+    SOLVER_RECORDS,
+    SPLITTINGS,
+    STOPS,
+    TOL_SCALES,
+    SolverConfig,
+    preset,
+    read_options,
+    refuse_unread,
+)
 
 _DEFAULT = SolverConfig()
-# options that mean nothing to a solver (beyond what its preset fixes)
-_NOT_FOR = {
-    "sequential": None,  # none at all
-    "fp": {"history", "ridge"},
-    "picard": {"order", "history", "ridge", "splitting", "stop", "sum_tol", "target_db", "abs_tol", "rel_tol",
-               "tol_scale"},
-}
-_ORDER_FROM_FLAG = {"fp+", "aa", "taa"}  # the --order flag sets their k (a study sets it in the solver's block)
+_FLAGS = ("window", "history", "order", "ridge", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale")
+_FLAGS += ("max_iters", "picard_tol", "init", "target_db")
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,13 +38,14 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--splitting", choices=SPLITTINGS, default=None, help="order-k equations (default exact)")
     g.add_argument("--stop", choices=STOPS, default=None,
                    help="stopping rule: per step, summed, or the fidelity target (default step)")
-    g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
     g.add_argument(
         "--target-db",
         type=float,
         default=None,
-        help=f"stop at this PSNR of x0 against the sequential x0 (implies --stop target; default {d.target_db:g})",
+        help=f"stop at this PSNR of x0 against the sequential x0 (implies --stop target, also for taa-euler; "
+        f"default {d.target_db:g})",
     )
+    g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
     g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
     g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
     g.add_argument("--tol-scale", choices=TOL_SCALES, default=None, help=f"(default {d.tol_scale})")
@@ -56,23 +60,35 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def solver_config(name: str, args: argparse.Namespace) -> SolverConfig:
-    """The config of solver `name` from its preset and the flags the user gave."""
-    given: dict[str, Any] = {
-        k: getattr(args, k)
-        for k in ("window", "history", "order", "ridge", "splitting", "stop", "sum_tol", "target_db", "abs_tol")
-        + ("rel_tol",)
-        + ("tol_scale", "max_iters", "picard_tol", "init")
-        if getattr(args, k, None) is not None
-    }
-    if "target_db" in given:
+    """The config of solver `name` from its preset and the flags the user gave. The solvers of the command are
+    `args.solvers` (comma-separated) where it has them, else `name` alone: a given flag none of them reads is
+    refused."""
+    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    if "target_db" in given:  # the fidelity target chooses its rule
         if given.get("stop", "target") != "target":
             raise ValueError(f"--target-db {given['target_db']:g} sets the target rule; drop --stop {given['stop']} "
                              "or pass --stop target")
         given["stop"] = "target"
-    skip = _NOT_FOR.get(name, set())
-    if skip is None:
-        return preset(name)
-    skip = skip | (PRESET_FIXED.get(name, frozenset()) - ({"order"} if name in _ORDER_FROM_FLAG else set()))
-    if "target_db" in given and "target_db" not in skip:
-        skip = skip - {"stop"}  # --target-db chooses the rule, also for a preset that fixes its own (taa-euler)
-    return preset(name, **{k: v for k, v in given.items() if k not in skip})
+    chosen = [s.strip() for s in (getattr(args, "solvers", None) or name).split(",") if s.strip()]
+    for k in given:
+        if not any(k in _applies(s, given) for s in chosen if s in SOLVER_RECORDS):
+            cfg = _config(chosen[0], given)
+            refuse_unread(", ".join(chosen), cfg, [k], f"drop --{k.replace('_', '-')} or choose a solver that reads it")
+    return _config(name, given)
+
+
+def _applies(name: str, given: dict[str, Any]) -> frozenset[str]:
+    """The given flags that change solver `name`: those it reads (with the flags applied) and its preset leaves."""
+    rec = SOLVER_RECORDS[name]
+    # --target-db chooses the rule also for a preset that fixes its own (taa-euler)
+    settable = set(given) - (rec.fixed - rec.flag_sets - ({"stop"} if "target_db" in given else set()))
+    first = preset(name, **{k: v for k, v in given.items() if k in settable and k in _static_reads(name)})
+    return frozenset(settable & read_options(first.to_dict()))
+
+
+def _static_reads(name: str) -> frozenset[str]:
+    return METHOD_RECORDS[SOLVER_RECORDS[name].preset["method"]].options
+
+
+def _config(name: str, given: dict[str, Any]) -> SolverConfig:
+    return preset(name, **{k: v for k, v in given.items() if k in _applies(name, given)})

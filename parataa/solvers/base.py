@@ -13,6 +13,7 @@ touch files, models' internals, randomness or distributed code.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class SolverState:
     hist_f: torch.Tensor | None = None
     hist_len: torch.Tensor | None = None  # [N, T]
     spent: torch.Tensor | None = None  # [N] summed rho of the states accepted so far (the "sum" stopping rule)
+    out: torch.Tensor | None = None  # [N, T+2, D] model output at each state (step rules reading two; 0 at T+1)
     log: list[dict[str, torch.Tensor]] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
 
@@ -215,6 +217,12 @@ class Evaluator:
         self.comm_s = float(getattr(self.model, "comm_seconds", 0.0)) - comm0
         self.model_s = time.perf_counter() - t0 - self.comm_s
         return out
+
+
+def registered(spec: str) -> Any:
+    """The function a registry record (parataa/solver_config.py) names: "module:function" in parataa.solvers."""
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def check_inputs(schedule: Schedule, noise: NoiseBundle, init: torch.Tensor | None, config: SolverConfig) -> None:

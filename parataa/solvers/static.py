@@ -13,23 +13,15 @@ waits for the host several times. `StaticSolver` runs the same algorithm on fixe
 - one small device-to-host copy per iteration (the frozen boundaries and a non-finite flag) picks the next bucket
   and decides when to stop. Sequential sampling needs none: its T steps are known in advance.
 
-Engines (`solve(..., engine=...)`, `StaticSolver(..., engine=...)`):
+Engines ("static", "graphed", "graphed-solver"): parataa/solvers/_graphs.py. The device-side log: _device_log.py.
 
-- "static": the static iteration, eager, on any device (the CPU tests compare it with the reference loops);
-- "graphed": each bucket's iteration (window gather, model call, residuals, update, stopping test, window move)
-  is captured once in CUDA graphs and replayed; the model must be graph-safe (no host synchronisation and no
-  host-to-device copy inside its call);
-- "graphed-solver": the solver's parts are captured, the model is called eagerly between them, for models that
-  synchronise with the host such as `parataa.distributed.DistributedDenoiser` (its inner model can itself be a
-  `parataa.cuda_graphs.GraphedDenoiser`).
-
-Same semantics as the reference: the same window, residuals, stopping rule (parataa/stopping.py), safeguard,
-updates, history and fallbacks, the same log rows (one per valid window position, in sample-then-step order)
-and counts. Reductions over the window (Anderson's shared Gram matrix, Picard's window sum, the "sum" rule's
-total) add B - w exact zeros after the valid values. tests/test_static.py checks on the CPU that every solver,
-splitting, rule and window gives the reference's iterates bit for bit, and on a GPU that graph replay gives the
-static engine's; the static engine against the reference loops on a GPU (other kernels, other summation orders)
-is not compared.
+Same semantics as the reference, by construction: both run the iteration core (`_iteration.py`: residuals, stopping
+rule, safeguard, updates, history and fallbacks) on the same padded layout, and give the same log rows (one per
+valid window position, in sample-then-step order) and counts. Reductions over the window (Anderson's shared Gram
+matrix, Picard's window sum, the "sum" rule's total) add B - w exact zeros after the valid values.
+tests/test_static.py checks on the CPU that every solver, splitting, rule and window gives the reference's iterates
+bit for bit, and on a GPU that graph replay gives the static engine's; the static engine against the reference loops
+on a GPU (other kernels, other summation orders) is not compared.
 """
 
 from __future__ import annotations
@@ -43,39 +35,35 @@ import torch
 
 from ..noise import NoiseBundle
 from ..schedules import Schedule
+from ..solver_config import METHOD_RECORDS
 from ..stopping import RULES
 from ..system import step_rule
+from ._device_log import DeviceLog
+from ._graphs import ENGINES, GraphCaptureError, GraphedSegments, check_engine, check_numerics, seconds
 from ._history import elimination_solve, ridge_solve
-from ._iteration import History, count_iteration, fixed_point_update, picard_iteration, window_iteration
-from ._loop import log_record
+from ._iteration import History, count_iteration, picard_iteration, window_iteration
 from ._window import new_state
-from .anderson import anderson_update
 from .base import (
     Callback,
     Denoiser,
-    IterationInfo,
-    ModelOutputError,
     SolverConfig,
     SolveResult,
     SolverState,
     check_inputs,
     make_result,
+    registered,
 )
 from .picard import inverse_next_variance
 from .sequential import sequential_state
-from .taa import taa_update
 
-__all__ = ["ENGINES", "GraphCaptureError", "StaticSolver", "default_buckets", "solve_static"]
-
-ENGINES = ("eager", "static", "graphed", "graphed-solver")
-LINSOLVES = ("lapack", "elimination")
-
-
-class GraphCaptureError(RuntimeError):
-    """A part of the iteration could not be captured in a CUDA graph (usually: the model is not graph-safe)."""
-
-
-UPDATES = {"fp": lambda config: fixed_point_update, "aa": anderson_update, "taa": taa_update}
+__all__ = [
+    "ENGINES",
+    "GraphCaptureError",
+    "StaticSolver",
+    "default_buckets",
+    "elimination_solve",
+    "solve_static",
+]
 
 
 class PaddedHistory(History):
@@ -99,40 +87,7 @@ def default_buckets(window: int) -> tuple[int, ...]:
     return (*out, window)
 
 
-def _check_engine(model: Denoiser, engine: str, device: torch.device) -> torch.device:
-    """The device the engine runs on (cuda:<current> for a bare "cuda"), after checking that it can."""
-    if engine not in ENGINES[1:]:
-        raise ValueError(f"engine must be one of {ENGINES[1:]} for StaticSolver, got {engine!r}")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if engine != "static":
-        if device.type != "cuda":
-            raise ValueError(
-                f"engine={engine!r} captures CUDA graphs and needs a CUDA device, but the noise bundle is on "
-                f"{device}; move the noise (noise.to('cuda')) and the model to a GPU, or use engine='static'"
-            )
-        if engine == "graphed" and getattr(model, "graph_safe", True) is False:
-            raise GraphCaptureError(
-                f"the model {type(model).__name__} declares graph_safe = False (it synchronises with the host "
-                "inside its call), so it cannot be captured with the iteration; use engine='graphed-solver' "
-                "(the model is called eagerly between captured solver graphs) or engine='static'"
-            )
-    return device
-
-
-def _check_numerics(engine: str, ls_dtype: torch.dtype, linsolve: str | None, warmup: int) -> str:
-    """The least-squares solver to use (lapack for the static engine, elimination when graphed), checked."""
-    if ls_dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"ls_dtype must be torch.float64 (the reference) or torch.float32, got {ls_dtype!r}")
-    linsolve = linsolve or ("lapack" if engine == "static" else "elimination")
-    if linsolve not in LINSOLVES:
-        raise ValueError(f"linsolve must be one of {LINSOLVES}, got {linsolve!r}")
-    if not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup must be a positive integer (eager runs before a capture), got {warmup!r}")
-    return linsolve
-
-
-class StaticSolver:
+class StaticSolver(GraphedSegments, DeviceLog):
     """A solver on fixed shapes for one (model, schedule, config, number of samples, sample shape), reusable across
     noise bundles: buffers and captured graphs are kept, so only the first solve pays for the captures.
 
@@ -167,8 +122,8 @@ class StaticSolver:
         linsolve: str | None = None,
         warmup: int = 2,
     ) -> None:
-        self.device = _check_engine(model, engine, torch.device(device))
-        linsolve = _check_numerics(engine, ls_dtype, linsolve, warmup)
+        self.device = check_engine(model, engine, torch.device(device))
+        linsolve = check_numerics(engine, ls_dtype, linsolve, warmup)
         self.model, self.config, self.engine = model, config, engine
         self.ls_dtype, self.linsolve, self.warmup = ls_dtype, linsolve, warmup
         self.solve_ls = elimination_solve if linsolve == "elimination" else ridge_solve
@@ -181,7 +136,7 @@ class StaticSolver:
         self.W = 1 if self.method == "sequential" else min(config.window or T, T)
         self.order = config.order or T
         self.max_iters = config.max_iters or T
-        self.m = config.history if self.method in ("aa", "taa") else 1
+        self.m = config.history if "history" in METHOD_RECORDS[self.method].options else 1
         if buckets is None:
             bs = default_buckets(self.W)
         else:
@@ -210,7 +165,8 @@ class StaticSolver:
         if self.method == "picard":
             self.inv_var_p = inverse_next_variance(sched)
         elif self.method != "sequential":
-            self.stop, self.update = RULES[self.config.stop], UPDATES[self.method](self.config)
+            self.stop = RULES[self.config.stop]
+            self.update = registered(METHOD_RECORDS[self.method].update)(self.config)  # the reference's rule
             self.thr_p = torch.cat([self.stop.thresholds(self.config, sched), sched.sigma.new_zeros(1)])
 
     def _allocate(self, n: int, d: int) -> None:
@@ -225,24 +181,13 @@ class StaticSolver:
         self.nfe = torch.zeros_like(self.frozen)
         self.spent = torch.zeros(n, dtype=f64, device=dev)
         self.rows = torch.arange(n, device=dev)[:, None]
-        self.accel = self.method in ("aa", "taa") and self.m > 1
+        self.out_p = torch.zeros(n, T + 2, d, dtype=f64, device=dev) if self.rule.reads == 2 else None
+        self.accel = self.m > 1
         if self.accel:
             self.hist_x = torch.zeros(n, T + 1, self.m, d, dtype=f64, device=dev)
             self.hist_f = torch.zeros_like(self.hist_x)
             self.hist_len = torch.zeros(n, T + 1, dtype=torch.long, device=dev)
-        # device-side log, one slot per iteration; pack = (frozen [N], non-finite flag, its sample, its step)
-        cap = T if self.method == "sequential" else min(self.max_iters, T)
-        self.cap = cap
-        self.it_dev = torch.zeros((), dtype=torch.long, device=dev)
-        if self.method != "sequential":
-            self.log_rho = torch.zeros(cap, n, self.W, dtype=f64, device=dev)
-            self.log_thr = torch.zeros_like(self.log_rho)
-            self.log_conv = torch.zeros(cap, n, self.W, dtype=torch.bool, device=dev)
-            self.log_fb = torch.zeros_like(self.log_conv)
-            self.log_lo = torch.zeros(cap, n, dtype=torch.long, device=dev)
-            self.log_hi = torch.zeros_like(self.log_lo)
-            self.log_w = torch.zeros_like(self.log_lo)
-        self.pack = torch.zeros(n + 3, dtype=torch.long, device=dev)
+        self._allocate_log(n)
 
     # ------------------------------------------------------------------------------------------------ buffers
     def _bucket(self, width: int) -> int:
@@ -262,6 +207,8 @@ class StaticSolver:
         out = [self.xs, self.frozen, self.entered, self.iterations, self.nfe, self.spent, self.it_dev, self.pack]
         if self.accel:
             out += [self.hist_x, self.hist_f, self.hist_len]
+        if self.out_p is not None:
+            out.append(self.out_p)
         if self.method != "sequential":
             out += [self.log_rho, self.log_thr, self.log_conv, self.log_fb, self.log_lo, self.log_hi, self.log_w]
         return out
@@ -305,14 +252,6 @@ class StaticSolver:
             )
         self.eps_buf[B].view(self.N * B, self.D).copy_(out.reshape(self.N * B, self.D))
 
-    def _flag_nonfinite(self, valid: torch.Tensor, t: torch.Tensor, B: int) -> None:
-        bad = valid & ~torch.isfinite(self.eps_buf[B]).all(dim=-1)
-        first = torch.argmax(bad.reshape(-1).to(torch.uint8))
-        new = bad.any() & (self.pack[self.N] == 0)  # keep the first one (sequential checks only at the end)
-        self.pack[self.N + 1] = torch.where(new, first // B, self.pack[self.N + 1])
-        self.pack[self.N + 2] = torch.where(new, t.reshape(-1).index_select(0, first.view(1))[0], self.pack[self.N + 2])
-        self.pack[self.N] = torch.where(new, torch.ones_like(self.pack[self.N]), self.pack[self.N])
-
     def _post(self, B: int) -> None:
         if self.method == "sequential":
             self._post_sequential(B)
@@ -328,21 +267,13 @@ class StaticSolver:
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
+        outs = (eps,)
+        if self.rule.reads == 2:  # as sequential.outputs
+            self.out_p[r, t + 1] = eps
+            outs = (eps, self.out_p[r, t + 2])
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], outs, self.xi_p[r, t])
         self.frozen -= 1
         count_iteration(self.iterations, self.nfe, torch.ones_like(t))
-
-    def _log(self, B: int, rho, thr, conv, fb, lo, hi, width) -> None:
-        # a solve makes at most `cap` iterations; the warm-up runs before a capture (on a copy of the state, restored
-        # afterwards) can count past it, and write into the last slot instead
-        k = torch.clamp(self.it_dev, max=self.cap - 1).view(1)
-        self.log_rho[:, :, :B].index_copy_(0, k, rho[None])
-        self.log_thr[:, :, :B].index_copy_(0, k, thr[None])
-        self.log_conv[:, :, :B].index_copy_(0, k, conv[None])
-        self.log_fb[:, :, :B].index_copy_(0, k, fb[None])
-        self.log_lo.index_copy_(0, k, lo[None])
-        self.log_hi.index_copy_(0, k, hi[None])
-        self.log_w.index_copy_(0, k, width[None])
 
     def _eps(self, B: int):
         """The window and the model's eps on it (zero on padding), the first non-finite eps flagged."""
@@ -350,6 +281,13 @@ class StaticSolver:
         self._flag_nonfinite(valid, t, B)
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(self.eps_buf[B]))
         return (lo, width, t, valid), ts, self.xs[self.rows, t_up], eps, self.xi_p[self.rows, t]
+
+    def _above(self, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor | None:
+        """As _window.outputs_above, for a step rule that reads two outputs (padding writes zeros to state T+1)."""
+        if self.rule.reads == 1:
+            return None
+        self.out_p[self.rows, t + 1] = eps
+        return self.out_p[self.rows[:, 0], self.frozen + 1]
 
     def _post_window(self, B: int) -> None:
         """run_window_solver's steps 2-5 on the padded window (_iteration.window_iteration)."""
@@ -360,7 +298,7 @@ class StaticSolver:
         history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
         out = window_iteration(
             self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
-            self.update, history, solve=self.solve_ls, ls_dtype=self.ls_dtype,
+            self.update, history, self._above(t, eps), solve=self.solve_ls, ls_dtype=self.ls_dtype,
         )  # fmt: skip
         self.xs[rows, ts] = out.x_new
         hi = self.frozen.clone()
@@ -376,8 +314,9 @@ class StaticSolver:
         lo, width, t, _ = win
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
         x_new, rho, bad, thr, frozen = picard_iteration(
-            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W
-        )
+            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W,
+            self._above(t, eps),
+        )  # fmt: skip
         self.xs[rows, ts] = x_new
         hi = self.frozen.clone()
         self.frozen.copy_(frozen)
@@ -385,74 +324,6 @@ class StaticSolver:
         self._log(B, rho, thr, ~bad, torch.zeros_like(bad), lo, hi, width)
 
     # ------------------------------------------------------------------------------------------- the driver
-    def _capture(self, B: int) -> None:
-        t0 = time.perf_counter()
-        dev = self.device
-        snapshot = [v.clone() for v in self._mutable()]
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(self.warmup):
-                self._pre(B)
-                self._model(B)
-                self._post(B)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        for v, s in zip(self._mutable(), snapshot, strict=True):
-            v.copy_(s)
-        del snapshot
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graphs: list[Any] = []
-        for name, fn in (("pre", self._pre), ("model", self._model), ("post", self._post)):
-            if name == "model" and self.engine == "graphed-solver":
-                graphs.append(None)
-                continue
-            g = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(g, pool=self._pool), torch.no_grad():
-                    fn(B)
-            except Exception as err:
-                what = (
-                    f"the model {type(self.model).__name__} is not graph-safe: capturing its call failed. A graph-safe "
-                    "Denoiser neither synchronises with the host nor copies host tensors to the device inside its "
-                    "call (keep its lookup tables on the GPU); use engine='graphed-solver' (the model is called "
-                    "eagerly) or engine='static'"
-                    if name == "model"
-                    else f"capturing the solver's {name!r} segment failed"
-                )
-                raise GraphCaptureError(
-                    f"{what} (window bucket {B}; cause: {type(err).__name__}: {err}). A failed capture can leave "
-                    "this process's CUDA context unusable: run the other engine in a new process"
-                ) from err
-            graphs.append(g)
-        self._graphs[B] = graphs
-        torch.cuda.synchronize(dev)
-        self.capture_s += time.perf_counter() - t0
-
-    def _iterate(self, B: int) -> tuple[float, Any]:
-        """One iteration at bucket B: (communication seconds the model reported, the model call's time: a pair of
-        CUDA events read at the end, or seconds on the CPU)."""
-        comm0 = float(getattr(self.model, "comm_seconds", 0.0))
-        graphs = self._graphs.get(B)
-        cuda = self.device.type == "cuda"
-        with torch.no_grad():
-            graphs[0].replay() if graphs else self._pre(B)
-            if cuda:
-                model = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                model[0].record()
-            else:
-                t0 = time.perf_counter()
-            if graphs and graphs[1] is not None:
-                graphs[1].replay()
-            else:
-                self._model(B)
-            if cuda:
-                model[1].record()
-            else:
-                model = time.perf_counter() - t0
-            graphs[2].replay() if graphs else self._post(B)
-        return float(getattr(self.model, "comm_seconds", 0.0)) - comm0, model
-
     def _load(self, noise: NoiseBundle, init: torch.Tensor | None) -> SolverState:
         check_inputs(self.schedule, noise, init, self.config)
         if noise.num_samples != self.N or tuple(noise.sample_shape) != self.shape:
@@ -471,9 +342,10 @@ class StaticSolver:
         self.entered.copy_(st.entered)
         for v in (self.iterations, self.nfe, self.spent, self.it_dev, self.pack):
             v.zero_()
-        if self.accel:
-            for v in (self.hist_x, self.hist_f, self.hist_len):
-                v.zero_()
+        for v in (self.hist_x, self.hist_f, self.hist_len) if self.accel else ():
+            v.zero_()
+        if self.out_p is not None:
+            self.out_p.zero_()
         return st
 
     def solve(
@@ -520,8 +392,8 @@ class StaticSolver:
         timings = [
             {
                 "iteration": i,
-                "model_s": _seconds(models[i]) - comms[i],
-                "solver_s": walls[i] - _seconds(models[i]),
+                "model_s": seconds(models[i]) - comms[i],
+                "solver_s": walls[i] - seconds(models[i]),
                 "comm_s": comms[i],
                 "rows": rows[i],
             }
@@ -544,120 +416,10 @@ class StaticSolver:
             self._ready(B)
         return self.capture_s - t0
 
-    def replay(self, noise: NoiseBundle, widths: Sequence[int]) -> list[dict[str, float]]:
-        """Benchmarks only: run one iteration per entry of `widths` with every sample's window forced to that
-        width (the frozen boundary set to it), whatever the iterates, and time each: the window sequence of another
-        solve replayed on this model (the iterates solve nothing). Rows: width, bucket, wall_s, model_s, comm_s."""
-        if self.method == "sequential":
-            raise ValueError("replay applies to the parallel solvers; sequential has no window to replay")
-        if self.config.init == "trajectory":
-            raise ValueError("replay needs a solver whose init is 'gaussian' or 'copy'")
-        self._load(noise, None)
-        self.seeds = noise.seeds
-        out = []
-        for w in widths:
-            if not 1 <= int(w) <= self.W:
-                raise ValueError(f"replay widths must lie in [1, W={self.W}], got {w}")
-            B = self._bucket(int(w))
-            self._ready(B)
-            self.frozen.fill_(int(w))
-            self.it_dev.zero_()
-            self._sync()
-            t0 = time.perf_counter()
-            comm, model = self._iterate(B)
-            self.pack.to("cpu", copy=True)
-            wall = time.perf_counter() - t0
-            out.append(
-                {"width": int(w), "bucket": B, "wall_s": wall, "model_s": _seconds(model) - comm, "comm_s": comm}
-            )
-        return out
-
     # ---------------------------------------------------------------------------------------------- results
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _raise_if_nonfinite(self, pack: torch.Tensor | list[int], iteration: int | None) -> None:
-        n = self.N
-        if int(pack[n]):
-            s, t = int(pack[n + 1]), int(pack[n + 2])
-            it = iteration if iteration is not None else self.T - 1 - t
-            raise ModelOutputError(s, self.seeds[s], t, it, self.method)
-
-    def _log_rows(self, it: int) -> list[dict[str, torch.Tensor]]:
-        """The convergence log of `it` iterations, copied to the host once, as the reference writes it."""
-        if self.method == "sequential":
-            samples, zero, done = (
-                torch.arange(self.N),
-                torch.zeros(self.N, dtype=torch.float64),
-                torch.ones(self.N, dtype=torch.bool),
-            )
-            steps = [torch.full((self.N,), self.T - 1 - i, dtype=torch.long) for i in range(it)]
-            return [log_record(i, samples, t, t, t + 1, zero, zero, done, ~done) for i, t in enumerate(steps)]
-        rho, thr, conv, fb, lo, hi, w = (
-            v[:it].to("cpu", copy=True)
-            for v in (self.log_rho, self.log_thr, self.log_conv, self.log_fb, self.log_lo, self.log_hi, self.log_w)
-        )
-        j = torch.arange(self.W)
-        out = []
-        for i in range(it):
-            vi, vj = torch.nonzero(j[None, :] < w[i][:, None], as_tuple=True)
-            rows = (rho[i][vi, vj], thr[i][vi, vj], conv[i][vi, vj], fb[i][vi, vj])
-            out.append(log_record(i, vi, lo[i][vi] + vj, lo[i][vi], hi[i][vi], *rows))
-        return out
-
-    def _final_state(self, it: int, log: list, timings: list) -> SolverState:
-        T = self.T
-        st = SolverState(
-            x=self.xs[:, : T + 1].contiguous(),
-            frozen=self.frozen.clone(),
-            entered=self.entered.clone(),
-            iteration=it,
-            iterations=self.iterations.clone(),
-            nfe=self.nfe.clone(),
-            spent=self.spent.clone() if self.method not in ("sequential", "picard") else None,
-            log=log,
-            timings=timings,
-        )
-        if self.accel:
-            st.hist_x, st.hist_f = self.hist_x[:, :T].contiguous(), self.hist_f[:, :T].contiguous()
-            st.hist_len = self.hist_len[:, :T].contiguous()
-        return st
-
-    def _callback(self, callback: Callback, iteration: int) -> None:
-        T, n = self.T, self.N
-        view = SolverState(
-            x=self.xs[:, : T + 1],
-            frozen=self.frozen,
-            entered=self.entered,
-            iteration=iteration + 1,
-            iterations=self.iterations,
-            nfe=self.nfe,
-            spent=self.spent,
-        )
-        if self.method == "sequential":
-            lo, hi = self.frozen, self.frozen + 1
-            rho = torch.zeros(n, 1, dtype=torch.float64, device=self.device)
-        else:
-            lo, hi, w = self.log_lo[iteration], self.log_hi[iteration], self.log_w[iteration]
-            j = torch.arange(self.W, device=self.device)
-            rho = torch.where(j[None, :] < w[:, None], self.log_rho[iteration], math.nan)
-        callback(
-            IterationInfo(
-                iteration=iteration,
-                trajectory=self.xs[:, : T + 1].view(n, T + 1, *self.shape),
-                frozen=self.frozen,
-                window_lo=lo,
-                window_hi=hi,
-                rho=rho,
-                state=view,
-            )
-        )
-
-
-def _seconds(model: Any) -> float:
-    """A model-call time from `_iterate`: seconds, or a pair of CUDA events (read after the final sync)."""
-    return model[0].elapsed_time(model[1]) / 1e3 if isinstance(model, tuple) else float(model)
 
 
 def solve_static(
