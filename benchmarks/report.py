@@ -77,6 +77,13 @@ def main() -> None:
         if it_path.exists():
             lines += [iterations_markdown(it_path), ""]
             break
+    for val_path in (d / "validation.jsonl", Path(__file__).parent / "results" / "validation.jsonl"):
+        if val_path.exists():  # the validation suite (benchmarks/validation.py), tuning and validation cells apart
+            from validation_report import load as load_validation
+            from validation_report import report as validation_markdown
+
+            lines += [validation_markdown(load_validation(val_path), 40.0)]
+            break
     lines += wallclock_sections(d, Path(args.out).parent)
     if over or single or w1:
         lines += ["# Earlier runs (the eager engine)", "",

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .stopping import RULES, TOL_SCALES
+from .stopping import RULES, TOL_SCALES, fmt_num
 
 __all__ = [
     "METHODS",
@@ -65,7 +65,8 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 class Method:
     """One solver algorithm (`SolverConfig.method`).
 
-    loop: "module:function" in parataa.solvers of its reference loop, with the solvers' one signature.
+    loop: "module:function" in parataa.solvers of its reference loop, with the solvers' one signature; None for a
+        window solver, whose loop is the sliding window's (`_window.run_window_solver`) with its update rule.
     update: "module:function" in parataa.solvers that makes its window update rule from a config (`UpdateRule`,
         both engines run it), or None for an algorithm with its own iteration (sequential, Picard).
     options: the `SolverConfig` fields it reads; a window solver (update not None) also reads its stopping rule's
@@ -73,7 +74,7 @@ class Method:
     """
 
     name: str
-    loop: str
+    loop: str | None
     update: str | None
     options: frozenset[str]
 
@@ -84,9 +85,9 @@ METHOD_RECORDS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("sequential", "sequential:sequential", None, frozenset()),
-        Method("fp", "fixed_point:fixed_point", "_iteration:fixed_point_rule", _WINDOW),
-        Method("aa", "anderson:anderson", "anderson:anderson_update", _WINDOW | {"history", "ridge"}),
-        Method("taa", "taa:taa", "taa:taa_update", _WINDOW | {"history", "ridge"}),
+        Method("fp", None, "_iteration:fixed_point_rule", _WINDOW),
+        Method("aa", None, "anderson:anderson_update", _WINDOW | {"history", "ridge"}),
+        Method("taa", None, "taa:taa_update", _WINDOW | {"history", "ridge"}),
         Method(
             "picard", "picard:picard", None, frozenset({"window", "max_iters", "init", "freeze_from"} | {"picard_tol"})
         ),
@@ -112,8 +113,10 @@ class SolverConfig:
     freeze_from: int | None = None  # with init="trajectory": states x_t, t >= freeze_from, stay fixed
     picard_tol: float = 0.1  # ParaDiGMS tolerance (RMS change <= picard_tol * sigma)
     splitting: str = "exact"  # order-k equations: "exact" (the paper) or "euler" (increments, as ParaDiGMS)
-    stop: str = "step"  # "step": every rho_t <= max(abs_tol, rel_tol g_t); "sum": sum_t rho_t <= sum_tol
+    stop: str = "step"  # "step": every rho_t <= max(abs_tol, rel_tol g_t); "sum": sum_t rho_t <= sum_tol;
+    # "target": x0's change per iteration within the PSNR target_db (docs/METHOD.md section 9)
     sum_tol: float = 0.05  # with stop="sum": budget for the summed first-order residual RMS of the trajectory
+    target_db: float = 40.0  # with stop="target": the PSNR of x0 against the sequential x0 to stop at (section 9)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -136,6 +139,9 @@ class SolverConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        t = self.target_db
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"target_db must be a finite number of dB > 0 (e.g. 40), got {t!r}")
         if self.method != "picard":
             RULES[self.stop].check(self)
         if self.freeze_from is not None:
@@ -211,16 +217,6 @@ def preset(name: str, **overrides: Any) -> SolverConfig:
     """Solver configs by the study's names: sequential, fp, fp+, aa, taa, picard, taa-euler."""
     _check_solver_name(name)
     return SolverConfig(**{**PRESETS[name], **overrides})
-
-
-def fmt_num(v: float) -> str:
-    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
-    if v == 0:
-        return "0"
-    m, e = f"{float(v):.6e}".split("e")
-    m = m.rstrip("0").rstrip(".")
-    e = int(e)
-    return f"{m}e{e}" if e else m
 
 
 def read_options(c: Mapping[str, Any]) -> frozenset[str]:

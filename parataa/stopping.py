@@ -10,7 +10,7 @@ Adding a rule is one subclass of `StopRule` registered with `@register`: its nam
 option is a `SolverConfig` field (the rule's `options` names it).
 
 Torch-free at import: the analysis (which never imports torch) reads `RULES`, `TOL_SCALES` and `step_threshold`
-here. The tensor methods import torch when they run.
+here; `fmt_num` writes the numbers of every run tag. The tensor methods import torch when they run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["RULES", "TOL_SCALES", "StopRule", "register", "step_threshold", "tolerance_scale"]
+__all__ = ["RULES", "TOL_SCALES", "StopRule", "fmt_num", "register", "step_threshold", "target_rms", "tolerance_scale"]
 
 TOL_SCALES = ("sigma", "one", "beta")
 
@@ -31,6 +31,16 @@ def register(cls: type[StopRule]) -> type[StopRule]:
         raise ValueError(f"stopping rule {cls.name!r} is registered twice")
     RULES[cls.name] = cls()
     return cls
+
+
+def fmt_num(v: float) -> str:
+    """1e-3 -> '1e-3', 0.1 -> '1e-1', 2.5e-4 -> '2.5e-4', 5 -> '5'."""
+    if v == 0:
+        return "0"
+    m, e = f"{float(v):.6e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    e = int(e)
+    return f"{m}e{e}" if e else m
 
 
 def step_threshold(abs_tol: float, rel_tol: float, g: Any) -> Any:
@@ -92,6 +102,12 @@ class StopRule:
         j = torch.arange(valid.shape[1], device=valid.device)
         return valid & (j[None, :] < u_star[:, None])
 
+    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any
+                     ) -> tuple[Any, Any]:
+        """(u*, accepted) after the update, from the iterate before it (x_cur) and after it (x_new), [N, Wmax, D]:
+        a rule that checks the returned iterate accepts here. The default changes nothing."""
+        return u_star, accepted
+
 
 @register
 class PerStep(StopRule):
@@ -109,8 +125,6 @@ class PerStep(StopRule):
             raise ValueError("abs_tol and rel_tol are both 0: no step could ever converge; set one of them > 0")
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        from .solver_config import fmt_num
-
         parts = [f"tol{fmt_num(c['abs_tol'])}"]
         if c["rel_tol"] != c["abs_tol"]:
             parts.append(f"rtol{fmt_num(c['rel_tol'])}")
@@ -147,8 +161,6 @@ class Summed(StopRule):
             raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        from .solver_config import fmt_num
-
         return [f"sum{fmt_num(c['sum_tol'])}"]
 
     def thresholds(self, config: Any, schedule: Any) -> Any:
@@ -167,3 +179,52 @@ class Summed(StopRule):
 
     def updated(self, valid: Any, u_star: Any, accepted: Any) -> Any:
         return super().updated(valid, u_star, accepted) | (accepted & (u_star < 0)[:, None])
+
+
+# --- "target": the fidelity target (docs/METHOD.md section 9) -------------------------------------------------------
+# The margin between the target and the PSNR-equivalent of x_0's change per iteration at which the rule stops,
+# chosen on the tuning cells of benchmarks/validation_cells.yaml (benchmarks/RESULTS.md, "Validation suite").
+TARGET_MARGIN_DB = 0.0
+
+
+def target_rms(target_db: float) -> float:
+    """The RMS distance of x_0 (data range 2, [-1, 1]) at PSNR `target_db`: 2 * 10^(-target_db / 20)."""
+    return 2.0 * 10.0 ** (-target_db / 20.0)
+
+
+@register
+class Target(StopRule):
+    """Rule "target": stop at the PSNR `target_db` of x_0 against the sequential x_0 (docs/METHOD.md section 9).
+
+    The threshold follows from the target: tol = `target_rms(target_db)`. A window that does not reach x_0 (lo > 0)
+    moves as under "sum" with the budget tol (states within their share tol / T are accepted as measured). The window
+    that reaches x_0 is never accepted on its residuals (its top state takes the exact step, the rest the update);
+    after the update (`after_update`) it is accepted as a whole, and its sample finished with the updated trajectory,
+    when the update changed x_0 by at most tol (less the margin): RMS(x_0^new - x_0^cur) <= tol 10^(-margin / 20).
+    The checked iterate is the returned one. Where the iteration contracts x_0's error by a factor r per iteration,
+    the distance left is r / (1 - r) times that change (at most the change while r <= 1/2)."""
+
+    name = "target"
+    options = ("target_db",)
+    recountable = False
+
+    def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
+        return [f"db{fmt_num(c.get('target_db', 40.0))}"]
+
+    def thresholds(self, config: Any, schedule: Any) -> Any:
+        import torch
+
+        return torch.full_like(schedule.sigma, target_rms(config.target_db) / schedule.num_steps)
+
+    def bad(self, config: Any, rho: Any, valid: Any, lo: Any, thr: Any, spent: Any, num_steps: int) -> Any:
+        moving = (lo > 0)[:, None] & (rho <= target_rms(config.target_db) / num_steps)
+        return valid & ~moving
+
+    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any
+                     ) -> tuple[Any, Any]:
+        import torch
+
+        change = (x_new[:, 0] - x_cur[:, 0]).pow(2).mean(dim=-1).sqrt()  # window position 0 is x_0 when lo = 0
+        tol = target_rms(config.target_db) * 10.0 ** (-TARGET_MARGIN_DB / 20.0)
+        done = (lo == 0) & valid[:, 0] & (change <= tol)
+        return torch.where(done, torch.full_like(u_star, -1), u_star), accepted | (done[:, None] & valid)

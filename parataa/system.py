@@ -34,6 +34,7 @@ __all__ = [
     "splitting_rhs",
     "suffix_sum",
     "rms",
+    "STEP_RULES",
     "step_rule",
 ]
 
@@ -53,8 +54,8 @@ class StepRule:
       i < reads, each evaluated at the model timestep of step t+i (`timesteps` of the schedule). DDIM/DDPM read
       one (eps at x_{t+1}); DPM-Solver++(2M) reads two (its data predictions at x_{t+1} and x_{t+2}: in a
       parallel window both come from the iteration's one batched model call, the one at the frozen state above
-      the window from the call that evaluated it). The step that writes x_{T-1} has no x_{T+1}: a rule with
-      reads > 1 gives its extra outputs zero weight there, and the engines pass zeros.
+      the window from the call that evaluated it, kept in `SolverState.out`). The step that writes x_{T-1} has no
+      x_{T+1}: a rule with reads = 2 gives its second output zero weight there, and the engines pass zeros.
     - What the model returns is the rule's to interpret: a noise prediction eps (`LinearStep`), a data prediction,
       or a velocity v (flow matching: x_t = x_{t+1} + (s_t - s_{t+1}) v(x_{t+1}) is a = 1, drift = (s_t -
       s_{t+1}) v, noise = 0).
@@ -107,11 +108,19 @@ class LinearStep(StepRule):
         return self.c_p[t][..., None] * xi
 
 
+# sampler families whose step is not LinearStep's, by Schedule.name: the one place a family names its rule
+STEP_RULES: dict[str, type[StepRule]] = {}
+
+
 def step_rule(schedule) -> StepRule:
-    """The step rule of a schedule (on the schedule's device): the one place a sampler family names its rule.
-    A schedule of another family names its own (`make_step_rule`, e.g. parataa.families.DPMSchedule)."""
+    """The step rule of a schedule (tables on the schedule's device): the schedule's own `make_step_rule` where it
+    has one (parataa.families.DPMSchedule), else `STEP_RULES[schedule.name]`, else `LinearStep` (DDIM, DDPM).
+    Rules read one or two model outputs (`StepRule.reads`)."""
     make = getattr(schedule, "make_step_rule", None)
-    return make() if make is not None else LinearStep(schedule)
+    rule = make() if make is not None else STEP_RULES.get(schedule.name, LinearStep)(schedule)
+    if rule.reads not in (1, 2):
+        raise ValueError(f"{type(rule).__name__}.reads must be 1 or 2 (model outputs per step), got {rule.reads}")
+    return rule
 
 
 @dataclass(frozen=True)

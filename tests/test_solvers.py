@@ -589,7 +589,9 @@ def test_every_registered_method_and_rule_is_dispatched_and_described():
     fields = set(SolverConfig.field_names())
     assert set(SOLVERS) == set(METHOD_RECORDS)
     for name, m in METHOD_RECORDS.items():
-        assert SOLVERS[name] is registered(m.loop) and m.options <= fields, name
+        assert (m.loop is None) == (m.update is not None) and m.options <= fields, name
+        if m.loop is not None:
+            assert SOLVERS[name] is registered(m.loop), name
         if m.update is not None:
             assert callable(registered(m.update)(SolverConfig(method=name))), name
     for name, s in SOLVER_RECORDS.items():
@@ -646,3 +648,74 @@ def test_schema_solver_options_are_the_registry_options():
     assert schema["definitions"]["tol_scale"]["enum"] == list(TOL_SCALES)
     assert props["splitting"]["anyOf"][0]["enum"] == list(SPLITTINGS)
     assert props["stop"]["anyOf"][0]["enum"] == list(STOPS)
+
+
+def test_a_new_stopping_rule_is_one_registered_class(mixture):
+    """A rule registered from outside the package is a valid `stop`, tags its runs and drives both engines alike."""
+    from parataa.solver_config import solver_tag
+    from parataa.stopping import PerStep, register
+
+    class Halved(PerStep):
+        name = "halved"  # accepts a step at half the per-step threshold
+
+        def tag_parts(self, c):
+            return ["halved", *super().tag_parts(c)]
+
+        def bad(self, config, rho, valid, lo, thr, spent, num_steps):
+            return valid & (rho > thr / 2)
+
+    register(Halved)
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        cfg = preset("taa", window=6, stop="halved")
+        assert solver_tag("taa", cfg, 12) == "taa_m2_k12_w6_halved_tol1e-3"
+        eager, static = solve(model, sched, noise, cfg), solve(model, sched, noise, cfg, engine="static")
+        assert torch.equal(eager.trajectory, static.trajectory) and torch.equal(eager.iterations, static.iterations)
+        log = eager.log
+        assert bool((log.loc[log["converged"], "rho"] <= log.loc[log["converged"], "threshold"] / 2).all())
+        assert int(eager.iterations.max()) >= int(solve(model, sched, noise, preset("taa", window=6)).iterations.max())
+    finally:
+        del RULES["halved"]
+
+
+def test_a_step_rule_reading_two_outputs_drives_every_solver_and_both_engines(mixture):
+    """A step rule that reads the model outputs at x_{t+1} and x_{t+2} (as DPM-Solver++(2M) does) is one class: the
+    sequential loop, the window solvers and Picard solve its system, the window solvers' final trajectories meet the
+    per-step rule under residuals recomputed from scratch (the output above each window's top included), and the
+    static engine gives the reference's iterates bit for bit."""
+    import dataclasses
+
+    from parataa.system import STEP_RULES, LinearStep
+
+    class TwoOutputs(LinearStep):
+        reads = 2
+
+        def drift(self, t, outs):
+            second = 0.3 * (t < self.a_p.shape[0] - 2).to(torch.float64)  # zero weight at t = T-1 and the scratch T
+            return self.b_p[t][..., None] * outs[0] + (second * self.b_p[t])[..., None] * outs[1]
+
+    STEP_RULES["two-outputs"] = TwoOutputs
+    try:
+        model, sched, noise = gmm_problem(mixture, steps=12)
+        two = dataclasses.replace(sched, name="two-outputs")
+        ref = solve(model, two, noise, preset("sequential"))
+        assert not torch.equal(ref.x0, solve(model, sched, noise, preset("sequential")).x0)
+        assert torch.equal(ref.trajectory, solve(model, two, noise, preset("sequential"), engine="static").trajectory)
+        T, n = two.num_steps, noise.num_samples
+        rule, xi = TwoOutputs(two), noise.xi.reshape(n, T, -1)
+        for name, window in (("fp+", 3), ("taa", 3), ("taa", None), ("taa-euler", 5), ("picard", 3)):
+            cfg = preset(name, window=window)
+            res, static = solve(model, two, noise, cfg), solve(model, two, noise, cfg, engine="static")
+            assert bool(res.finished.all()) and torch.equal(res.trajectory, static.trajectory), (name, window)
+            if cfg.stop != "step" or name == "picard":
+                continue
+            x = res.trajectory.reshape(n, T + 1, -1)
+            t = torch.arange(T)
+            samples = torch.arange(n).repeat_interleave(T)
+            out = model(x[:, 1:].reshape(n * T, -1), two.timesteps[t].repeat(n), samples).reshape(n, T, -1)
+            up = torch.cat([out[:, 1:], torch.zeros_like(out[:, :1])], dim=1)
+            rho = rms(rule.step(t.expand(n, T), x[:, 1:], (out, up), xi) - x[:, :T])
+            thr = torch.clamp(cfg.rel_tol * tolerance_scale(two, cfg.tol_scale), min=cfg.abs_tol)
+            assert bool((rho <= thr + rounding_tol(torch.float64, 4 * T, scale=float(x.abs().max()))).all()), name
+    finally:
+        del STEP_RULES["two-outputs"]

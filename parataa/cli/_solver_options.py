@@ -25,7 +25,7 @@ from ..solver_config import (
 
 _DEFAULT = SolverConfig()
 _FLAGS = ("window", "history", "order", "ridge", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale")
-_FLAGS += ("max_iters", "picard_tol", "init")
+_FLAGS += ("max_iters", "picard_tol", "init", "target_db")
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +36,15 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is always 1)")
     g.add_argument("--ridge", type=float, default=None, help=f"ridge lambda of AA/TAA (default {d.ridge:g})")
     g.add_argument("--splitting", choices=SPLITTINGS, default=None, help="order-k equations (default exact)")
-    g.add_argument("--stop", choices=STOPS, default=None, help="stopping rule: per step or summed (default step)")
+    g.add_argument("--stop", choices=STOPS, default=None,
+                   help="stopping rule: per step, summed, or the fidelity target (default step)")
+    g.add_argument(
+        "--target-db",
+        type=float,
+        default=None,
+        help=f"stop at this PSNR of x0 against the sequential x0 (implies --stop target, also for taa-euler; "
+        f"default {d.target_db:g})",
+    )
     g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
     g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
     g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
@@ -56,6 +64,11 @@ def solver_config(name: str, args: argparse.Namespace) -> SolverConfig:
     `args.solvers` (comma-separated) where it has them, else `name` alone: a given flag none of them reads is
     refused."""
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    if "target_db" in given:  # the fidelity target chooses its rule
+        if given.get("stop", "target") != "target":
+            raise ValueError(f"--target-db {given['target_db']:g} sets the target rule; drop --stop {given['stop']} "
+                             "or pass --stop target")
+        given["stop"] = "target"
     chosen = [s.strip() for s in (getattr(args, "solvers", None) or name).split(",") if s.strip()]
     for k in given:
         if not any(k in _applies(s, given) for s in chosen if s in SOLVER_RECORDS):
@@ -67,7 +80,8 @@ def solver_config(name: str, args: argparse.Namespace) -> SolverConfig:
 def _applies(name: str, given: dict[str, Any]) -> frozenset[str]:
     """The given flags that change solver `name`: those it reads (with the flags applied) and its preset leaves."""
     rec = SOLVER_RECORDS[name]
-    settable = set(given) - (rec.fixed - rec.flag_sets)
+    # --target-db chooses the rule also for a preset that fixes its own (taa-euler)
+    settable = set(given) - (rec.fixed - rec.flag_sets - ({"stop"} if "target_db" in given else set()))
     first = preset(name, **{k: v for k, v in given.items() if k in settable and k in _static_reads(name)})
     return frozenset(settable & read_options(first.to_dict()))
 

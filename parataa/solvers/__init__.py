@@ -1,10 +1,13 @@
 """Solvers of the triangular system. One algorithm per file, one signature, one result type.
 
 sequential   back-substitution, T model calls (the reference)
-fixed_point  FP (order 1) and FP+ (order >= window)
+_iteration   FP (order 1) and FP+ (order >= window): `fixed_point_update`
 anderson     standard type-II Anderson acceleration (one gamma per window)
 taa          Triangular Anderson Acceleration (ParaTAA)
 picard       ParaDiGMS-style Picard iteration
+
+FP, AA and TAA run the sliding window (`_window.py`) with their update rule; every method is registered in
+parataa/solver_config.py (`METHOD_RECORDS`), from which `SOLVERS` follows.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..solver_config import METHOD_RECORDS, preset
-from .anderson import anderson
+from ._window import window_solver
 from .base import (
     Denoiser,
     IterationInfo,
@@ -22,13 +25,13 @@ from .base import (
     SolverState,
     registered,
 )
-from .fixed_point import fixed_point
-from .picard import picard
-from .sequential import sequential
-from .taa import taa
 
 # the reference loop of every registered method (parataa/solver_config.py: METHOD_RECORDS)
-SOLVERS: dict[str, Callable[..., SolveResult]] = {n: registered(m.loop) for n, m in METHOD_RECORDS.items()}
+SOLVERS: dict[str, Callable[..., SolveResult]] = {
+    n: registered(m.loop) if m.loop else window_solver(registered(m.update)) for n, m in METHOD_RECORDS.items()
+}
+sequential, fixed_point, anderson = SOLVERS["sequential"], SOLVERS["fp"], SOLVERS["aa"]
+taa, picard = SOLVERS["taa"], SOLVERS["picard"]
 
 
 def solve(model, schedule, noise, config: SolverConfig, *, engine: str = "eager", **kwargs) -> SolveResult:

@@ -32,12 +32,14 @@ __all__ = [
     "UpdateInput",
     "UpdateRule",
     "WindowStep",
+    "anderson_rule",
     "anderson_step",
     "count_iteration",
     "fixed_point_rule",
     "fixed_point_update",
     "picard_iteration",
     "push_history",
+    "step_outputs",
     "window_iteration",
     "window_move",
 ]
@@ -79,12 +81,31 @@ UpdateRule = Callable[[UpdateInput], tuple[torch.Tensor, torch.Tensor]]
 
 
 def fixed_point_update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-point iteration of order k: "FP" (k = 1) and "FP+" (k >= window), docs/METHOD.md sections 2-3 and 8.
+    Every unknown of the window moves to the right-hand side of its order-k equation at once, x_t <- x_t + F^(k)_t(x);
+    after i iterations the top i states of the window are exact, so a solve ends within T iterations."""
     return inp.x + inp.resid, torch.zeros_like(inp.valid)
 
 
 def fixed_point_rule(config: SolverConfig) -> UpdateRule:
     """FP's update rule (the registry's factory signature: a rule from a config)."""
     return fixed_point_update
+
+
+def anderson_rule(config: SolverConfig, coefficients: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> UpdateRule:
+    """The update rule of an Anderson-type method (AA, TAA): push the history, fit gamma with `coefficients((dX, dF),
+    F, valid, ridge, solve)` (in the least-squares dtype) and take the Anderson step; plain FP when m = 1."""
+    m = config.history
+    if m == 1:
+        return fixed_point_update
+
+    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
+        dx, df, count = push_history(inp, m)
+        lsd = inp.ls_dtype
+        gamma, ok = coefficients((dx, df.to(lsd)), inp.resid.to(lsd), inp.valid, config.ridge, inp.solve)
+        return anderson_step(inp, dx, df, count, gamma, ok)
+
+    return update
 
 
 def push_history(inp: UpdateInput, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,6 +150,18 @@ def anderson_step(
     return new, fallback
 
 
+def step_outputs(step: StepRule, eps: torch.Tensor, width: torch.Tensor, above: torch.Tensor | None):
+    """The model outputs each window position's step reads (`StepRule.reads`): eps [N, B, D] at x_{t+1} and, for a
+    rule that reads two, the output at x_{t+2}: eps one position up, and at the window's top the output at the
+    frozen state above it (`above` [N, D], zeros above x_T)."""
+    if step.reads == 1:
+        return (eps,)
+    assert above is not None
+    j = torch.arange(eps.shape[1], device=eps.device)
+    up = torch.cat([eps[:, 1:], torch.zeros_like(eps[:, :1])], dim=1)
+    return (eps, torch.where((j[None, :] == width[:, None] - 1)[..., None], above[:, None], up))
+
+
 @dataclass
 class WindowStep:
     """What one window iteration decided (all [N, B] but frozen and spent, [N])."""
@@ -155,16 +188,17 @@ def window_iteration(
     spent: torch.Tensor,
     update: UpdateRule,
     history: History | None,
+    above: torch.Tensor | None = None,
     **least_squares: Any,
 ) -> WindowStep:
     """Steps 2-5 of the window solvers (`_window.py`'s docstring). win = (lo, width, t, valid); `update` is the
     method's rule, on this engine's `history` (AA/TAA) with its `least_squares` (`UpdateInput`'s solve,
-    ls_dtype)."""
+    ls_dtype). above: the output at each window's frozen state above it, for a step rule that reads two."""
     lo, width, t, valid = win
     x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
     # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
     a_w = step.a(t)
-    g = step.g(t, (eps,), xi)
+    g = step.g(t, step_outputs(step, eps, width, above), xi)
     g = torch.where(valid[..., None], g, torch.zeros_like(g))
     exact = step_rhs(a_w[..., None], x_up, g)  # the sequential step from the current state above
     rho = rms(exact - x_cur)
@@ -177,6 +211,7 @@ def window_iteration(
     j = torch.arange(x_cur.shape[1], device=t.device)
     x_new = torch.where(below[..., None], new_vals, x_cur)
     x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
+    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted)  # a check of x_new
     # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
     spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
     frozen = torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo)
@@ -193,6 +228,7 @@ def picard_iteration(
     inv_var: torch.Tensor,
     tol: float,
     window: int,
+    above: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Picard's steps 2-5 (`picard.py`'s docstring): the window's new values [N, B, D], rho [N, B] (for the log),
     bad [N, B], the logged threshold [N, B] and the new frozen boundary [N]. frozen = (f [N], x_f [N, 1, D]);
@@ -200,7 +236,7 @@ def picard_iteration(
     _, width, t, valid = win
     x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
     # 2. drifts, and the first-order residual for the log (this package's common metric)
-    a_w, drift, noise = step.a(t)[..., None], step.drift(t, (eps,)), step.noise(t, xi)
+    a_w, drift, noise = step.a(t)[..., None], step.drift(t, step_outputs(step, eps, width, above)), step.noise(t, xi)
     rho = rms(step_rhs(a_w, x_up, drift + noise) - x_cur)
     inc = torch.where(valid[..., None], (a_w * x_up + drift) - x_up + noise, torch.zeros_like(x_cur))
     # 3. cumulative sums from the frozen state down the window (top position width-1 down to position j)

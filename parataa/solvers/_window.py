@@ -12,6 +12,7 @@ The boundary falls by at least one step per iteration, so every solve ends withi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -166,11 +167,11 @@ def run_window_solver(
         book.begin()
         # 1. eps at every state of the window, one batched model call
         ev = evaluate_window(state, book, window, config.init == "copy")
-        win, thr = ev.win, threshold_all[ev.win.t]
+        win, thr, above = ev.win, threshold_all[ev.win.t], outputs_above(state, ev, step.reads)
         # 2-5. residuals, stopping test, update, window move (_iteration.window_iteration)
         out = window_iteration(
             config, stop, step, order, T, (win.lo, win.width, win.t, win.valid), ev.x_ext, ev.eps,
-            xi[win.rows, win.t], thr, state.spent, update, StateHistory(state, ev, config.history),
+            xi[win.rows, win.t], thr, state.spent, update, StateHistory(state, ev, config.history), above,
         )  # fmt: skip
         state.x[ev.vi, ev.tv] = out.x_new[ev.vi, ev.vj]
         hi = state.frozen.clone()
@@ -182,6 +183,27 @@ def run_window_solver(
     return make_result(state, schedule, noise, config)
 
 
+def outputs_above(state: SolverState, ev: WindowEval, reads: int) -> torch.Tensor | None:
+    """For a step rule that reads two model outputs: keep this window's outputs by state (`SolverState.out`) and
+    return the output at each window's frozen state above it (zeros above x_T). None for rules that read one."""
+    if reads == 1:
+        return None
+    if state.out is None:
+        n, T1, d = state.x.shape
+        state.out = torch.zeros(n, T1 + 1, d, dtype=torch.float64, device=state.x.device)
+    state.out[ev.vi, ev.tv + 1] = ev.eps[ev.vi, ev.vj]
+    return state.out[ev.win.rows[:, 0], state.frozen + 1]
+
+
 def nan_pad(rho: torch.Tensor, win: Window) -> torch.Tensor:
     """rho [N, Wmax] with NaN on padding, as the callback shows it."""
     return torch.where(win.valid, rho, torch.full_like(rho, float("nan")))
+
+
+def window_solver(make_update: Callable[[SolverConfig], UpdateRule]) -> Callable[..., SolveResult]:
+    """The reference loop of a window solver: the sliding window with the update rule `make_update(config)`."""
+
+    def solver(model, schedule, noise, config, **kwargs) -> SolveResult:
+        return run_window_solver(model, schedule, noise, config, make_update(config), **kwargs)
+
+    return solver

@@ -7,42 +7,30 @@ One coefficient vector per sample, shared by every step of the window:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..noise import NoiseBundle
-from ..schedules import Schedule
-from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
-from ._window import run_window_solver
-from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
+from ._iteration import UpdateRule, anderson_rule
+from .base import SolverConfig
 
 
-def anderson_update(config: SolverConfig):
-    m = config.history
+def anderson_coefficients(
+    dx_df: tuple[torch.Tensor, torch.Tensor],
+    resid: torch.Tensor,
+    valid: torch.Tensor,
+    ridge: float,
+    solve: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gamma per sample from the normal equations stacked over its window, repeated at every position."""
+    _, df = dx_df
+    v = valid[..., None, None]
+    gram = torch.einsum("nwid,nwjd->nij", df * v, df * v)
+    rhs = torch.einsum("nwid,nwd->ni", df * v, resid * valid[..., None])
+    gamma, ok = solve(gram, rhs, ridge)
+    wmax = df.shape[1]
+    return gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax)
 
-    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
-        if m == 1:
-            return fixed_point_update(inp)
-        dx, df, count = push_history(inp, m)
-        v, dfl = inp.valid[..., None, None], df.to(inp.ls_dtype)
-        gram = torch.einsum("nwid,nwjd->nij", dfl * v, dfl * v)
-        rhs = torch.einsum("nwid,nwd->ni", dfl * v, inp.resid.to(inp.ls_dtype) * inp.valid[..., None])
-        gamma, ok = inp.solve(gram, rhs, config.ridge)
-        wmax = inp.x.shape[1]
-        return anderson_step(inp, dx, df, count, gamma[:, None].expand(-1, wmax, -1), ok[:, None].expand(-1, wmax))
 
-    return update
-
-
-def anderson(
-    model: Denoiser,
-    schedule: Schedule,
-    noise: NoiseBundle,
-    config: SolverConfig,
-    *,
-    init: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    resume: SolverState | None = None,
-) -> SolveResult:
-    return run_window_solver(
-        model, schedule, noise, config, anderson_update(config), init=init, callback=callback, resume=resume
-    )
+def anderson_update(config: SolverConfig) -> UpdateRule:
+    return anderson_rule(config, anderson_coefficients)

@@ -19,7 +19,7 @@ from ..schedules import Schedule
 from ..system import step_rule
 from ._iteration import count_iteration, picard_iteration
 from ._loop import log_record
-from ._window import evaluate_window, nan_pad, start_solve
+from ._window import evaluate_window, nan_pad, outputs_above, start_solve
 from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState, make_result
 
 
@@ -46,7 +46,7 @@ def picard(
         x_f = state.x[win.rows[:, 0], state.frozen][:, None]
         x_new, rho, bad, thr, frozen = picard_iteration(
             step, (win.lo, win.width, t, win.valid), ev.x_ext, ev.eps, xi[win.rows, t], (state.frozen, x_f),
-            inv_var[t], config.picard_tol, window,
+            inv_var[t], config.picard_tol, window, outputs_above(state, ev, step.reads),
         )  # fmt: skip
         state.x[ev.vi, ev.tv] = x_new[ev.vi, ev.vj]
         hi, state.frozen = state.frozen, frozen

@@ -40,7 +40,7 @@ def sequential(
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
         eps = book.eps(state.x[:, t + 1], steps, samples)
-        state.x[:, t] = rule.step(steps, state.x[:, t + 1], (eps,), xi[:, t])
+        state.x[:, t] = rule.step(steps, state.x[:, t + 1], outputs(state, eps, t, rule.reads), xi[:, t])
         state.frozen -= 1
         state.iterations += 1
         state.nfe += 1
@@ -48,6 +48,18 @@ def sequential(
         log = log_record(book.iteration, samples, steps, steps, steps + 1, zero, zero, done, ~done)
         book.end(log, steps, steps + 1, zero[:, None])
     return make_result(state, schedule, noise, config)
+
+
+def outputs(state: SolverState, eps: torch.Tensor, t: int, reads: int) -> tuple[torch.Tensor, ...]:
+    """The model outputs step t reads: eps at x_{t+1} and, for a step rule that reads two, the output at x_{t+2}
+    (kept in `SolverState.out`; zeros above x_T)."""
+    if reads == 1:
+        return (eps,)
+    if state.out is None:
+        n, T1, d = state.x.shape
+        state.out = torch.zeros(n, T1 + 1, d, dtype=torch.float64, device=state.x.device)
+    state.out[:, t + 1] = eps
+    return (eps, state.out[:, t + 2])
 
 
 def sequential_state(noise: NoiseBundle) -> SolverState:

@@ -181,6 +181,7 @@ class StaticSolver(GraphedSegments, DeviceLog):
         self.nfe = torch.zeros_like(self.frozen)
         self.spent = torch.zeros(n, dtype=f64, device=dev)
         self.rows = torch.arange(n, device=dev)[:, None]
+        self.out_p = torch.zeros(n, T + 2, d, dtype=f64, device=dev) if self.rule.reads == 2 else None
         self.accel = self.m > 1
         if self.accel:
             self.hist_x = torch.zeros(n, T + 1, self.m, d, dtype=f64, device=dev)
@@ -206,6 +207,8 @@ class StaticSolver(GraphedSegments, DeviceLog):
         out = [self.xs, self.frozen, self.entered, self.iterations, self.nfe, self.spent, self.it_dev, self.pack]
         if self.accel:
             out += [self.hist_x, self.hist_f, self.hist_len]
+        if self.out_p is not None:
+            out.append(self.out_p)
         if self.method != "sequential":
             out += [self.log_rho, self.log_thr, self.log_conv, self.log_fb, self.log_lo, self.log_hi, self.log_w]
         return out
@@ -264,7 +267,11 @@ class StaticSolver(GraphedSegments, DeviceLog):
         t = self.frozen - 1
         eps = self.eps_buf[B].view(n, self.D)
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
-        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], (eps,), self.xi_p[r, t])
+        outs = (eps,)
+        if self.rule.reads == 2:  # as sequential.outputs
+            self.out_p[r, t + 1] = eps
+            outs = (eps, self.out_p[r, t + 2])
+        self.xs[r, t] = self.rule.step(t, self.xs[r, t + 1], outs, self.xi_p[r, t])
         self.frozen -= 1
         count_iteration(self.iterations, self.nfe, torch.ones_like(t))
 
@@ -275,6 +282,13 @@ class StaticSolver(GraphedSegments, DeviceLog):
         eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(self.eps_buf[B]))
         return (lo, width, t, valid), ts, self.xs[self.rows, t_up], eps, self.xi_p[self.rows, t]
 
+    def _above(self, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor | None:
+        """As _window.outputs_above, for a step rule that reads two outputs (padding writes zeros to state T+1)."""
+        if self.rule.reads == 1:
+            return None
+        self.out_p[self.rows, t + 1] = eps
+        return self.out_p[self.rows[:, 0], self.frozen + 1]
+
     def _post_window(self, B: int) -> None:
         """run_window_solver's steps 2-5 on the padded window (_iteration.window_iteration)."""
         rows = self.rows
@@ -284,7 +298,7 @@ class StaticSolver(GraphedSegments, DeviceLog):
         history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
         out = window_iteration(
             self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
-            self.update, history, solve=self.solve_ls, ls_dtype=self.ls_dtype,
+            self.update, history, self._above(t, eps), solve=self.solve_ls, ls_dtype=self.ls_dtype,
         )  # fmt: skip
         self.xs[rows, ts] = out.x_new
         hi = self.frozen.clone()
@@ -300,8 +314,9 @@ class StaticSolver(GraphedSegments, DeviceLog):
         lo, width, t, _ = win
         x_f = self.xs[rows[:, 0], self.frozen][:, None]
         x_new, rho, bad, thr, frozen = picard_iteration(
-            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W
-        )
+            self.rule, win, x_ext, eps, xi, (self.frozen, x_f), self.inv_var_p[t], self.config.picard_tol, self.W,
+            self._above(t, eps),
+        )  # fmt: skip
         self.xs[rows, ts] = x_new
         hi = self.frozen.clone()
         self.frozen.copy_(frozen)
@@ -327,9 +342,10 @@ class StaticSolver(GraphedSegments, DeviceLog):
         self.entered.copy_(st.entered)
         for v in (self.iterations, self.nfe, self.spent, self.it_dev, self.pack):
             v.zero_()
-        if self.accel:
-            for v in (self.hist_x, self.hist_f, self.hist_len):
-                v.zero_()
+        for v in (self.hist_x, self.hist_f, self.hist_len) if self.accel else ():
+            v.zero_()
+        if self.out_p is not None:
+            self.out_p.zero_()
         return st
 
     def solve(

@@ -16,13 +16,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..noise import NoiseBundle
-from ..schedules import Schedule
 from ..system import suffix_sum
 from ._history import ridge_solve
-from ._iteration import UpdateInput, anderson_step, fixed_point_update, push_history
-from ._window import run_window_solver
-from .base import Callback, Denoiser, SolverConfig, SolveResult, SolverState
+from ._iteration import UpdateRule, anderson_rule
+from .base import SolverConfig
 
 
 def taa_coefficients(
@@ -41,30 +38,5 @@ def taa_coefficients(
     return solve(suffix_sum(gram), suffix_sum(rhs), ridge)
 
 
-def taa_update(config: SolverConfig):
-    m = config.history
-
-    def update(inp: UpdateInput) -> tuple[torch.Tensor, torch.Tensor]:
-        if m == 1:
-            return fixed_point_update(inp)
-        dx, df, count = push_history(inp, m)
-        lsd = inp.ls_dtype
-        gamma, ok = taa_coefficients((dx, df.to(lsd)), inp.resid.to(lsd), inp.valid, config.ridge, solve=inp.solve)
-        return anderson_step(inp, dx, df, count, gamma, ok)
-
-    return update
-
-
-def taa(
-    model: Denoiser,
-    schedule: Schedule,
-    noise: NoiseBundle,
-    config: SolverConfig,
-    *,
-    init: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    resume: SolverState | None = None,
-) -> SolveResult:
-    return run_window_solver(
-        model, schedule, noise, config, taa_update(config), init=init, callback=callback, resume=resume
-    )
+def taa_update(config: SolverConfig) -> UpdateRule:
+    return anderson_rule(config, taa_coefficients)

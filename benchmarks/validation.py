@@ -1,0 +1,192 @@
+"""The validation suite: stopping rules judged on cells that chose nothing (docs/METHOD.md section 9).
+
+The cells come from `benchmarks/validation_cells.yaml` in two parts kept apart: TUNING (the cells defaults are
+and may be chosen on) and VALIDATION (never used to choose anything). For every cell (model x sampler x steps x
+guidance x network dtype) the script solves the sequential reference in the SAME network precision, then every
+solver of `--solvers`, recording per solve and iteration: x0's PSNR against that reference (the yardstick,
+`parataa.fidelity.psnr_db`: data range 2 on x0 in [-1, 1]), the rule's signals (the summed residual, the RMS
+change of x0 made by the iteration) and the states evaluated. One JSON line per (cell, solver);
+`benchmarks/validation_report.py` makes the tables and writes them into benchmarks/RESULTS.md.
+
+    python benchmarks/validation.py --size quick --out validation_quick.jsonl          # CPU: minutes
+    python benchmarks/validation.py --size full --out validation.jsonl                 # one H100/H200
+    python benchmarks/validation_report.py validation.jsonl --write benchmarks/RESULTS.md
+
+Solvers (labels): "target<db>" is taa-euler stopped by the fidelity target (stop="target", target_db=<db>),
+"target<db>-m<k>" the same with history m = k;
+"taa-euler" the preset as it is (summed rule); "picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
+run to T with the rule disabled (their curves let `validation_report.py --replay` try a rule's thresholds
+offline; run them on the tuning part only: that is where thresholds may be chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from parataa import draw_noise
+from parataa.fidelity import psnr_db
+from parataa.solvers import preset, solve
+
+CELLS = Path(__file__).resolve().parent / "validation_cells.yaml"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the trajectory a rule sees until it stops, run to the end: whole window, top state exact, the rest updated
+NOSTOP_SUM = {"stop": "sum", "sum_tol": 1e-12}
+
+
+def solver_config(label: str):
+    """The SolverConfig of a solver label (see the module docstring)."""
+    if label.startswith("target"):
+        db, _, m = label.removeprefix("target").partition("-m")
+        try:
+            return preset("taa-euler", stop="target", target_db=float(db), **({"history": int(m)} if m else {}))
+        except ValueError as e:
+            raise ValueError(f"solver label {label!r}: target<db>[-m<history>] expected, e.g. target40-m8 ({e})") from e
+    if label == "taa-euler":
+        return preset("taa-euler")
+    if label == "taa-euler nostop":
+        return preset("taa-euler", **NOSTOP_SUM)
+    if label == "picard":
+        return preset("picard")
+    if label == "picard nostop":
+        return preset("picard", picard_tol=0.0)
+    raise ValueError(f"solver label {label!r} is not one of target<db>[-m<history>], taa-euler, taa-euler nostop, "
+                     "picard, picard nostop; pass those in --solvers")
+
+
+def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
+    """The cells of one part at one size: one dict per model x sampler x steps x cfg x dtype."""
+    cells = []
+    for g in groups:
+        if size == "quick" and not g.get("quick", False):
+            continue
+        pick = {k: g.get(f"quick_{k}", g[k]) if size == "quick" else g[k] for k in ("steps", "cfg", "dtypes")}
+        seeds = g["seeds"][: g.get("quick_seeds", len(g["seeds"]))] if size == "quick" else g["seeds"]
+        for model, sampler, steps, cfg, dtype in itertools.product(
+            g["models"], g["samplers"], pick["steps"], pick["cfg"], pick["dtypes"]
+        ):
+            conds = g["conditions"][model]
+            cells.append(dict(part=part, model=model, sampler=sampler, steps=int(steps), cfg=float(cfg),
+                              dtype=dtype, seeds=list(seeds), conditions=[conds[i % len(conds)] for i in
+                                                                          range(len(seeds))]))
+    return cells
+
+
+class Signals:
+    """Solver callback: per iteration and sample, x0's PSNR against the reference, the RMS change of x0 made by
+    the iteration, the summed residual (accepted + window) and the states evaluated. A sample's rows end with the
+    iteration that finished it."""
+
+    def __init__(self, reference_x0: torch.Tensor, start_x0: torch.Tensor) -> None:
+        self.ref = reference_x0.double()
+        self.prev = start_x0.double().reshape(start_x0.shape[0], -1).clone()
+        n = reference_x0.shape[0]
+        self.rows: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in ("psnr", "dx0", "rsum", "states")}
+
+    def __call__(self, info) -> None:
+        x0 = info.trajectory[:, 0].reshape(info.trajectory.shape[0], -1)
+        width = (info.window_hi - info.window_lo).cpu()
+        psnr = psnr_db(x0, self.ref.to(x0.device).reshape_as(x0)).cpu()
+        dx0 = (x0 - self.prev.to(x0.device)).pow(2).mean(dim=1).sqrt().cpu()
+        spent = info.state.spent if info.state.spent is not None else torch.zeros_like(dx0, dtype=torch.float64)
+        rsum = (spent.cpu() + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1).cpu())
+        for s in range(x0.shape[0]):
+            if int(width[s]) > 0:
+                self.rows["psnr"][s].append(round(min(float(psnr[s]), 999.0), 3))
+                self.rows["dx0"][s].append(float(f"{float(dx0[s]):.4g}"))
+                self.rows["rsum"][s].append(float(f"{float(rsum[s]):.4g}"))
+                self.rows["states"][s].append(int(width[s]))
+        self.prev = x0.detach().clone()
+
+
+def run_cell(cell: dict[str, Any], solvers: list[str], device: torch.device, fh) -> None:
+    from parataa.models.registry import build_denoiser
+
+    den, spec = build_denoiser(cell["model"], cell["conditions"], cfg_scale=cell["cfg"], device=device,
+                               dtype=DTYPES[cell["dtype"]])
+    sched = spec(cell["steps"], sampler=cell["sampler"])
+    noise = draw_noise(cell["seeds"], cell["steps"], spec.sample_shape).to(device)
+    ref = solve(den, sched, noise, preset("sequential"))
+    for label in solvers:
+        cfg = solver_config(label)
+        rec = Signals(ref.x0, noise.x_T)
+        t0 = time.perf_counter()
+        res = solve(den, sched, noise, cfg, callback=rec)
+        wall = time.perf_counter() - t0
+        line = dict(cell, solver=label, config=cfg.to_dict(),
+                    iterations=[int(v) for v in res.iterations.tolist()],
+                    finished=[bool(v) for v in res.finished.tolist()],
+                    nfe=[int(v) for v in res.nfe.tolist()],
+                    psnr_stop=[min(float(p), 999.0) for p in psnr_db(res.x0, ref.x0).tolist()],
+                    **rec.rows, wall_s=wall,
+                    device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        fh.write(json.dumps(line) + "\n")
+        fh.flush()
+        print(f"{cell['part']:10s} {cell['model']} {cell['sampler']}-{cell['steps']} cfg {cell['cfg']} "
+              f"{cell['dtype']:8s} {label:18s} stop {line['iterations']} psnr_min {min(line['psnr_stop']):6.1f} "
+              f"[{wall:5.1f} s]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", choices=("quick", "full"), default="quick")
+    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation")
+    p.add_argument("--solvers", default="target40,target40-m8,taa-euler,picard")
+    p.add_argument("--tuning-solvers", default=None,
+                   help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
+    p.add_argument("--cells", type=Path, default=CELLS)
+    p.add_argument("--models", default=None, help="comma-separated: only these models")
+    p.add_argument("--dtypes", default=None, help="comma-separated: only these network dtypes")
+    p.add_argument("--steps", default=None, help="comma-separated: only these step counts")
+    p.add_argument("--max-seeds", type=int, default=None, help="keep at most this many seeds of each cell")
+    p.add_argument("--list", action="store_true", help="print the cells and their solves, run nothing")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    spec = yaml.safe_load(args.cells.read_text())
+    solvers = args.solvers.split(",")
+    tuning_solvers = (args.tuning_solvers.split(",") if args.tuning_solvers
+                      else solvers + ["taa-euler nostop", "picard nostop"])
+    parts = args.parts.split(",")
+    for label in set((solvers if "validation" in parts else []) + (tuning_solvers if "tuning" in parts else [])):
+        solver_config(label)  # refuse an unknown label before any model is built
+    device = torch.device(args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    with args.out.open("w") as fh:
+        for part in parts:
+            if part not in ("tuning", "validation"):
+                raise SystemExit(f"--parts: {part!r} is not tuning or validation")
+            for cell in expand(part, spec[part], args.size):
+                if args.models and cell["model"] not in args.models.split(","):
+                    continue
+                if args.dtypes and cell["dtype"] not in args.dtypes.split(","):
+                    continue
+                if args.steps and str(cell["steps"]) not in args.steps.split(","):
+                    continue
+                if args.max_seeds:
+                    k = args.max_seeds
+                    cell["seeds"], cell["conditions"] = cell["seeds"][:k], cell["conditions"][:k]
+                if cell["model"] == "tiny-sd" and cell["steps"] > 999:
+                    print(f"skip tiny-sd at {cell['steps']} steps: its spacing allows at most 999", flush=True)
+                    continue
+                labels = tuning_solvers if part == "tuning" else solvers
+                if args.list:
+                    print(f"{part:10s} {cell['model']} {cell['sampler']}-{cell['steps']} cfg {cell['cfg']:g} "
+                          f"{cell['dtype']} seeds {cell['seeds']}: {', '.join(labels)}")
+                    continue
+                run_cell(cell, labels, device, fh)
+    print(f"done in {time.perf_counter() - t_all:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

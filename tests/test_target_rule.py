@@ -1,0 +1,128 @@
+"""The fidelity-target stopping rule (stop="target", docs/METHOD.md section 9): its threshold, its acceptance,
+both engines, and a solve on the analytic model (section 7) with and without a half-precision-like noise floor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from parataa.fidelity import psnr_db
+from parataa.solvers import preset, solve
+from parataa.stopping import RULES, target_rms
+from parataa.system import make_window
+
+from .helpers import gmm_problem, rounding_tol
+
+
+class NoisyDenoiser:
+    """The analytic model with relative noise on its output, a fresh draw at every call: like a half-precision
+    network, the same state evaluated twice gives two outputs that differ at the noise level."""
+
+    def __init__(self, model, rel: float, seed: int) -> None:
+        self.model, self.rel, self.gen = model, rel, torch.Generator().manual_seed(seed)
+
+    def __call__(self, x, timesteps, samples):
+        eps = self.model(x, timesteps, samples)
+        return eps * (1 + self.rel * torch.randn(eps.shape, generator=self.gen, dtype=eps.dtype))
+
+
+@pytest.mark.parametrize("db", [20.0, 40.0, 57.5])
+def test_target_rms_is_the_distance_at_the_target_psnr(db):
+    cfg = preset("taa-euler", stop="target", target_db=db)
+    x = torch.full((1, 64), target_rms(cfg.target_db), dtype=torch.float64)
+    # psnr_db: a mean, a division and a log10 in float64, each within a few roundings of the dB value
+    assert abs(float(psnr_db(x, torch.zeros_like(x))) - db) <= rounding_tol(torch.float64, 64 + 8, scale=db)
+
+
+def test_target_rule_checks_the_change_of_x0_and_only_where_the_window_reaches_it():
+    cfg = preset("taa-euler", stop="target", target_db=40.0)
+    tol = target_rms(cfg.target_db)
+    rule = RULES["target"]
+    win = make_window(torch.tensor([4, 4]), 4, 4)  # two samples, whole windows [0, 4)
+    x_cur = torch.zeros(2, 4, 8, dtype=torch.float64)
+    x_new = x_cur.clone()
+    x_new[0, 0] = 0.99 * tol  # sample 0: x_0 moved by just under the target's RMS
+    x_new[1, 0] = 1.01 * tol  # sample 1: just over
+    x_new[:, 1:] = 10.0  # the other states' change does not enter the test
+    u_star = torch.tensor([3, 3])
+    accepted = torch.zeros(2, 4, dtype=torch.bool)
+    u, acc = rule.after_update(cfg, x_cur, x_new, win.valid, win.lo, u_star, accepted)
+    assert u.tolist() == [-1, 3] and acc.tolist() == [[True] * 4, [False] * 4]
+    # a window above x_0 (lo = 2 of T = 6) is never accepted here, whatever its bottom state did
+    high = make_window(torch.tensor([6, 6]), 4, 6)
+    u, acc = rule.after_update(cfg, x_cur, x_cur.clone(), high.valid, high.lo, u_star, accepted)
+    assert u.tolist() == [3, 3] and not bool(acc.any())
+    # other rules accept nothing after the update
+    for name in ("step", "sum"):
+        u, acc = RULES[name].after_update(preset("taa-euler"), x_cur, x_new, win.valid, win.lo, u_star, accepted)
+        assert u.tolist() == [3, 3] and not bool(acc.any())
+
+
+def test_target_db_is_checked_with_its_name_value_and_fix():
+    for bad in (0.0, -3.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="target_db must be a finite number of dB > 0"):
+            preset("taa-euler", stop="target", target_db=bad)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_target_rule_stops_at_or_above_the_target_and_later_for_a_higher_one(mixture, sampler):
+    model, sched, noise = gmm_problem(mixture, steps=40, sampler=sampler, seeds=(0, 1, 2, 3), cfg=3.0)
+    ref = solve(model, sched, noise, preset("sequential"))
+    iters = []
+    for db in (30.0, 45.0, 60.0):
+        res = solve(model, sched, noise, preset("taa-euler", stop="target", target_db=db))
+        assert bool(res.finished.all())
+        assert bool((psnr_db(res.x0, ref.x0) >= db).all()), (db, psnr_db(res.x0, ref.x0))
+        iters.append(res.iterations.double().mean().item())
+    assert iters[0] <= iters[1] <= iters[2] and iters[0] < iters[2] < sched.num_steps
+
+
+@pytest.mark.parametrize("window", [None, 8])
+def test_target_rule_static_engine_equals_the_reference_bitwise(mixture, window):
+    model, sched, noise = gmm_problem(mixture, steps=24, sampler="ddpm", seeds=(0, 1, 2))
+    cfg = preset("taa-euler", stop="target", target_db=45.0, window=window)
+    a = solve(model, sched, noise, cfg)
+    b = solve(model, sched, noise, cfg, engine="static")
+    assert torch.equal(a.trajectory, b.trajectory)
+    assert a.iterations.tolist() == b.iterations.tolist() and a.nfe.tolist() == b.nfe.tolist()
+
+
+def test_a_half_precision_like_noise_floor_does_not_keep_the_target_rule_running(mixture):
+    """Relative noise 2^-5 on the model output puts the residuals on a floor above the summed rule's budget (the
+    summed rule then runs for most of the T iterations, as with bfloat16 networks), while x0's floor (two noisy
+    sequential solves apart) stays above the 40 dB target: the target rule stops where the noise-free solve does."""
+    steps, rel = 100, 2.0**-5
+    model, sched, noise = gmm_problem(mixture, steps=steps, sampler="ddim", seeds=(0, 1, 2, 3), cfg=3.0)
+    cfg = preset("taa-euler", stop="target", target_db=40.0)
+    clean = solve(model, sched, noise, cfg)
+    ref = solve(NoisyDenoiser(model, rel, seed=2), sched, noise, preset("sequential"))
+    noisy = solve(NoisyDenoiser(model, rel, seed=1), sched, noise, cfg)
+    summed = solve(NoisyDenoiser(model, rel, seed=1), sched, noise, preset("taa-euler"))
+    assert bool(noisy.finished.all())
+    assert bool((noisy.iterations <= clean.iterations + 2).all()), (noisy.iterations, clean.iterations)
+    assert bool((psnr_db(noisy.x0, ref.x0) >= 40.0).all()), psnr_db(noisy.x0, ref.x0)
+    # the floor is real: the summed residual rule, whose budget it exceeds, runs several times longer
+    assert bool((summed.iterations >= 3 * noisy.iterations).all()), (summed.iterations, noisy.iterations)
+
+
+def test_target_db_flag_selects_the_rule_where_it_means_something():
+    import argparse
+
+    from parataa.cli._solver_options import add_solver_arguments, solver_config
+
+    p = argparse.ArgumentParser()
+    add_solver_arguments(p)
+    args = p.parse_args(["--target-db", "45"])
+    for name in ("taa-euler", "taa", "fp+"):  # taa-euler's preset fixes its rule; the flag still chooses this one
+        cfg = solver_config(name, args)
+        assert (cfg.stop, cfg.target_db) == ("target", 45.0), name
+    with pytest.raises(ValueError, match="target_db does nothing for solver 'picard'"):
+        solver_config("picard", args)  # Picard has its own rule
+    both = p.parse_args(["--target-db", "45"])
+    both.solvers = "taa-euler,picard"
+    assert solver_config("picard", both).stop == "step" and solver_config("taa-euler", both).stop == "target"
+    assert solver_config("taa-euler", p.parse_args([])).stop == "sum"
+    with pytest.raises(ValueError, match="--target-db 45 sets the target rule; drop --stop sum"):
+        solver_config("taa", p.parse_args(["--target-db", "45", "--stop", "sum"]))

@@ -1,0 +1,76 @@
+"""The validation suite (benchmarks/validation.py, validation_report.py): its cells keep tuning and validation
+apart, and a run on the analytic model gives the lines and tables the report promises."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import validation  # noqa: E402
+import validation_report  # noqa: E402
+
+
+def test_the_cells_keep_tuning_and_validation_apart():
+    spec = yaml.safe_load(validation.CELLS.read_text())
+    for size in ("quick", "full"):
+        tuning = validation.expand("tuning", spec["tuning"], size)
+        checked = validation.expand("validation", spec["validation"], size)
+        assert tuning and checked
+        # tuning: guidance 5, seeds 0-7 (docs/METHOD.md section 9); validation: never a tuning seed
+        assert all(c["cfg"] == 5.0 and max(c["seeds"]) < 8 for c in tuning)
+        assert all(min(c["seeds"]) >= 1000 for c in checked)
+        assert not {(c["model"], s) for c in tuning for s in c["seeds"]} & {
+            (c["model"], s) for c in checked for s in c["seeds"]
+        }
+    full = validation.expand("validation", spec["validation"], "full")
+    assert {c["dtype"] for c in full} == {"float32", "bfloat16", "float16"}
+    assert {c["steps"] for c in full} >= {25, 50, 100, 500, 1000}
+    assert min(c["cfg"] for c in full) <= 1.5 and max(c["cfg"] for c in full) >= 9.0
+
+
+def test_a_run_on_the_analytic_model_reports_lateness_and_the_rules_signals(tmp_path):
+    cells = tmp_path / "cells.yaml"
+    group = {"models": ["gmm"], "samplers": ["ddpm"], "steps": [20], "dtypes": ["float32"], "quick": True,
+             "conditions": {"gmm": [0, 1]}}
+    cells.write_text(yaml.safe_dump({"tuning": [dict(group, cfg=[5.0], seeds=[0, 1])],
+                                     "validation": [dict(group, cfg=[2.0], seeds=[1000, 1001])]}))
+    out = tmp_path / "v.jsonl"
+    assert validation.main(["--out", str(out), "--cells", str(cells), "--device", "cpu",
+                            "--solvers", "target40,picard"]) == 0
+    recs = validation_report.load(out)
+    assert [(r["part"], r["solver"]) for r in recs] == [
+        ("tuning", "target40"), ("tuning", "picard"), ("tuning", "taa-euler nostop"), ("tuning", "picard nostop"),
+        ("validation", "target40"), ("validation", "picard"),
+    ]
+    for r in recs:
+        for s in range(2):
+            # one row per iteration the sample was solved in, its last one the stop
+            assert len(r["psnr"][s]) == len(r["dx0"][s]) == len(r["states"][s]) == r["iterations"][s]
+            assert r["psnr"][s][-1] == min(round(r["psnr_stop"][s], 3), 999.0)
+            assert sum(r["states"][s]) == r["nfe"][s]  # the states the model evaluated for this sample
+        if r["solver"] == "target40":
+            tol = 2.0 * 10 ** (-40 / 20)
+            # the rule stopped at the first iteration whose x0 change was within the target's RMS
+            for d in r["dx0"]:
+                assert d[-1] <= tol and all(v > tol for v in d[:-1])
+    # the replay of the rule on the nostop curves stops where the rule did (same iterates until the stop)
+    nostop = next(r for r in recs if r["solver"] == "taa-euler nostop")
+    rule = next(r for r in recs if r["solver"] == "target40" and r["part"] == "tuning")
+    for s in range(2):
+        d = nostop["dx0"][s]
+        k = next(i for i in range(len(d)) if d[i] * validation_report.rate_factor(d, i, 1.0, 1.0) <= 0.02)
+        assert k + 1 == rule["iterations"][s]
+    text = validation_report.report(recs, 40.0)
+    assert "Tuning cells" in text and "Validation cells" in text and "nostop" not in text
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nbefore\n")
+    validation_report.main([str(out), "--write", str(doc)])
+    validation_report.main([str(out), "--write", str(doc)])  # replaces its section, never appends a second
+    assert doc.read_text().count(validation_report.BEGIN) == 1 and "before" in doc.read_text()
+    json.dumps(recs)  # the lines are plain JSON
