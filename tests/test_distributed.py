@@ -6,6 +6,7 @@ Runs on CPU with gloo: the spawned runs use 2 and 3 processes; world size 1 is t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -478,3 +479,110 @@ def test_signalling_the_command_leaves_no_worker_running(tmp_path, sig) -> None:
             except OSError:
                 pass
         proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------- the study config's ranks_per_gpu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path: Path, **over) -> dict:
+    import yaml
+
+    from parataa.jobs.config import validate_config
+
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg.update(
+        results_dir=str(tmp_path / "results"), samplers=["ddim"], steps=[8], solvers={"taa": {}},
+        models=[{"name": "tiny-dit", "conditions": [3, 7]}], progress=False, save_iterates=2, checkpoint_every_s=0,
+    )  # fmt: skip
+    return validate_config({**cfg, **over})
+
+
+def test_study_ranks_per_gpu_reaches_the_sampling_jobs_only(tmp_path) -> None:
+    from parataa.jobs import plan
+    from parataa.jobs.config import ConfigError
+    from parataa.jobs.spec import JobSpec
+
+    assert _study(tmp_path)["ranks_per_gpu"] == 1  # the default: one process per GPU
+    cfg = _study(tmp_path, world_size=2, ranks_per_gpu=2, device="cuda")
+    group = plan.group_spec(cfg, "tiny-dit", "ddim", 8, 0, 0)
+    assert (group.world_size, group.ranks_per_gpu) == (2, 2)
+    assert JobSpec.from_dict(group.to_dict()) == group
+    base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
+    assert (base.world_size, base.ranks_per_gpu) == (1, 1)  # the baseline is one process
+    with pytest.raises(ConfigError) as info:
+        _study(tmp_path, ranks_per_gpu=0)
+    assert "ranks_per_gpu" in str(info.value) and "minimum of 1" in str(info.value)
+
+
+@pytest.mark.parametrize("ranks_per_gpu, gpus", [(1, 2), (2, 1)])
+def test_a_job_asks_for_the_gpus_its_ranks_share(tmp_path, ranks_per_gpu, gpus) -> None:
+    """The dress rehearsal's sampling jobs (world size 2) ask the executor for 2 GPUs, or 1 that both ranks share."""
+    import re
+
+    snakemake = Path(sys.executable).with_name("snakemake")
+    p = subprocess.run(
+        [str(snakemake), "--profile", "local", "--configfile", "config/paper_rehearsal.yaml", "-n", "--nolock",
+         "--config", f"results_dir={tmp_path}", f"reports_dir={tmp_path}/reports", f"figures_dir={tmp_path}/figures",
+         f"ranks_per_gpu={ranks_per_gpu}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    found = set()
+    for rule, body in re.findall(r"^(?:local)?rule (baseline|sample):\n((?: {4}.*\n)+)", out, re.M):
+        m = re.search(r"tasks_per_node=(\d+), gpus_per_node=(\d+)", body)
+        found.add((rule, int(m.group(1)), int(m.group(2))))
+    assert found == {("baseline", 1, 1), ("sample", 2, gpus)}
+
+
+# ------------------------------------------------------------------------- on a GPU: ranks sharing one
+
+
+def _tiny_dit_group(tmp_path: Path, world: int, ranks_per_gpu: int):
+    """The tiny-dit cell's baseline (one process) and sampling job (`world` processes sharing GPU 0) on CUDA."""
+    from parataa import storage
+    from parataa.jobs import plan
+    from parataa.jobs.__main__ import main as jobs_main
+    from parataa.jobs.shard import ShardJob
+    from tests.distributed_harness import run_job
+
+    cfg = _study(tmp_path / f"ws{world}", device="cuda", world_size=world, ranks_per_gpu=ranks_per_gpu)
+    base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
+    seeds = ",".join(map(str, base.seeds))
+    assert jobs_main(["noise", base.noise, "--seeds", seeds, "--steps", "8", "--model", "tiny-dit"]) == 0
+    ShardJob()(base)
+    group = plan.group_spec(cfg, "tiny-dit", "ddim", 8, 0, 0)
+    if world == 1:
+        summary = ShardJob()(group)
+    else:
+        path = tmp_path / f"summary-ws{world}.json"
+        run_job(group.to_dict(), world, summary=path)
+        summary = json.loads(path.read_text())
+    return storage.load_run(group.runs[0].dir), summary
+
+
+@pytest.mark.gpu
+def test_two_ranks_sharing_one_gpu_store_what_one_rank_stores(tmp_path, monkeypatch) -> None:
+    """A world-size-2 job with both ranks on one GPU (ranks_per_gpu 2, gloo carrying CUDA tensors) stores the
+    same bits as world size 1 on that GPU, and records both ranks' peak GPU memory."""
+    import numpy as np
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+    (one, s1), (two, s2) = _tiny_dit_group(tmp_path, 1, 1), _tiny_dit_group(tmp_path, 2, 2)
+    assert (one.manifest["world_size"], two.manifest["world_size"]) == (1, 2)
+    np.testing.assert_array_equal(one.trajectory, two.trajectory)
+    np.testing.assert_array_equal(one.x0, two.x0)
+    np.testing.assert_array_equal(one.iterates, two.iterates)
+    assert list(one.samples["iterations"]) == list(two.samples["iterations"])
+    assert len(s1["peak_gpu_memory_gib"]) == 1 and len(s2["peak_gpu_memory_gib"]) == 2  # gathered from both ranks
+    assert all(p >= q > 0 for p, q in zip(s2["peak_gpu_memory_gib"], s2["solve_peak_gpu_memory_gib"], strict=True))
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_one_gpu_without_the_option_are_refused_naming_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
+    with pytest.raises(Exception) as info:
+        _tiny_dit_group(tmp_path, 2, 1)
+    assert "share one GPU" in str(info.value) and "set ranks_per_gpu to 2" in str(info.value)

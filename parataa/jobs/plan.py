@@ -135,6 +135,7 @@ def _common(config: Mapping[str, Any], model: str, sampler: str, steps: int, sha
         "conditions": tuple(conditions_for(m, config, seeds)),
         "device": config["device"],
         "world_size": int(config["world_size"]),
+        "ranks_per_gpu": int(config.get("ranks_per_gpu", 1)),
         "threads": int(config["threads"]),
         "checkpoint_every_s": float(config["checkpoint_every_s"]),
         "save_iterates": int(config["save_iterates"]),
@@ -157,6 +158,7 @@ def baseline_spec(config: Mapping[str, Any], model: str, sampler: str, steps: in
     common = _common(config, model, sampler, steps, shard)
     common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
     common["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
+    common["ranks_per_gpu"] = 1
     return JobSpec(
         name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential",
         baseline=None,
