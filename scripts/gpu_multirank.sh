@@ -22,6 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's parataa in every process it starts
 PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
 SIZE="${SIZE:-full}"
