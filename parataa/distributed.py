@@ -16,6 +16,11 @@ network's output, not bit for bit.
 Process-group setup (`init_from_env`) understands torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT)
 and SLURM, through submitit when the job was submitted by submitit. Call `check_world_size` before loading
 weights, so a job started with the wrong number of processes fails in seconds, not after a model load.
+
+Placement (`place_rank`): one process per GPU over NCCL by default; `ranks_per_gpu` K >= 2 lets up to K processes
+share a GPU (rank r on GPU r mod G) over gloo, which carries CUDA tensors between processes on one GPU where NCCL
+refuses two ranks on one device. Sharing a GPU proves the code path (rank placement, the chunked calls over
+collectives, the peak-memory gather) and gives the same bits; its timings say nothing of several GPUs.
 """
 
 from __future__ import annotations
@@ -38,12 +43,14 @@ __all__ = [
     "DistEnv",
     "DistributedDenoiser",
     "barrier",
+    "check_gpu_sharing",
     "check_world_size",
     "chunk_ranges",
     "cleanup",
     "init_from_env",
     "is_main",
     "is_out_of_memory",
+    "place_rank",
     "world_size",
 ]
 
@@ -295,6 +302,7 @@ class DistEnv:
     device: torch.device
     backend: str | None  # None: no process group (a single process)
     launcher: str  # "torchrun", "submitit", "submitit-local", "slurm" or "single"
+    ranks_per_gpu: int = 1  # the most processes one GPU may hold (>= 2: shared GPUs, gloo)
 
     @property
     def is_main(self) -> bool:
@@ -343,31 +351,101 @@ def _submitit_local_env_export() -> str:
     return "submitit-local"
 
 
-def _pick_device(local_rank: int, device: str | None = None) -> torch.device:
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if local_rank < count:
-        return torch.device("cuda", local_rank)
-    if count == 1:  # the scheduler shows each task only its own GPU
-        return torch.device("cuda", 0)
+def place_rank(local_rank: int, gpus: int, ranks_per_gpu: int = 1) -> tuple[int | None, str]:
+    """Where a process goes and which backend its group uses: (GPU index or None for the CPU, backend).
+
+    `gpus` is the number of GPUs this process sees (0: none, the CPU). With `ranks_per_gpu` 1 each process gets
+    its own GPU, cuda:LOCAL_RANK, and the group uses NCCL; a process that sees a single GPU takes it whatever its
+    local rank (a scheduler that shows each task only its own GPU), and whether two processes then landed on one
+    physical GPU is checked once the group exists (`check_gpu_sharing`). With `ranks_per_gpu` K >= 2, processes
+    share GPUs: local rank r goes on GPU r mod `gpus` and the group uses gloo (NCCL refuses two ranks on one
+    device). A pure function: it reads no environment and touches no GPU.
+    """
+    for name, value, least in (("local_rank", local_rank, 0), ("gpus", gpus, 0), ("ranks_per_gpu", ranks_per_gpu, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if gpus == 0:
+        return None, "gloo"
+    if ranks_per_gpu >= 2:
+        return local_rank % gpus, "gloo"
+    if local_rank < gpus:
+        return local_rank, "nccl"
+    if gpus == 1:
+        return 0, "nccl"
     raise RuntimeError(
-        f"LOCAL_RANK={local_rank} but this process sees {count} GPUs; start at most {count} processes per node"
+        f"LOCAL_RANK={local_rank} but this process sees {gpus} GPUs and ranks_per_gpu is 1 (one process per GPU, "
+        f"NCCL): start at most {gpus} processes per node, or set ranks_per_gpu to "
+        f"{-(-(local_rank + 1) // gpus)} or more to share GPUs (gloo)"
     )
 
 
-def init_from_env(backend: str | None = None, timeout_s: float | None = None, device: str | None = None) -> DistEnv:
+def check_gpu_sharing(identities: list[Any], ranks_per_gpu: int = 1) -> None:
+    """Raise unless every physical GPU holds at most `ranks_per_gpu` processes.
+
+    `identities` has one entry per rank, in rank order: (host name, GPU uuid) of the rank's GPU, or None for a
+    rank on the CPU. A pure function (`init_from_env` gathers the identities and calls it)."""
+    holders: dict[Any, list[int]] = {}
+    for rank, ident in enumerate(identities):
+        if ident is not None:
+            holders.setdefault(tuple(ident), []).append(rank)
+    crowded = {k: v for k, v in holders.items() if len(v) > ranks_per_gpu}
+    if not crowded:
+        return
+    (host, gpu), ranks = max(crowded.items(), key=lambda kv: len(kv[1]))
+    most = max(len(v) for v in holders.values())
+    if ranks_per_gpu == 1:
+        raise RuntimeError(
+            f"ranks {ranks} share one GPU ({gpu} on {host}) but ranks_per_gpu is 1 (one process per GPU, NCCL, which "
+            f"refuses two ranks on one device): give each process its own GPU, or set ranks_per_gpu to {most} "
+            "(study config; --ranks-per-gpu on the CLI) to share GPUs over gloo"
+        )
+    raise RuntimeError(
+        f"ranks {ranks} share one GPU ({gpu} on {host}), more than ranks_per_gpu={ranks_per_gpu}: set ranks_per_gpu "
+        f"to {most}, or start fewer processes per GPU"
+    )
+
+
+def _gpu_identity(dev: torch.device) -> tuple[str, str] | None:
+    """(host, GPU uuid) of a CUDA device; None on the CPU."""
+    if dev.type != "cuda":
+        return None
+    import socket
+
+    props = torch.cuda.get_device_properties(dev)
+    uuid = getattr(props, "uuid", None)
+    return socket.gethostname(), str(uuid) if uuid is not None else f"{props.name} pci {props.pci_bus_id}"
+
+
+def _pick_device(local_rank: int, device: str | None = None, ranks_per_gpu: int = 1) -> tuple[torch.device, str]:
+    gpus = 0 if device == "cpu" or not torch.cuda.is_available() else torch.cuda.device_count()
+    index, backend = place_rank(local_rank, gpus, ranks_per_gpu)
+    return (torch.device("cpu") if index is None else torch.device("cuda", index)), backend
+
+
+def init_from_env(
+    backend: str | None = None, timeout_s: float | None = None, device: str | None = None, ranks_per_gpu: int = 1
+) -> DistEnv:
     """Join the job's process group from the launcher's environment; a lone process gets no group.
 
     torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; under SLURM without them (srun, or a
     submitit job) they are derived from the SLURM variables (through submitit's `TorchDistributedEnvironment`
     for submitit jobs); in the processes of a submitit LocalExecutor job from submitit's SUBMITIT_LOCAL_* ones.
-    Backend: NCCL with GPUs (device cuda:LOCAL_RANK), gloo on CPU. NVLink multicast stays
-    off (NCCL_NVLS_ENABLE=0 unless already set). `device="cpu"` keeps a process on the CPU even where GPUs
-    exist (multi-process CPU checks); `timeout_s` bounds how long a collective waits for a missing rank.
+    Placement and backend (`place_rank`): with `ranks_per_gpu` 1, one process per GPU (cuda:LOCAL_RANK) over
+    NCCL, and a group whose ranks turn out to share a physical GPU is refused before any NCCL communicator
+    exists, with a message naming the option; with `ranks_per_gpu` K >= 2, up to K processes per GPU (cuda:
+    LOCAL_RANK mod GPUs) over gloo; on the CPU gloo. NVLink multicast stays off (NCCL_NVLS_ENABLE=0 unless
+    already set). `device="cpu"` keeps a process on the CPU even where GPUs exist (multi-process CPU checks);
+    `timeout_s` bounds how long a collective waits for a missing rank.
     """
     if device not in (None, "cpu"):
         raise ValueError(f"device must be None (auto: cuda:LOCAL_RANK if GPUs, else cpu) or 'cpu', got {device!r}")
+    if not isinstance(ranks_per_gpu, int) or isinstance(ranks_per_gpu, bool) or ranks_per_gpu < 1:
+        raise ValueError(
+            f"ranks_per_gpu must be an integer >= 1, got {ranks_per_gpu!r} (1: one process per GPU, NCCL; "
+            "K >= 2: up to K processes share a GPU, gloo)"
+        )
+    if backend not in (None, "nccl", "gloo"):
+        raise ValueError(f"backend must be 'nccl', 'gloo' or None (auto), got {backend!r}")
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         launcher = "torchrun"
@@ -376,16 +454,19 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None, de
     elif "SLURM_PROCID" in os.environ and "SLURM_JOB_ID" in os.environ:
         launcher = _slurm_env_export()
     else:
-        return DistEnv(0, 1, 0, _pick_device(0, device), None, "single")
+        return DistEnv(0, 1, 0, _pick_device(0, device, ranks_per_gpu)[0], None, "single", ranks_per_gpu)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(local_rank, device)
+    dev, auto = _pick_device(local_rank, device, ranks_per_gpu)
     if backend is None:
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-    if backend not in ("nccl", "gloo"):
-        raise ValueError(f"backend must be 'nccl', 'gloo' or None (auto), got {backend!r}")
+        backend = auto
     if backend == "nccl" and dev.type != "cuda":
         raise ValueError("backend 'nccl' needs CUDA GPUs; use 'gloo' (or None) on CPU")
+    if backend == "nccl" and ranks_per_gpu >= 2:
+        raise ValueError(
+            f"backend 'nccl' with ranks_per_gpu={ranks_per_gpu}: NCCL refuses two ranks on one GPU; leave the "
+            "backend to None (gloo) or set ranks_per_gpu to 1"
+        )
     for key in ("MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise RuntimeError(f"{key} is not set: launch with torchrun, srun or submitit, or export it")
@@ -393,12 +474,31 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None, de
     if timeout_s is not None:
         kwargs["timeout"] = timedelta(seconds=timeout_s)
     if dev.type == "cuda":
+        # No device_id for NCCL: its communicator is then made at the first collective, after the placement
+        # check below, so ranks that share a GPU by mistake get a message naming ranks_per_gpu, not NCCL's
+        # "invalid usage".
         torch.cuda.set_device(dev)
-        if backend == "nccl":
-            kwargs["device_id"] = dev
     if not dist.is_initialized():
         dist.init_process_group(**kwargs)
-    return DistEnv(rank, world, local_rank, dev, backend, launcher)
+    if dev.type == "cuda" and world > 1:
+        _check_placement(dev, backend, ranks_per_gpu, world)
+    return DistEnv(rank, world, local_rank, dev, backend, launcher, ranks_per_gpu)
+
+
+def _check_placement(dev: torch.device, backend: str, ranks_per_gpu: int, world: int) -> None:
+    """Gather every rank's (host, GPU uuid) over gloo (no NCCL communicator yet) and check the sharing."""
+    group = dist.new_group(backend="gloo") if backend != "gloo" else None
+    identities: list[Any] = [None] * world
+    try:
+        dist.all_gather_object(identities, _gpu_identity(dev), group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
+    try:
+        check_gpu_sharing(identities, ranks_per_gpu)
+    except RuntimeError:
+        cleanup()
+        raise
 
 
 def check_world_size(expected: int, actual: int | None = None) -> None:

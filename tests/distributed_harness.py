@@ -226,7 +226,7 @@ def run_check(world_size: int, chunk_size: int = 4) -> dict[str, dict[str, Any]]
         return torch.load(path, weights_only=False)
 
 
-def _job_worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def _job_worker(rank: int, world: int, port: int, spec: dict[str, Any], summary: str | None = None) -> None:
     from parataa.jobs.shard import ShardJob
 
     os.environ.update(
@@ -239,17 +239,19 @@ def _job_worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
         }
     )
     try:
-        ShardJob()(spec)
+        out = ShardJob()(spec)
+        if summary is not None and rank == 0:
+            Path(summary).write_text(json.dumps(out))
     finally:
         cleanup()
 
 
-def run_job(spec: dict[str, Any], world_size: int) -> None:
-    """Run a job spec (`JobSpec.to_dict()`) as `world_size` gloo processes on this machine, as torchrun would."""
+def run_job(spec: dict[str, Any], world_size: int, summary: str | Path | None = None) -> None:
+    """Run a job spec (`JobSpec.to_dict()`) as `world_size` processes on this machine, as torchrun would; with
+    `summary`, rank 0 writes the job's summary there (JSON)."""
     worker = importlib.import_module("tests.distributed_harness")._job_worker
-    torch.multiprocessing.start_processes(
-        worker, args=(world_size, free_port(), spec), nprocs=world_size, join=True, start_method="spawn"
-    )
+    args = (world_size, free_port(), spec, None if summary is None else str(summary))
+    torch.multiprocessing.start_processes(worker, args=args, nprocs=world_size, join=True, start_method="spawn")
 
 
 def _digest(t: torch.Tensor) -> str:

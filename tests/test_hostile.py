@@ -173,6 +173,7 @@ HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
     "solvers.<solver>.max_iters": [("x", ["config.solvers.taa.max_iters", "an integer >= 1 or null"])],
     "device": [("tpu", ["config.device"]), ("cpu\n", ["config.device"])],
     "world_size": [(0, ["config.world_size", "minimum of 1"])],
+    "ranks_per_gpu": [(0, ["config.ranks_per_gpu", "minimum of 1"]), (1.5, ["config.ranks_per_gpu"])],
     "threads": [(0, ["config.threads", "minimum of 1"])],
     "checkpoint_every_s": [(NAN, ["config.checkpoint_every_s", "not a finite number"])],
     "save_iterates": [(-1, ["config.save_iterates", "minimum of 0"])],

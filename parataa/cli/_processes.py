@@ -1,17 +1,25 @@
-"""One process per GPU for `parataa sample` and `parataa compare` on one machine, without SLURM.
+"""Several processes for `parataa sample` and `parataa compare` on one machine, without SLURM.
 
-`--gpus N` starts the command again under torch.distributed.run with N processes (NCCL); `--processes N` does the
-same on the CPU (gloo), for checks and tests. Every process builds the model on its own device and runs the same
+`--gpus N` starts the command again under torch.distributed.run with N processes, one per GPU (NCCL);
+`--processes N` does the same on the CPU (gloo), for checks and tests, and on GPUs with `--device cuda`: one
+process per GPU (NCCL), or with `--ranks-per-gpu K` up to K processes sharing each GPU, process r on GPU r mod G
+(gloo; NCCL refuses two ranks on one device). Every process builds the model on its own device and runs the same
 solver; each model call's rows are cut into fixed chunks of `--chunk-size` rows (`parataa.distributed.
 DistributedDenoiser`) and spread over the processes, so the result is the same, bit for bit, at every process
 count for one chunk size (1 process included: it evaluates the same chunks). Only the first process prints and
 writes files.
+
+The processes die with the command (Linux): torch.distributed.run gets SIGKILL when the command's process ends,
+however it ends (SIGINT, SIGTERM, SIGKILL), and each worker when torch.distributed.run ends, so signalling the
+command leaves no worker running.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -19,6 +27,7 @@ from typing import Any
 from ..jobs.spec import DEFAULT_CHUNK_SIZE  # network rows per call when the model calls are spread
 
 LAUNCHED = "PARATAA_CLI_PROCESSES"  # set in the processes torch.distributed.run starts for the command
+PARENT = "PARATAA_CLI_PARENT"  # the pid of the command that started them
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chunk_size: bool = True) -> None:
@@ -28,7 +37,16 @@ def add_arguments(p: argparse.ArgumentParser, *, chunk_size: bool = True) -> Non
         help="spread every model call over N GPUs of this machine, one process each (NCCL); the same result as "
         "--gpus 1 with the same --chunk-size",
     )  # fmt: skip
-    g.add_argument("--processes", type=int, default=None, help="the same with N processes on the CPU (gloo)")
+    g.add_argument(
+        "--processes", type=int, default=None,
+        help="the same with N processes: on the CPU (gloo), or with --device cuda on GPUs, one per GPU (NCCL) unless "
+        "--ranks-per-gpu says they may share",
+    )  # fmt: skip
+    g.add_argument(
+        "--ranks-per-gpu", type=int, default=None, metavar="K",
+        help="with --processes N --device cuda: up to K processes share each GPU, process r on GPU r mod GPUs, over "
+        "gloo (NCCL refuses two processes on one GPU); the same bits as one process, timings meaningless",
+    )  # fmt: skip
     if chunk_size:
         g.add_argument(
             "--chunk-size", type=int, default=None,
@@ -38,38 +56,106 @@ def add_arguments(p: argparse.ArgumentParser, *, chunk_size: bool = True) -> Non
 
 def check(args: argparse.Namespace) -> int | None:
     """The process count asked for (None: a plain single-process run), checked before anything is built; also
-    --chunk-size, which sets how the model calls are split."""
+    --chunk-size, which sets how the model calls are split, and --ranks-per-gpu against the GPUs there are."""
     if getattr(args, "chunk_size", None) is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be an integer >= 1, got {args.chunk_size}")
     if args.gpus is not None and args.processes is not None:
         raise ValueError("--gpus and --processes: give one of them (GPUs: --gpus N; CPU processes: --processes N)")
+    k = getattr(args, "ranks_per_gpu", None)
+    if k is not None and (not isinstance(k, int) or k < 1):
+        raise ValueError(f"--ranks-per-gpu must be an integer >= 1, got {k}")
     n = args.gpus if args.gpus is not None else args.processes
     if n is None:
+        if k is not None:
+            raise ValueError(f"--ranks-per-gpu {k} places processes on GPUs: add --processes N --device cuda")
         return None
     flag = "--gpus" if args.gpus is not None else "--processes"
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"{flag} must be an integer >= 1, got {n}")
+    device = str(args.device)
     if args.gpus is not None:
-        import torch
-
-        have = torch.cuda.device_count()
-        if have < n:
-            raise ValueError(f"--gpus {n}: this machine has {have} CUDA GPU(s); ask for at most {have}")
-        if str(args.device) not in ("cpu", "cuda"):
+        if k is not None:
+            raise ValueError(
+                f"--gpus {n} --ranks-per-gpu {k}: --gpus gives each process its own GPU; to share GPUs use "
+                f"--processes {n} --device cuda --ranks-per-gpu {k}"
+            )
+        if device not in ("cpu", "cuda"):
             raise ValueError(f"--gpus places process i on cuda:i; leave --device out (got {args.device!r})")
-    elif str(args.device) != "cpu":
-        raise ValueError(f"--processes runs on the CPU; use --gpus N for GPUs (got --device {args.device})")
+        have = _gpu_count()
+        if have < n:
+            raise ValueError(
+                f"--gpus {n}: this machine has {have} CUDA GPU(s); ask for at most {have}"
+                + (f", or share them: --processes {n} --device cuda --ranks-per-gpu {-(-n // have)}" if have else "")
+            )
+    elif device == "cpu":
+        if k is not None:
+            raise ValueError(f"--ranks-per-gpu {k} places processes on GPUs: add --device cuda (got --device cpu)")
+    elif device == "cuda":
+        have = _gpu_count()
+        need = -(-n // have) if have else 0
+        if have == 0:
+            raise ValueError(f"--processes {n} --device cuda: no CUDA GPU is visible here; use --device cpu")
+        if need > (k or 1):
+            share = f"--ranks-per-gpu {need}"
+            raise ValueError(
+                f"--processes {n} --device cuda: this machine has {have} CUDA GPU(s), so {need} processes would share "
+                f"one, and --ranks-per-gpu is {k or 1}"
+                + (" (one process per GPU over NCCL, which refuses two on one GPU)" if not k else "")
+                + f"; add {share} to share GPUs over gloo, or ask for at most {have * (k or 1)} processes"
+            )
+    else:
+        raise ValueError(
+            f"--processes places process r on GPU r mod GPUs (--device cuda) or on the CPU (--device cpu); "
+            f"got --device {args.device}"
+        )
     if args.chunk_size is None:
         args.chunk_size = DEFAULT_CHUNK_SIZE
     return n
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _die_with_parent(parent: int | None = None) -> None:
+    """Have the kernel send this process SIGKILL when its parent ends (Linux; elsewhere nothing). With `parent`,
+    exit at once if that process is already gone (it may end between this process's start and the prctl)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return
+    if parent is not None and not _alive(parent):
+        os._exit(128 + int(signal.SIGKILL))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def relaunch(n: int, argv: list[str]) -> int:
     """Run this very command again in n processes under torch.distributed.run; the exit status of the group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "parataa"]
-    env = {**os.environ, LAUNCHED: str(n), "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
+    env = {
+        **os.environ,
+        LAUNCHED: str(n),
+        PARENT: str(os.getpid()),
+        "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0"),
+    }
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call([*cmd, *argv], env=env)
+    # torch.distributed.run dies with this process (SIGKILL included), and every worker with it (start)
+    return subprocess.call([*cmd, *argv], env=env, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
 
 
 def start(args: argparse.Namespace) -> tuple[int | None, Any]:
@@ -80,9 +166,15 @@ def start(args: argparse.Namespace) -> tuple[int | None, Any]:
         return None, None
     if os.environ.get(LAUNCHED) is None and n > 1:
         return relaunch(n, args.argv), None
+    if os.environ.get(LAUNCHED) is not None:  # a worker: it ends with torch.distributed.run, which ends with us
+        _die_with_parent()
+        parent = os.environ.get(PARENT)
+        if parent and not _alive(int(parent)):
+            return 1, None
     from ..distributed import init_from_env
 
-    env = init_from_env(device="cpu" if args.processes is not None else None)
+    cpu = args.processes is not None and str(args.device) == "cpu"
+    env = init_from_env(device="cpu" if cpu else None, ranks_per_gpu=getattr(args, "ranks_per_gpu", None) or 1)
     args.device = str(env.device)
     return None, env
 

@@ -149,6 +149,7 @@ def _common(
         "conditions": tuple(conditions_for(m, config, seeds)),
         "device": config["device"],
         "world_size": int(config["world_size"]),
+        "ranks_per_gpu": int(config.get("ranks_per_gpu", 1)),
         "threads": int(config["threads"]),
         "checkpoint_every_s": float(config["checkpoint_every_s"]),
         "save_iterates": int(config["save_iterates"]),
@@ -185,6 +186,7 @@ def baseline_spec(
     common = _common(config, model, sampler, steps, shard, weights, seeds)
     common["fidelity_decode"] = False  # the baseline is the reference: it has no fidelity table
     common["world_size"] = 1  # sequential: one process on one device, whatever the sampling jobs' world size
+    common["ranks_per_gpu"] = 1
     return JobSpec(
         name=f"{config['study']}/{model}/{sampler}-{steps}/shard-{shard}/sequential",
         baseline=None,

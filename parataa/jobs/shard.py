@@ -140,7 +140,8 @@ class ShardJob(submitit.helpers.Checkpointable):
         device_check(device)
         if world_size > 1:
             # Every rank runs the same solver; only the model calls are spread (parataa.distributed).
-            device = str(init_from_env(device="cpu" if device == "cpu" else None).device)
+            place = init_from_env(device="cpu" if device == "cpu" else None, ranks_per_gpu=spec.ranks_per_gpu)
+            device = str(place.device)
         torch.set_num_threads(max(1, spec.threads))
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         todo = [r for r in spec.runs if not storage.is_complete(r.dir, spec.run_config(r))]

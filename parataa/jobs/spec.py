@@ -132,6 +132,7 @@ class JobSpec:
     noise: str  # the shard's noise bundle
     baseline: str | None  # the sequential run directory the parallel runs compare with (None: this is it)
     runs: tuple[RunSpec, ...]
+    ranks_per_gpu: int = 1  # the most processes on one GPU (>= 2: shared GPUs over gloo; parataa.distributed)
 
     # ------------------------------------------------------------------------------------- conversion
 
@@ -156,6 +157,7 @@ class JobSpec:
                 "seeds": tuple(int(s) for s in d["seeds"]),
                 "conditions": tuple(d["conditions"]),
                 "world_size": int(d["world_size"]),
+                "ranks_per_gpu": int(d.get("ranks_per_gpu", 1)),
                 "threads": int(d["threads"]),
                 "checkpoint_every_s": float(d["checkpoint_every_s"]),
                 "save_iterates": int(d["save_iterates"]),

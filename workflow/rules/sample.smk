@@ -44,7 +44,7 @@ rule sample:
         folder=PATHS["submitit"],
     resources:
         tasks_per_node=config["world_size"],
-        gpus_per_node=gpus_for(config["world_size"]),
+        gpus_per_node=gpus_for(-(-config["world_size"] // config["ranks_per_gpu"])),  # ranks_per_gpu share one
     conda:
         "../../environment.yml"
     script:
