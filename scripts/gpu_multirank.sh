@@ -29,8 +29,9 @@ SIZE="${SIZE:-full}"
 WORK="${WORK:-/tmp/parataa_multirank}"
 WEIGHTS="${WEIGHTS:-weights}"
 SCALE="${SCALE:-$([ "$DEVICE" = cuda ] && echo 1 || echo 4)}"  # time limits x SCALE (a slow CPU needs more)
-lim() {  # a step's time limit: its own (x SCALE), cut to what is left of 8 min 20 s (x SCALE) from the start
-  local left=$(( t0 + 500 * SCALE - $(date +%s) ))
+BUDGET_S="${BUDGET_S:-500}"  # every step ends within BUDGET_S x SCALE seconds of the start (default 8 min 20 s)
+lim() {  # a step's time limit: its own (x SCALE), cut to what is left of BUDGET_S (x SCALE) from the start
+  local left=$(( t0 + BUDGET_S * SCALE - $(date +%s) ))
   local own=$(( $1 * SCALE ))
   (( left < 1 )) && left=1
   echo $(( own < left ? own : left ))
