@@ -1,8 +1,8 @@
 """The goals of the two sampler families beyond the paper (docs/METHOD.md section 12), measured with the rule-free
 yardstick of `benchmarks/iterations.py`: iterations until x_0 is within 40 dB of the sequential x_0, 8 seeds.
 
-Cells: DPM-Solver++(2M) at 25 steps on tiny-dit and tiny-sd (solvers run it through `dpmpp_2m_system`, a fresh
-wrapped model per solve), flow-Euler at 50 steps on tiny-flow. Goals: DPM-Solver++(2M) within 8 iterations for
+Cells: DPM-Solver++(2M) at 25 steps on tiny-dit and tiny-sd (its two-output step rule, on the eps model itself),
+flow-Euler at 50 steps on tiny-flow. Goals: DPM-Solver++(2M) within 8 iterations for
 the best TAA setting and at least 1.5x fewer than Picard; flow-Euler at most 10 iterations and at least 1.5x fewer
 than Picard.
 
@@ -22,7 +22,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iterations import CORE, run_variant  # noqa: E402
 
 from parataa import draw_noise  # noqa: E402
-from parataa.families import dpmpp_2m_system, sequential_multistep  # noqa: E402
+from parataa.solvers import preset, solve  # noqa: E402
 
 CELLS = "tiny-dit:dpmpp-2m:25,tiny-sd:dpmpp-2m:25,tiny-flow:flow-euler:50"
 VARIANTS = [
@@ -44,23 +43,6 @@ CONDITIONS = {
     "tiny-sd": [f"a handwritten digit {w}" for w in "zero one two three four five six seven eight nine".split()],
 }
 GOALS = {"dpmpp-2m": 8, "flow-euler": 10}  # iterations to 40 dB of the best TAA setting
-
-
-class _Fresh:
-    """A DPM-Solver++(2M) model that re-wraps itself for every solve (the wrapper remembers outputs)."""
-
-    def __init__(self, den: Any, dpm: Any) -> None:
-        self.den, self.dpm = den, dpm
-
-
-def _cell(den: Any, spec: Any, sampler: str, steps: int, noise: Any) -> tuple[Any, Any, torch.Tensor]:
-    """(model for a solve, schedule, sequential x_0); for DPM the model is re-made per solve by `_solve_pair`."""
-    sched = spec(steps, sampler=sampler)
-    if sampler == "dpmpp-2m":
-        return _Fresh(den, sched), sched.one_output(), sequential_multistep(den, sched, noise)[:, 0]
-    from parataa.solvers import preset, solve
-
-    return den, sched, solve(den, sched, noise, preset("sequential")).x0
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -79,11 +61,11 @@ def measure(args: argparse.Namespace) -> None:
             den, spec = build_denoiser(model_name, [conds[s % len(conds)] for s in seeds], cfg_scale=args.cfg_scale,
                                        device=device, path=path)
             noise = draw_noise(seeds, steps, spec.sample_shape).to(device)
-            model, sched, ref = _cell(den, spec, sampler, steps, noise)
+            sched = spec(steps, sampler=sampler)
+            ref = solve(den, sched, noise, preset("sequential")).x0
             for label in variants:
                 name, options, special = CORE[label]
-                m, s = dpmpp_2m_system(model.den, model.dpm) if isinstance(model, _Fresh) else (model, sched)
-                rec = run_variant(m, s, noise, ref, name, options, special, spec)
+                rec = run_variant(den, sched, noise, ref, name, options, special, spec)
                 dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
                 rec.update(model=model_name, sampler=sampler, steps=steps, variant=label, seeds=seeds, device=dev)
                 fh.write(json.dumps(rec) + "\n")

@@ -1,4 +1,4 @@
-"""Coefficient tables of two sampler families beyond DDIM/DDPM, and their sequential samplers.
+"""Coefficient tables and step rules of two sampler families beyond DDIM/DDPM.
 
 Flow matching with Euler steps (diffusers' `FlowMatchEulerDiscreteScheduler`). The model predicts a velocity
 v(x, tau) at level s (state x_s = (1 - s) x_0 + s noise, model timestep tau = s * num_train_timesteps), and a step
@@ -21,11 +21,10 @@ second step on, x_{t+2}) is
 (diffusers' midpoint form: D0 = D(x_{t+1}), D1 = (D0 - D(x_{t+2})) / r, x_t = ... + phi D0 + phi/2 D1). The first
 step and the last one are first order (the D(x_{t+2}) term dropped), as diffusers does them: the first because no
 earlier output exists, the last when final_sigmas_type is "zero" (its default: it then returns D(x_1) itself), when
-lower_order_final holds and T < 15, or when euler_at_final is set. Written out in eps:
-
-    x_t = a_t x_{t+1} + b_t eps(x_{t+1}, tau_t) + a2_t x_{t+2} + b2_t eps(x_{t+2}, tau_{t+1})
-
-a lower-triangular system of band width 2 (`MultistepSchedule`; a2 = b2 = 0 on first-order steps).
+lower_order_final holds and T < 15, or when euler_at_final is set. Each state depends on the two above it: a
+lower-triangular system of band width 2 (`dpmpp_2m_schedule` gives its `DPMSchedule`; b2 = 0 on first-order
+steps). Its step rule `DPMStep` reads two model outputs and turns the eps model's output into D itself, so every
+solver and both engines run it on the eps model: `solve(model, dpmpp_2m_schedule(config, T), noise, config)`.
 
 Tables are float64, built from the float32 training levels diffusers builds, so that sequential sampling equals a
 plain diffusers loop to float rounding (tests/test_families.py).
@@ -41,9 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .noise import NoiseBundle
 from .schedules import Schedule, betas_for
-from .system import StepRule
+from .system import STEP_RULES, StepRule
 
 __all__ = [
     "DIT_SCHEDULER",
@@ -51,13 +49,9 @@ __all__ = [
     "DPMPP_DEFAULTS",
     "DPMSchedule",
     "DPMStep",
-    "DataPrediction",
-    "BandedDataPrediction",
-    "dpmpp_2m_system",
     "flow_euler_schedule",
     "flow_sigmas",
     "dpmpp_2m_schedule",
-    "sequential_multistep",
 ]
 
 # DiT's training schedule as a diffusers config (tiny-dit, dit-xl-2-256 ship no scheduler config of their own):
@@ -160,13 +154,13 @@ def flow_euler_schedule(config: Mapping[str, Any] | None = None, num_steps: int 
 
 @dataclass(frozen=True)
 class DPMSchedule(Schedule):
-    """DPM-Solver++(2M) as a `Schedule` whose model output is the data prediction D (see `DataPrediction`):
+    """DPM-Solver++(2M) as a `Schedule` in data-prediction form (D as in the module docstring):
 
         x_t = a_t x_{t+1} + b_t D(x_{t+1}, tau_t) + b2_t D(x_{t+2}, tau_{t+1}),   a_t = sigma_t / sigma_{t+1}
 
     b2 = 0 on first-order steps (always at t = T-1). alpha_in / alpha_out are alphabar at the states read and
-    written (1 / (1 + r^2)), sigma the DDPM posterior std between them (tolerance scales, Picard). Its step rule
-    (`make_step_rule`) is `DPMStep`, which reads two model outputs."""
+    written (1 / (1 + r^2)), sigma the DDPM posterior std between them (tolerance scales, Picard). Its step rule is
+    `DPMStep` (registered in `parataa.system.STEP_RULES` as "dpmpp-2m"), which reads two model outputs."""
 
     b2: torch.Tensor | None = None
 
@@ -187,121 +181,48 @@ class DPMSchedule(Schedule):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "second_order_steps": int((self.b2 != 0).sum())}
 
-    def make_step_rule(self) -> StepRule:
-        return DPMStep(self)
-
-    def one_output(self) -> Schedule:
-        """The same steps as a one-output `Schedule` (a, b, c = 0) whose model output is
-        m_t = D(x_{t+1}) + (b2_t / b_t) D(x_{t+2}): what `BandedDataPrediction` returns (`dpmpp_2m_system`).
-
-        Where the last step lands on clean data (a_0 = sigma_0 / sigma_1 = 0, x_0 = D(x_1)) it is written in eps
-        form instead, x_0 = x_1 / alpha_1 - (sigma_1 / alpha_1) eps(x_1), the same step with a non-zero linear
-        part: the exact splitting's products P_{t,s} of a's must not vanish, and `BandedDataPrediction` returns
-        eps for that step's rows."""
-        a, b = self.a.clone(), self.b.clone()
-        if float(a[0]) == 0.0:
-            alpha1 = torch.sqrt(self.alpha_in[0])
-            a[0], b[0] = 1 / alpha1, -torch.sqrt(1 - self.alpha_in[0]) / alpha1
-        f = ("timesteps", "alpha_in", "alpha_out", "c", "sigma")
-        return Schedule(**{k: getattr(self, k) for k in f}, a=a, b=b, eta=self.eta, name=self.name,
-                        final_noise=self.final_noise)
-
 
 class DPMStep(StepRule):
-    """The step rule of a `DPMSchedule`: a = sigma_t / sigma_{t+1}, drift = b_t outs[0] + b2_t outs[1] (the data
-    predictions at x_{t+1} and x_{t+2}), no noise. Scratch entry at T: a = 1, zero weights."""
+    """The step rule of a `DPMSchedule`, on the eps model itself: `output` turns eps(x_{t+1}) into the data
+    prediction D(x_{t+1}) = (x_{t+1} - sigma_{t+1} eps) / alpha_{t+1}, and a step is a_t x_{t+1} + b_t outs[0] +
+    b2_t outs[1] (the data predictions at x_{t+1} and x_{t+2}), no noise.
+
+    A last step that lands on clean data (a_0 = sigma_0 / sigma_1 = 0, x_0 = D(x_1)) is written in eps form,
+    x_0 = x_1 / alpha_1 - (sigma_1 / alpha_1) eps(x_1): step 0 reads eps at x_1 (no other step reads the output at
+    x_1) and a_0 = 1 / alpha_1 > 0, as the exact splitting needs (its products P_{t,s} = a_t ... a_{s-1} are
+    divided by, through log a: with a_0 = 0 every order-k equation above step 0 of a window holding it is 0 / 0).
+    Scratch entry at T: a = 1, zero weights, output x."""
 
     reads = 2
 
-    def __init__(self, schedule: DPMSchedule) -> None:
+    def __init__(self, schedule: Schedule) -> None:
         def pad(v: torch.Tensor, value: float) -> torch.Tensor:
             return torch.cat([v, torch.full((1,), value, dtype=v.dtype, device=v.device)])
 
+        if not isinstance(schedule, DPMSchedule):
+            raise ValueError(f"schedule {schedule.name!r} is DPM-Solver++(2M)'s by name but not a DPMSchedule")
         assert schedule.b2 is not None
-        self.a_p, self.b_p, self.b2_p = pad(schedule.a, 1.0), pad(schedule.b, 0.0), pad(schedule.b2, 0.0)
+        alpha, sig = torch.sqrt(schedule.alpha_in), torch.sqrt(1 - schedule.alpha_in)
+        a, b, ox, oe = schedule.a.clone(), schedule.b.clone(), 1 / alpha, -sig / alpha
+        if float(a[0]) == 0.0:  # the last step in eps form
+            a[0], b[0], ox[0], oe[0] = 1 / alpha[0], -sig[0] / alpha[0], 0.0, 1.0
+        self.a_p, self.b_p, self.b2_p = pad(a, 1.0), pad(b, 0.0), pad(schedule.b2, 0.0)
+        self.ox_p, self.oe_p = pad(ox, 1.0), pad(oe, 0.0)
 
     def a(self, t: torch.Tensor) -> torch.Tensor:
         return self.a_p[t]
 
+    def output(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self.ox_p[t][..., None] * x + self.oe_p[t][..., None] * out
+
     def drift(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if len(outs) < 2:
-            raise ValueError(
-                "a DPM-Solver++(2M) step reads two model outputs (the data predictions at x_{t+1} and x_{t+2}) but "
-                f"this solver passed {len(outs)}; sample it with parataa.families.sequential_multistep"
-            )
         return self.b_p[t][..., None] * outs[0] + self.b2_p[t][..., None] * outs[1]
 
     def noise(self, t: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(xi)
 
 
-class DataPrediction:
-    """A `Denoiser` returning the data prediction D = (x - sqrt(1 - A) eps) / sqrt(A) of an eps model, A the
-    alphabar of the state each timestep of `schedule` reads (timesteps not in the schedule are refused)."""
-
-    def __init__(self, model: Any, schedule: Schedule) -> None:
-        self.model, self.schedule = model, schedule
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        ts = self.schedule.timesteps.to(timesteps.device)
-        idx = torch.searchsorted(ts, timesteps.to(ts.dtype).contiguous()).clamp(max=ts.shape[0] - 1)
-        if not bool((ts[idx] == timesteps.to(ts.dtype)).all()):
-            raise ValueError(
-                f"DataPrediction: timesteps {timesteps.tolist()} are not all steps of {self.schedule.name}"
-            )
-        self.last_eps, self.last_idx = self.model(x, timesteps, samples).to(torch.float64), idx
-        A = self.schedule.alpha_in.to(x.device)[idx].view(-1, *([1] * (x.ndim - 1)))
-        return (x.to(torch.float64) - torch.sqrt(1 - A) * self.last_eps) / torch.sqrt(A)
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(x0)
-
-
-class BandedDataPrediction(DataPrediction):
-    """A `Denoiser` that lets a one-output solver run DPM-Solver++(2M): for a row of step t it returns
-    m_t = D(x_{t+1}) + (b2_t / b_t) D(x_{t+2}), so that b_t m_t is the step's whole drift.
-
-    D(x_{t+2}) is the data prediction of step t+1 of the same sample: from the same call when step t+1 is in the
-    batch (every window position but the top), else the last one computed (the frozen state above a window; the
-    previous step in sequential sampling). Under the per-step and summed stopping rules a state above the window
-    keeps the value its output was computed at, so the steps are exactly DPM-Solver++(2M)'s; Picard moves the
-    states it freezes after their last evaluation, so there the output above the window is off by less than the
-    last change (its tolerance). One instance per solve (it remembers outputs per sample and step). A last step
-    landing on clean data gets eps instead (`DPMSchedule.one_output`)."""
-
-    def __init__(self, model: Any, schedule: DPMSchedule) -> None:
-        super().__init__(model, schedule)
-        assert schedule.b2 is not None
-        self.ratio = schedule.b2 / schedule.b
-        self.cache: torch.Tensor | None = None  # [N, T, D] last data prediction per (sample, step)
-        self.eps_last = float(schedule.a[0]) == 0.0
-
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        d = super().__call__(x, timesteps, samples)
-        flat = d.reshape(d.shape[0], -1)
-        T = self.schedule.num_steps
-        n = int(samples.max()) + 1
-        if self.cache is None or self.cache.shape[0] < n or self.cache.device != flat.device:
-            grown = torch.zeros(n, T, flat.shape[1], dtype=torch.float64, device=flat.device)
-            if self.cache is not None:
-                grown[: self.cache.shape[0]] = self.cache.to(flat.device)
-            self.cache = grown
-        idx = torch.searchsorted(self.schedule.timesteps.to(flat.device), timesteps.to(torch.float64).contiguous())
-        self.cache[samples, idx] = flat
-        above = self.cache[samples, (idx + 1).clamp(max=T - 1)]
-        ratio = self.ratio.to(flat.device)[idx][:, None]
-        out = flat + ratio * above
-        if self.eps_last:  # the last step in eps form (`DPMSchedule.one_output`)
-            out = torch.where((idx == 0)[:, None], self.last_eps.reshape(out.shape), out)
-        return out.reshape(d.shape)
-
-
-def dpmpp_2m_system(model: Any, schedule: DPMSchedule) -> tuple[BandedDataPrediction, Schedule]:
-    """(model, schedule) on which every solver of the package runs DPM-Solver++(2M): the eps model wrapped in a
-    fresh `BandedDataPrediction` and the schedule's `one_output` form. Make a new pair for every solve."""
-    return BandedDataPrediction(model, schedule), schedule.one_output()
+STEP_RULES["dpmpp-2m"] = DPMStep
 
 
 def _dpm_timesteps(cfg: Mapping[str, Any], num_steps: int, lambdas: torch.Tensor) -> np.ndarray:
@@ -378,28 +299,3 @@ def dpmpp_2m_schedule(config: Mapping[str, Any], num_steps: int) -> DPMSchedule:
         c=torch.zeros(T, dtype=torch.float64), sigma=f64(sigma), eta=0.0, name=f"dpmpp-2m-{num_steps}",
         final_noise="none", b2=torch.from_numpy(c1),
     )
-
-
-@torch.no_grad()
-def sequential_multistep(model: Any, schedule: DPMSchedule, noise: NoiseBundle) -> torch.Tensor:
-    """Back-substitution of a `DPMSchedule` through its step rule, t = T-1 down to 0, one model call per step;
-    returns the trajectory [N, T+1, *S] (float64; index T is x_T). `model` is the eps `Denoiser`."""
-    if noise.num_steps != schedule.num_steps:
-        raise ValueError(f"noise bundle has {noise.num_steps} steps but the schedule has {schedule.num_steps}; "
-                         "draw the bundle with num_steps equal to the sampler's step count")
-    T, n = schedule.num_steps, noise.num_samples
-    device = noise.x_T.device
-    sch = schedule.to(device)
-    rule, data = sch.make_step_rule(), DataPrediction(model, sch)
-    x = torch.zeros(n, T + 1, int(np.prod(noise.sample_shape)), dtype=torch.float64, device=device)
-    x[:, T] = noise.x_T.reshape(n, -1).to(torch.float64)
-    samples = torch.arange(n, device=device)
-    d_prev = torch.zeros_like(x[:, T])  # the engines' zeros for the output above x_T
-    for t in range(T - 1, -1, -1):
-        d = data(x[:, t + 1].reshape(n, *noise.sample_shape), sch.timesteps[t].expand(n), samples).reshape(n, -1)
-        if not bool(torch.isfinite(d).all()):
-            raise FloatingPointError(f"model output is not finite at step t={t} (reading state x_{t + 1})")
-        steps = torch.full((n,), t, dtype=torch.long, device=device)
-        x[:, t] = rule.step(steps, x[:, t + 1], (d, d_prev), torch.zeros_like(d))
-        d_prev = d
-    return x.reshape(n, T + 1, *noise.sample_shape)

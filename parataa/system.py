@@ -19,6 +19,7 @@ x_s - x_{s+1} of each step from the state k' steps above, as ParaDiGMS does.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "suffix_sum",
     "rms",
     "STEP_RULES",
+    "family_name",
     "step_rule",
 ]
 
@@ -56,9 +58,12 @@ class StepRule:
       parallel window both come from the iteration's one batched model call, the one at the frozen state above
       the window from the call that evaluated it, kept in `SolverState.out`). The step that writes x_{T-1} has no
       x_{T+1}: a rule with reads = 2 gives its second output zero weight there, and the engines pass zeros.
-    - What the model returns is the rule's to interpret: a noise prediction eps (`LinearStep`), a data prediction,
-      or a velocity v (flow matching: x_t = x_{t+1} + (s_t - s_{t+1}) v(x_{t+1}) is a = 1, drift = (s_t -
-      s_{t+1}) v, noise = 0).
+    - What the model returns is the rule's to interpret: a noise prediction eps (`LinearStep`), or a velocity v
+      (flow matching: x_t = x_{t+1} + (s_t - s_{t+1}) v(x_{t+1}) is a = 1, drift = (s_t - s_{t+1}) v, noise = 0).
+      `output` maps the model's output at the state x_{t+1} to what the steps read (outs[i] above), where the
+      engines take it from the model: the identity by default, the data prediction D = (x - sigma eps) / alpha for
+      DPM-Solver++(2M). It may read the state, so the mapped output is a function of that state alone; the
+      engines keep and pass mapped outputs.
     - Tables are indexed by step t with one scratch entry at index T (a = 1 and zero drift and noise weights):
       the static engine's padding positions read it and write nothing that counts. t may be a tensor of any
       shape [...]; x_up, xi and every outs[i] are then [..., D] and so is every result.
@@ -70,6 +75,10 @@ class StepRule:
     def a(self, t: torch.Tensor) -> torch.Tensor:
         """a_t [...]: the coefficient of x_{t+1} (the splittings read it per step)."""
         raise NotImplementedError
+
+    def output(self, t: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What the steps read of the model's output `out` at x = x_{t+1} (both [..., D]): `out` itself here."""
+        return out
 
     def drift(self, t: torch.Tensor, outs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The model-output part of g_t."""
@@ -108,16 +117,19 @@ class LinearStep(StepRule):
         return self.c_p[t][..., None] * xi
 
 
-# sampler families whose step is not LinearStep's, by Schedule.name: the one place a family names its rule
+# sampler families whose step is not LinearStep's, by family (`family_name`): the one place a family names its rule
 STEP_RULES: dict[str, type[StepRule]] = {}
 
 
+def family_name(name: str) -> str:
+    """The sampler family of a `Schedule.name`: the name without its step count ("dpmpp-2m-25" -> "dpmpp-2m")."""
+    return re.sub(r"-\d+$", "", name)
+
+
 def step_rule(schedule) -> StepRule:
-    """The step rule of a schedule (tables on the schedule's device): the schedule's own `make_step_rule` where it
-    has one (parataa.families.DPMSchedule), else `STEP_RULES[schedule.name]`, else `LinearStep` (DDIM, DDPM).
-    Rules read one or two model outputs (`StepRule.reads`)."""
-    make = getattr(schedule, "make_step_rule", None)
-    rule = make() if make is not None else STEP_RULES.get(schedule.name, LinearStep)(schedule)
+    """The step rule of a schedule (tables on the schedule's device): `STEP_RULES[family_name(schedule.name)]`, else
+    `LinearStep` (DDIM, DDPM, flow-Euler). Rules read one or two model outputs (`StepRule.reads`)."""
+    rule = STEP_RULES.get(family_name(schedule.name), LinearStep)(schedule)
     if rule.reads not in (1, 2):
         raise ValueError(f"{type(rule).__name__}.reads must be 1 or 2 (model outputs per step), got {rule.reads}")
     return rule

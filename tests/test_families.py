@@ -10,13 +10,7 @@ import torch
 from diffusers import DiTTransformer2DModel, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
 from parataa import draw_noise
-from parataa.families import (
-    DPMSchedule,
-    dpmpp_2m_schedule,
-    flow_euler_schedule,
-    flow_sigmas,
-    sequential_multistep,
-)
+from parataa.families import DPMSchedule, dpmpp_2m_schedule, flow_euler_schedule, flow_sigmas
 from parataa.models.flow import FLOW_GMM_SCHEDULER, FlowDiTDenoiser, GaussianMixtureFlow
 from parataa.models.gmm import GaussianMixture, GaussianMixtureDenoiser
 from parataa.solvers import preset, solve
@@ -161,8 +155,8 @@ def test_dpmpp_2m_matches_diffusers_loop_on_the_mixture(mixture, extra, steps):
     sched_d, want = _diffusers_dpm_loop(den, cfg, steps, noise)
     sch = dpmpp_2m_schedule(cfg, steps)
     torch.testing.assert_close(sch.timesteps.flip(0), sched_d.timesteps.double(), rtol=0, atol=0)
-    traj = sequential_multistep(den, sch, noise)
-    torch.testing.assert_close(traj[:, 0].float(), want, rtol=0, atol=_multistep_tol(sch, float(want.abs().max())))
+    x0 = solve(den, sch, noise, preset("sequential")).x0
+    torch.testing.assert_close(x0.float(), want, rtol=0, atol=_multistep_tol(sch, float(want.abs().max())))
 
 
 def test_dpmpp_2m_band_structure():
@@ -178,14 +172,33 @@ def test_dpmpp_2m_band_structure():
     assert sch.describe()["second_order_steps"] == 8 and sch.to("cpu").b2 is not None
 
 
-def test_dpm_rule_refuses_a_solver_passing_one_output():
-    from parataa.system import step_rule
+def test_dpm_rule_reads_data_predictions_and_takes_the_last_step_in_eps_form():
+    """`DPMStep` is the registered rule of every DPM schedule: it turns eps into the data prediction D at the state
+    it was evaluated at, and writes the last step x_0 = D(x_1) (a_0 = 0 in data form) in eps form with a_0 =
+    1 / alpha_1, the same value to float64 rounding. The exact splitting needs that form: with a_0 = 0 its order-k
+    equations above step 0 are 0 / 0 (NaN), with the eps form they are finite."""
+    from parataa.families import DPMStep
+    from parataa.system import make_window, order_k_rhs, step_rule
 
-    sch = dpmpp_2m_schedule({}, 4)
+    sch = dpmpp_2m_schedule({}, 6)
     rule = step_rule(sch)
-    assert rule.reads == 2
-    with pytest.raises(ValueError, match="reads two model outputs"):
-        rule.drift(torch.tensor([1]), (torch.zeros(1, 3),))
+    assert isinstance(rule, DPMStep) and rule.reads == 2
+    x, eps = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    t = torch.arange(6)
+    alpha, sig = torch.sqrt(sch.alpha_in)[:, None], torch.sqrt(1 - sch.alpha_in)[:, None]
+    data = (x - sig * eps) / alpha
+    tol = rounding_tol(torch.float64, 4, scale=float(data.abs().max()))
+    torch.testing.assert_close(rule.output(t[1:], x[1:], eps[1:]), data[1:], rtol=0, atol=tol)
+    assert torch.equal(rule.output(t[:1], x[:1], eps[:1]), eps[:1]) and float(rule.a(t[:1])) > 0
+    last = rule.step(t[:1], x[:1], (rule.output(t[:1], x[:1], eps[:1]), torch.zeros(1, 4, dtype=torch.float64)),
+                     torch.zeros(1, 4, dtype=torch.float64))
+    torch.testing.assert_close(last, data[:1], rtol=0, atol=tol)
+    # order-k equations of one window holding steps 0..5 (x_ext: 7 states), data form against the rule's form
+    win = make_window(torch.tensor([6]), 6, 6)
+    g, x_ext = torch.randn(1, 6, 4, dtype=torch.float64), torch.randn(1, 7, 4, dtype=torch.float64)
+    data_form = order_k_rhs(sch.a[None], g, x_ext, win.width, 3)
+    assert not bool(torch.isfinite(data_form[:, 1:3]).any())
+    assert bool(torch.isfinite(order_k_rhs(rule.a(win.t), g, x_ext, win.width, 3)).all())
 
 
 def test_dpmpp_2m_converges_at_second_order_to_the_exact_endpoint():
@@ -203,7 +216,7 @@ def test_dpmpp_2m_converges_at_second_order_to_the_exact_endpoint():
         a_T, a_0 = torch.sqrt(sch.alpha_in[-1]), torch.sqrt(sch.alpha_out[0])
         v_T, v_0 = (a**2 * q**2 + 1 - a**2 for a in (a_T, a_0))
         exact = a_0 * mu + v_0.sqrt() * (noise.x_T - a_T * mu) / v_T.sqrt()
-        err.append(float((sequential_multistep(den, sch, noise)[:, 0] - exact).abs().max()))
+        err.append(float((solve(den, sch, noise, preset("sequential")).x0 - exact).abs().max()))
     assert err[0] / err[1] > 3.0, err  # 2^2 (1 + O(1/T)); measured 4.67 (the first-order first step fades)
 
 
@@ -219,8 +232,8 @@ def test_dpmpp_2m_matches_diffusers_loop_on_embedded_models(name, steps):
     noise = draw_noise([0, 1], steps, spec["sample_shape"])
     _, want = _diffusers_dpm_loop(den, cfg, steps, noise)
     sch = dpmpp_2m_schedule(cfg, steps)
-    traj = sequential_multistep(den, sch, noise)
-    torch.testing.assert_close(traj[:, 0].float(), want, rtol=0, atol=_multistep_tol(sch, float(want.abs().max())))
+    x0 = solve(den, sch, noise, preset("sequential")).x0
+    torch.testing.assert_close(x0.float(), want, rtol=0, atol=_multistep_tol(sch, float(want.abs().max())))
 
 
 def test_bad_configs_name_the_field():
@@ -296,22 +309,31 @@ def test_exact_and_euler_splittings_coincide_on_flow_euler(mixture):
 # ------------------------------------------------------------------ every solver on DPM-Solver++(2M)
 
 
+def _dpm_outputs(model, rule, timesteps: torch.Tensor, traj: torch.Tensor) -> torch.Tensor:
+    """The data predictions D(x_{t+1}) [N, T, D] of a trajectory [N, T+1, D], recomputed from scratch (`DPMStep`)."""
+    n, T1, d = traj.shape
+    T = T1 - 1
+    t = torch.arange(T).repeat(n)
+    x_up = traj[:, 1:].reshape(n * T, d)
+    eps = model(x_up, timesteps[t], torch.arange(n).repeat_interleave(T))
+    return rule.output(t, x_up, eps).reshape(n, T, d)
+
+
 def _dpm_residual_response(model, sch, noise, sample: int) -> list[torch.Tensor]:
     """||d x_0 / d R_t||_2 for t = 0..T-1: how a residual R_t added to step t of the banded system reaches x_0,
-    linearised at the sequential trajectory (autograd through the exact mixture)."""
-    from parataa.families import DataPrediction
+    linearised at the sequential trajectory (autograd through the exact mixture and the step rule)."""
+    from parataa.system import step_rule
 
     T, d = sch.num_steps, noise.x_T.shape[-1]
-    data = DataPrediction(model, sch)
-    s = torch.tensor([sample])
+    rule, s = step_rule(sch), torch.tensor([sample])
 
     def x0_of(res: torch.Tensor) -> torch.Tensor:
-        x_up, d_prev = noise.x_T[sample].to(torch.float64), torch.zeros(d, dtype=torch.float64)
+        x_up, d_prev = noise.x_T[sample : sample + 1].to(torch.float64), torch.zeros(1, d, dtype=torch.float64)
         for t in range(T - 1, -1, -1):
-            d_now = data(x_up[None], sch.timesteps[t : t + 1], s)[0]
-            x = sch.a[t] * x_up + sch.b[t] * d_now + sch.b2[t] * d_prev + res[t]
-            x_up, d_prev = x, d_now
-        return x_up
+            tt = torch.tensor([t])
+            d_now = rule.output(tt, x_up, model(x_up, sch.timesteps[tt], s))
+            x_up, d_prev = rule.step(tt, x_up, (d_now, d_prev), torch.zeros_like(x_up)) + res[t], d_now
+        return x_up[0]
 
     jac = torch.autograd.functional.jacobian(x0_of, torch.zeros(T, d, dtype=torch.float64))  # [d, T, d]
     return [torch.linalg.matrix_norm(jac[:, t], ord=2) for t in range(T)]
@@ -320,51 +342,52 @@ def _dpm_residual_response(model, sch, noise, sample: int) -> list[torch.Tensor]
 @pytest.mark.parametrize("solver, options", FLOW_SOLVERS)
 @pytest.mark.parametrize("window", [3, 20])
 def test_every_solver_matches_sequential_on_dpmpp_2m(mixture, solver, options, window):
-    """Through `dpmpp_2m_system` every solver runs DPM-Solver++(2M). The sequential solver on it equals
-    `sequential_multistep` (float64 rounding); a parallel one's x_0 lies within twice the first-order response
-    of x_0 to its final trajectory's residuals (recomputed from scratch with the stateless data prediction)."""
-    from parataa.families import DataPrediction, dpmpp_2m_system
+    """Every solver runs DPM-Solver++(2M) on the eps model through its registered two-output rule. The final
+    trajectory meets the stopping rule under residuals recomputed from scratch: per step under "step", in sum
+    under "sum" (whose accepted window takes one more update after its outputs were kept, so the output the step
+    below read lags that update); x_0 lies within twice the first-order response of x_0 to those residuals."""
+    from parataa.stopping import tolerance_scale
+    from parataa.system import rms, step_rule
 
     steps = 20
     model = GaussianMixtureDenoiser(mixture, [0, 4, 9], 5.0)
     sch = dpmpp_2m_schedule(mixture.scheduler_config, steps)
     noise = draw_noise([0, 1, 2], steps, (mixture.dim,))
-    ref = sequential_multistep(model, sch, noise)
-    seq = solve(*dpmpp_2m_system(model, sch), noise, preset("sequential"))
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(seq.trajectory, ref, rtol=0, atol=steps * rounding_tol(torch.float64, 64, scale))
-    res = solve(*dpmpp_2m_system(model, sch), noise, preset(solver, window=window, **options))
+    ref = solve(model, sch, noise, preset("sequential")).trajectory
+    cfg = preset(solver, window=window, **options)
+    res = solve(model, sch, noise, cfg)
     assert bool(res.finished.all()) and int(res.iterations.max()) <= steps
     # residuals of the final trajectory, from scratch: R_t = a x_{t+1} + b D(x_{t+1}) + b2 D(x_{t+2}) - x_t
-    traj, n = res.trajectory, noise.num_samples
-    data = DataPrediction(model, sch)
-    dpred = torch.zeros(n, steps + 1, mixture.dim, dtype=torch.float64)
-    for t in range(steps):
-        dpred[:, t + 1] = data(traj[:, t + 1], sch.timesteps[t].expand(n), torch.arange(n))
-    d_up2 = torch.cat([dpred[:, 2:], torch.zeros(n, 1, mixture.dim, dtype=torch.float64)], dim=1)
-    rhs = sch.a[None, :, None] * traj[:, 1:] + sch.b[None, :, None] * dpred[:, 1:] + sch.b2[None, :, None] * d_up2
-    resid = torch.linalg.vector_norm(rhs - traj[:, :-1], dim=-1)  # [N, T]
+    traj, n, rule = res.trajectory, noise.num_samples, step_rule(sch)
+    outs = _dpm_outputs(model, rule, sch.timesteps, traj)
+    up = torch.cat([outs[:, 1:], torch.zeros_like(outs[:, :1])], dim=1)
+    resid = rule.step(torch.arange(steps).expand(n, steps), traj[:, 1:], (outs, up), noise.xi) - traj[:, :-1]
+    scale = float(ref.abs().max())
+    slack = rounding_tol(torch.float64, 4 * steps, scale=scale)
+    if solver != "picard" and cfg.stop == "step":
+        thr = torch.clamp(cfg.rel_tol * tolerance_scale(sch, cfg.tol_scale), min=cfg.abs_tol)
+        assert bool((rms(resid) <= thr + slack).all())
+    elif cfg.stop == "sum":
+        assert bool((rms(resid).sum(dim=1) <= cfg.sum_tol + steps * slack).all())
     for i in range(n):
         gains = torch.stack(_dpm_residual_response(model, sch, noise, i))
-        bound = 2.0 * float((gains * resid[i]).sum())
+        bound = 2.0 * float((gains * torch.linalg.vector_norm(resid[i], dim=-1)).sum())
         err = float(torch.linalg.vector_norm(res.x0[i] - ref[i, 0]))
         assert err <= bound + rounding_tol(torch.float64, 64 * steps, scale), (i, err, bound)
 
 
-@pytest.mark.parametrize("solver", ["taa", "taa-euler", "picard"])
+@pytest.mark.parametrize("solver", ["sequential", "taa", "taa-euler", "picard"])
 def test_static_engine_equals_the_eager_one_on_both_families(mixture, solver):
-    """The static engine (fixed shapes, masks) runs both families through the same step rule: same iterations,
-    same trajectory as the eager loops (bit for bit on the CPU; measured 0.0)."""
-    from parataa.families import dpmpp_2m_system
-
+    """The static engine (fixed shapes, masks) runs both families through the same step rule, DPM-Solver++(2M) on
+    the eps model itself: same iterations, the eager loops' trajectory bit for bit (CPU)."""
     steps = 12
     noise = draw_noise([0, 1, 2], steps, (mixture.dim,))
     flow = GaussianMixtureFlow(mixture, [0, 1, 2], 5.0), flow_euler_schedule({}, steps)
-    den, dpm = GaussianMixtureDenoiser(mixture, [0, 1, 2], 5.0), dpmpp_2m_schedule(mixture.scheduler_config, steps)
-    for make in (lambda: flow, lambda: dpmpp_2m_system(den, dpm)):
-        eager = solve(*make(), noise, preset(solver))
-        static = solve(*make(), noise, preset(solver), engine="static")
-        assert torch.equal(eager.iterations, static.iterations)
-        scale = float(eager.trajectory.abs().max())
-        tol = steps * rounding_tol(torch.float64, 64 * steps, scale)  # reductions reordered by the padding
-        torch.testing.assert_close(static.trajectory, eager.trajectory, rtol=0, atol=tol)
+    dpm = GaussianMixtureDenoiser(mixture, [0, 1, 2], 5.0), dpmpp_2m_schedule(mixture.scheduler_config, steps)
+    for model, sched in (flow, dpm):
+        for window in (None, 5):
+            cfg = preset(solver) if solver == "sequential" else preset(solver, window=window)
+            eager = solve(model, sched, noise, cfg)
+            static = solve(model, sched, noise, cfg, engine="static")
+            assert torch.equal(eager.iterations, static.iterations)
+            assert torch.equal(static.trajectory, eager.trajectory), (sched.name, window)

@@ -5,7 +5,8 @@ Both engines (the reference loops in `_window.py` and `picard.py`, and the stati
 
 - a padded window [N, B, D] of every sample's unknowns, position j holding step t = lo + j, valid while
   j < width; `x_ext` [N, B+1, D] adds the frozen state x_f at position width; `eps` [N, B, D] is the model
-  output at x_{t+1}, zero on padding; `xi` [N, B, D] the noise of each position's step;
+  output at x_{t+1} as the steps read it (`StepRule.output`), zero on padding; `xi` [N, B, D] the noise of each
+  position's step;
 - the engine supplies the step indices t of the padding (the reference clamps them into [0, T-1], the static
   engine points them at the step rule's scratch entry T): whatever padding holds is masked here, so a valid
   position's result depends only on valid positions;

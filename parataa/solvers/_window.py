@@ -20,7 +20,7 @@ import torch
 from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..stopping import RULES
-from ..system import Window, make_window, step_rule
+from ..system import StepRule, Window, make_window, step_rule
 from ._iteration import History, UpdateRule, count_iteration, window_iteration
 from ._loop import Bookkeeper, log_record
 from .base import (
@@ -79,7 +79,7 @@ class WindowEval:
     vi: torch.Tensor  # [R] sample of each valid position
     vj: torch.Tensor  # [R] its window position
     tv: torch.Tensor  # [R] its step index t
-    eps: torch.Tensor  # [N, Wmax, D] eps(x_{t+1}, tau_t), zero on padding
+    eps: torch.Tensor  # [N, Wmax, D] the model's output at x_{t+1}, tau_t (`StepRule.output`), zero on padding
 
     @property
     def x_cur(self) -> torch.Tensor:
@@ -132,8 +132,9 @@ def start_solve(
     return sched, xi, state, Bookkeeper(state, model, sched, noise, config.method, callback)
 
 
-def evaluate_window(state: SolverState, book: Bookkeeper, window: int, copy_init: bool) -> WindowEval:
-    """Initialise states entering the window (copy init), then eps at all its states in one batched call."""
+def evaluate_window(state: SolverState, book: Bookkeeper, step: StepRule, window: int, copy_init: bool) -> WindowEval:
+    """Initialise states entering the window (copy init), then the model's output at all its states in one batched
+    call, as the steps read it (`StepRule.output`)."""
     if copy_init:
         enter_copies(state, window)  # a state entering the window starts as the state above it
     win = make_window(state.frozen, window, state.x.shape[1] - 1)
@@ -141,7 +142,8 @@ def evaluate_window(state: SolverState, book: Bookkeeper, window: int, copy_init
     vi, vj = torch.nonzero(win.valid, as_tuple=True)
     tv = win.t[vi, vj]
     eps = torch.zeros_like(x_ext[:, :-1])
-    eps[vi, vj] = book.eps(x_ext[vi, vj + 1], tv, vi)
+    x_rows = x_ext[vi, vj + 1]
+    eps[vi, vj] = step.output(tv, x_rows, book.eps(x_rows, tv, vi))
     return WindowEval(win, x_ext, vi, vj, tv, eps)
 
 
@@ -166,7 +168,7 @@ def run_window_solver(
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
         book.begin()
         # 1. eps at every state of the window, one batched model call
-        ev = evaluate_window(state, book, window, config.init == "copy")
+        ev = evaluate_window(state, book, step, window, config.init == "copy")
         win, thr, above = ev.win, threshold_all[ev.win.t], outputs_above(state, ev, step.reads)
         # 2-5. residuals, stopping test, update, window move (_iteration.window_iteration)
         out = window_iteration(

@@ -82,7 +82,7 @@ class SolverState:
     hist_f: torch.Tensor | None = None
     hist_len: torch.Tensor | None = None  # [N, T]
     spent: torch.Tensor | None = None  # [N] summed rho of the states accepted so far (the "sum" stopping rule)
-    out: torch.Tensor | None = None  # [N, T+2, D] model output at each state (step rules reading two; 0 at T+1)
+    out: torch.Tensor | None = None  # [N, T+2, D] model output at each state, mapped (StepRule.output; 2-output rules)
     log: list[dict[str, torch.Tensor]] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
 

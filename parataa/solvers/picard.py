@@ -40,7 +40,7 @@ def picard(
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
         book.begin()
         # 1. eps at every state of the window, one batched model call
-        ev = evaluate_window(state, book, window, config.init == "copy")
+        ev = evaluate_window(state, book, step, window, config.init == "copy")
         win, t = ev.win, ev.win.t
         # 2-5. drifts, cumulative sums from the frozen state, errors, window move (_iteration.picard_iteration)
         x_f = state.x[win.rows[:, 0], state.frozen][:, None]

@@ -39,7 +39,7 @@ def sequential(
         book.begin()
         t = int(state.frozen[0]) - 1
         steps = torch.full((n,), t, dtype=torch.long, device=device)
-        eps = book.eps(state.x[:, t + 1], steps, samples)
+        eps = rule.output(steps, state.x[:, t + 1], book.eps(state.x[:, t + 1], steps, samples))
         state.x[:, t] = rule.step(steps, state.x[:, t + 1], outputs(state, eps, t, rule.reads), xi[:, t])
         state.frozen -= 1
         state.iterations += 1

@@ -265,7 +265,7 @@ class StaticSolver(GraphedSegments, DeviceLog):
     def _post_sequential(self, B: int) -> None:
         n, r = self.N, self.rows[:, 0]
         t = self.frozen - 1
-        eps = self.eps_buf[B].view(n, self.D)
+        eps = self.rule.output(t, self.xs[r, t + 1], self.eps_buf[B].view(n, self.D))
         self._flag_nonfinite(torch.ones(n, 1, dtype=torch.bool, device=self.device), t[:, None], B)
         outs = (eps,)
         if self.rule.reads == 2:  # as sequential.outputs
@@ -276,11 +276,14 @@ class StaticSolver(GraphedSegments, DeviceLog):
         count_iteration(self.iterations, self.nfe, torch.ones_like(t))
 
     def _eps(self, B: int):
-        """The window and the model's eps on it (zero on padding), the first non-finite eps flagged."""
+        """The window and the model's output on it as the steps read it (`StepRule.output`; zero on padding), the first
+        non-finite output flagged."""
         lo, width, valid, t, ts, t_up = self._window(B)
         self._flag_nonfinite(valid, t, B)
-        eps = torch.where(valid[..., None], self.eps_buf[B], torch.zeros_like(self.eps_buf[B]))
-        return (lo, width, t, valid), ts, self.xs[self.rows, t_up], eps, self.xi_p[self.rows, t]
+        x_ext = self.xs[self.rows, t_up]
+        out = self.rule.output(t, x_ext[:, 1:], self.eps_buf[B])
+        eps = torch.where(valid[..., None], out, torch.zeros_like(out))
+        return (lo, width, t, valid), ts, x_ext, eps, self.xi_p[self.rows, t]
 
     def _above(self, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor | None:
         """As _window.outputs_above, for a step rule that reads two outputs (padding writes zeros to state T+1)."""
