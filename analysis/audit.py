@@ -463,8 +463,9 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
 
     Common keys: `cells` (a selector on model / sampler / steps: which cells count), `exclude` (a selector of
     settings left out). Kinds:
-      fewer_than  subject, others (selectors), metrics, by (columns that must match, e.g. order), strict:
-                  per cell (x by) and metric and other, best subject < best other (<= when strict: false)
+      fewer_than  subject, others (selectors), metrics, by (columns that must match, e.g. order), strict,
+                  factor (default 1): per cell (x by) and metric and other, factor x best subject < best other
+                  (<= when strict: false); factor 1.5 reads "at least 1.5x fewer"
       range       subject, metric, low, high, rel_tol: per cell, best subject in [low, high] (widened)
       at_most / at_least  subject, metric, value, abs_tol: per cell, best subject <= / >= value (+- tol)
       monotone    subject, along, metrics, series (columns fixed along a series; default: every solver-setting
@@ -484,6 +485,10 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
         by = [c for c in by if c in s.columns]
         strict = bool(check.get("strict", True))
         rel = "<" if strict else "<="
+        factor = float(check.get("factor", 1.0))
+        if not (math.isfinite(factor) and factor >= 1.0):
+            raise ValueError(f"fewer_than check: factor must be a finite number >= 1 (1: plain fewer), got {factor}")
+        times = "" if factor == 1.0 else f"{factor:g} x "
         subj_sel = check["subject"]
         for key, g in s.groupby(by, sort=True, dropna=False):
             key = key if isinstance(key, tuple) else (key,)
@@ -495,14 +500,14 @@ def run_check(check: Mapping[str, Any], st: pd.DataFrame) -> list[Outcome]:
                     b = _pick(g.drop(index=select(g, subj_sel).index), other, metric)
                     if b is None or (math.isinf(a[0]) and math.isinf(b[0])):
                         continue
-                    holds = a[0] < b[0] if strict else a[0] <= b[0]
+                    holds = factor * a[0] < b[0] if strict else factor * a[0] <= b[0]
                     # both at T parallel steps, the most a solve can take: a strict "fewer" cannot hold or fail
                     tie = strict and a[0] == b[0] == float(g["steps"].iloc[0])
                     verdict = "a tie at the ceiling (T steps)" if tie else "holds" if holds else "fails"
                     out.append(
                         Outcome(
                             holds,
-                            f"{_where(key[: len(GROUP)], GROUP)}, {METRIC_NAMES.get(metric, metric)}: {a[1]} "
+                            f"{_where(key[: len(GROUP)], GROUP)}, {METRIC_NAMES.get(metric, metric)}: {times}{a[1]} "
                             f"{_num(a[0])} {'=' if tie else rel} {b[1]} {_num(b[0])}: {verdict}",
                             tie=tie,
                         )

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .labels import palette, solver_order  # noqa: E402
+from .labels import palette, sampler_label, solver_order  # noqa: E402
 from .loaders import Study  # noqa: E402
 from .tables import first_order_tags, grid_table, setting_keys, window_table  # noqa: E402
 from .yardstick import Yardstick  # noqa: E402
@@ -104,7 +104,7 @@ def _facets(n: int, width: float = 5.0, height: float = 3.6, cols: int = 3) -> t
 
 def _title(key: Sequence[object]) -> str:
     model, sampler, steps = key[:3]
-    return f"{model} {str(sampler).upper()}-{steps}"
+    return f"{model} {sampler_label(sampler)}-{steps}"
 
 
 def _legend(fig: plt.Figure, handles: list, title: str | None = None) -> None:
@@ -175,7 +175,7 @@ def steps_to_sequential(study: Study | Frames, out_dir: str | Path, notes: list[
                 never = steps * 1.08 + np.zeros((~ok).sum())
                 ax.scatter(xo + jitter[~ok], never, s=26, facecolor="none", edgecolor=colour, zorder=3)
                 ax.scatter(xo + jitter, d["iterations"], marker="_", s=60, color=colour, alpha=0.6, zorder=2)
-        ax.set_xticks(range(len(cells[model])), [f"{s.upper()}-{n}" for s, n in cells[model]])
+        ax.set_xticks(range(len(cells[model])), [f"{sampler_label(s)}-{n}" for s, n in cells[model]])
         ax.set_xlim(-0.6, len(cells[model]) - 0.4)
         ax.set_title(model)
         ax.grid(axis="y", alpha=0.3)

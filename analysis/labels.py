@@ -24,7 +24,18 @@ from dataclasses import dataclass, field
 
 from parataa.solver_config import INITS, PRESETS, SPLITTINGS, TOL_SCALES
 
-__all__ = ["ParsedTag", "parse_tag", "variant_label", "setting_label", "solver_order", "palette", "DISPLAY"]
+__all__ = [
+    "sampler_label", "ParsedTag", "parse_tag", "variant_label", "setting_label", "solver_order", "palette", "DISPLAY"
+]
+
+# How the samplers are named for a reader (a sampler without an entry is shown upper-cased)
+SAMPLER_DISPLAY = {"ddim": "DDIM", "ddpm": "DDPM", "dpmpp-2m": "DPM++(2M)", "flow-euler": "Flow-Euler"}
+
+
+def sampler_label(sampler: str) -> str:
+    """"DDIM", "DDPM", "DPM++(2M)" (DPM-Solver++(2M)), "Flow-Euler" (flow matching, Euler steps)."""
+    return SAMPLER_DISPLAY.get(str(sampler), str(sampler).upper())
+
 
 # How the study's solvers are named for a reader; a preset without an entry is shown by its own name.
 DISPLAY = {

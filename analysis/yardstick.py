@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .labels import setting_label, solver_order, variant_label
+from .labels import sampler_label, setting_label, solver_order, variant_label
 from .loaders import Study, psnr_db
 
 __all__ = [
@@ -227,7 +227,7 @@ def paper_table(st: pd.DataFrame, order: Sequence[str] | None = None) -> tuple[p
     text = pd.DataFrame(
         {
             "model": best["model"],
-            "sampler-steps": [f"{s.upper()}-{n}" for s, n in zip(best["sampler"], best["steps"], strict=True)],
+            "sampler-steps": [f"{sampler_label(s)}-{n}" for s, n in zip(best["sampler"], best["steps"], strict=True)],
             "sequential steps": best["steps"].astype(int).astype(str),
             "solver": best["variant"],
             "setting": [

@@ -298,7 +298,13 @@ def expand_solver_grid(
 
     `grids` (optional): a list of `{models, samplers, steps, solvers}` whose solver blocks are added only in the
     cells they name (`grid_applies`), after the study-wide `solvers`; a setting both produce is one cell. Given
-    `model` and `sampler`, the configurations of that cell; without them, the study-wide ones only."""
+    `model` and `sampler`, the configurations of that cell; without them, the study-wide ones only. A model and
+    a sampler that do not go together (`parataa.samplers.applies`: flow models take flow-euler only) make no
+    cell: none."""
+    from .samplers import applies
+
+    if model is not None and sampler is not None and not applies(model, sampler):
+        return []
     defaults = dict(config.get("solver_defaults") or {})
     out: list[dict[str, Any]] = []
     seen: dict[str, dict[str, Any]] = {}

@@ -45,6 +45,7 @@ from analysis.audit import (
     load_claims,
     measure,
     measure_embedded,
+    run_check,
 )
 from analysis.figures import history_order_grid, speedup_vs_gpus, window_study
 from analysis.loaders import workflow_solver_tags
@@ -1003,3 +1004,36 @@ def test_one_analysis_run_builds_the_yardstick_frames_once(tmp_path: Path, monke
     assert main(["--results", str(MINI), "--out", str(tmp_path / "out"), "--config", str(CONFIG)]) == 0
     assert len(calls) == 1 and (tmp_path / "out" / "audit.md").is_file()
     assert (tmp_path / "out" / "figures" / "index.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "cid, sampler, steps, limit",
+    [("dpmpp-2m-25-taa-euler", "dpmpp-2m", 25, 8), ("flow-euler-50-taa-euler", "flow-euler", 50, 10)],
+)
+def test_sampler_family_claims_need_the_bound_and_1_5x_fewer_than_picard(cid, sampler, steps, limit) -> None:
+    """One claim per sampler family beyond the paper: TAA-Euler within `limit` steps to 40 dB and at least 1.5x
+    fewer than ParaDiGMS, decided only on that family's cell (a DDIM cell of the same numbers is not counted)."""
+    model = "tiny-flow" if sampler == "flow-euler" else "tiny-dit"
+
+    def cell(taa: float, picard: float, s: str = sampler) -> list[dict]:
+        return [
+            {"solver": "taa-euler", "model": model, "sampler": s, "steps": steps, "its": taa + 1, "to40": taa},
+            {"solver": "picard", "model": model, "sampler": s, "steps": steps, "its": picard + 1, "to40": picard},
+        ]
+
+    assert _verdict(cid, _st(*cell(limit, 1.5 * limit))) == REPRODUCED  # both bounds met exactly
+    assert _verdict(cid, _st(*cell(limit + 1, 3 * limit))) == PARTLY  # 1.5x fewer, but past the bound
+    assert _verdict(cid, _st(*cell(limit, 1.5 * limit - 0.5))) == PARTLY  # within the bound, < 1.5x fewer
+    assert _verdict(cid, _st(*cell(limit + 1, limit + 2))) == NOT_REPRODUCED
+    assert _verdict(cid, _st(*cell(limit, math.inf))) == REPRODUCED  # ParaDiGMS never got there
+    assert _verdict(cid, _st(*cell(2, 20, s="ddim" if sampler == "dpmpp-2m" else "ddpm"))) == NOT_RUN
+    # the DDIM/DDPM findings do not count these cells: TAA-Euler worse than ParaDiGMS here changes nothing there
+    assert _verdict("euler-taa-vs-paradigms", _st(*cell(limit + 5, limit))) == NOT_RUN
+
+
+def test_a_fewer_than_factor_below_one_is_refused() -> None:
+    check = {"kind": "fewer_than", "subject": {"solver": "taa-euler"}, "others": [{"solver": "picard"}],
+             "metrics": ["to_40db_mean"], "factor": 0.5}  # fmt: skip
+    st = _st({"solver": "taa-euler", "its": 8, "to40": 7}, {"solver": "picard", "its": 12, "to40": 11})
+    with pytest.raises(ValueError, match="factor must be a finite number >= 1"):
+        run_check(check, st)

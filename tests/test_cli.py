@@ -127,3 +127,30 @@ def test_sample_summary_records_the_weights_identity(tmp_path):
     for name, f in weights["files"].items():  # the sha256 of the very file the loader read
         data = (root / name).read_bytes()
         assert f == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+@pytest.mark.parametrize(
+    "cmd, model, sampler, fix",
+    [
+        ("compare", "tiny-flow", "ddim", "use flow-euler with tiny-flow"),
+        ("compare", "tiny-flow", "dpmpp-2m", "use flow-euler with tiny-flow"),
+        ("compare", "tiny-dit", "flow-euler", "use ddim or ddpm or dpmpp-2m with tiny-dit, or flow-euler with tiny-flow"),  # noqa: E501
+        ("compare", "gmm", "flow-euler", "use ddim or ddpm or dpmpp-2m with gmm"),
+        ("sample", "tiny-flow", "ddpm", "use flow-euler with tiny-flow"),
+    ],
+)
+def test_a_sampler_the_model_does_not_take_is_refused_naming_both(cmd, model, sampler, fix, capsys, tmp_path):
+    extra = ["--out", str(tmp_path / "o")] if cmd == "sample" else []
+    err = _refused([cmd, "--model", model, "--sampler", sampler, "--steps", "5", *extra], capsys)
+    assert f"--sampler {sampler}: model {model} is a" in err and f"does not take sampler {sampler}" in err, err
+    assert fix in err, err
+
+
+def test_flow_model_defaults_to_flow_euler_and_dpmpp_2m_runs_by_name(capsys):
+    flow = _compare_json(capsys, "--model", "tiny-flow", "--steps", "6", "--seeds", "0", "--solvers", "sequential")
+    assert flow["setting"]["sampler"] == "flow-euler"
+    dpm = _compare_json(capsys, *GMM, "--sampler", "dpmpp-2m", "--seeds", "0", "--solvers", "sequential")
+    assert dpm["setting"]["sampler"] == "dpmpp-2m"
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "dpmpp-2m" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import torch
 from ..fidelity import FidelityRecorder, psnr_db
 from ..models.registry import GMM_OPTIONS
 from ..noise import draw_noise
+from ..samplers import SAMPLERS, check_sampler, default_sampler
 from ..schedules import Schedule
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
@@ -30,7 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="gmm", help="gmm (analytic), or a registered model name (default: gmm)")
     p.add_argument("--model-path", default=None, help="local path of real weights (real models only)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="ddim, ddpm or dpmpp-2m (DPM-Solver++(2M)) for diffusion models, flow-euler for flow-matching ones "
+        "(tiny-flow); default: flow-euler for tiny-flow, ddim otherwise",
+    )
     p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
     p.add_argument(
         "--solvers",
@@ -84,6 +91,9 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[int], list[Any
             raise ValueError(f"--{str(e).split()[0].replace('_', '-')}: {e}") from None
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
+    if args.sampler is None:
+        args.sampler = default_sampler(args.model)
+    check_sampler(args.model, args.sampler, "--sampler")
     _checks.check_steps(args.steps)
     seeds = _checks.parse_seeds(args.seeds)
     _checks.check_seeds(seeds)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..noise import draw_noise
+from ..samplers import SAMPLERS, check_sampler, default_sampler
 from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
 from . import _checks, _processes
@@ -37,7 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embedded model, or the model's hub id read from the Hugging Face cache: HF_HUB_CACHE, HF_HUB_OFFLINE)",
     )
     p.add_argument("--solver", default="taa", choices=SOLVER_NAMES)
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="ddim, ddpm or dpmpp-2m (DPM-Solver++(2M)) for diffusion models, flow-euler for flow-matching ones "
+        "(tiny-flow); default: flow-euler for tiny-flow, ddim otherwise",
+    )
     p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--class", dest="label", type=int, default=None, help="class label (class-conditional models)")
@@ -59,6 +66,9 @@ def check_args(args: argparse.Namespace) -> tuple[Any, Path]:
 
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {args.model!r}")
+    if args.sampler is None:
+        args.sampler = default_sampler(args.model)
+    check_sampler(args.model, args.sampler, "--sampler")
     _checks.check_steps(args.steps)
     _checks.check_seeds([args.seed], "--seed")
     _checks.check_number("--cfg-scale", args.cfg_scale)

@@ -184,6 +184,7 @@ def _matrix_size(cfg: dict[str, Any], schema: dict[str, Any]) -> list[str]:
 
 def _semantic(cfg: dict[str, Any]) -> list[str]:
     from ..conditions import check_conditions
+    from ..samplers import FLOW_MODELS, applies, samplers_for
     from .plan import solver_runs
 
     msgs = []
@@ -198,6 +199,20 @@ def _semantic(cfg: dict[str, Any]) -> list[str]:
             extra = [v for v in grid.get(key) or [] if v not in have]
             if extra:
                 msgs.append(f"config.grids[{i}].{key}: {extra} not in the study's {key} {list(have)}")
+    for i, m in enumerate(cfg["models"]):  # a model x sampler pair that does not apply is skipped, not run
+        if not any(applies(m["name"], s) for s in cfg["samplers"]):
+            msgs.append(
+                f"config.samplers: model {m['name']} (config.models[{i}]) takes none of the samplers "
+                f"{list(cfg['samplers'])}; add {' or '.join(samplers_for(m['name']))} to samplers, or drop the model"
+            )
+    for i, grid in enumerate(cfg.get("grids") or []):
+        g_models, g_samplers = grid.get("models") or names, grid.get("samplers") or cfg["samplers"]
+        if not any(applies(n, s) for n in g_models for s in g_samplers):
+            msgs.append(
+                f"config.grids[{i}]: no model of {list(g_models)} takes a sampler of {list(g_samplers)}, so the "
+                f"grid runs nowhere; pair flow-euler with flow models ({', '.join(FLOW_MODELS)}), ddim, ddpm or "
+                "dpmpp-2m with the others"
+            )
     empty = []
     for steps in cfg["steps"]:
         for name in names:

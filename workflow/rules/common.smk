@@ -123,7 +123,7 @@ onerror:
 
 wildcard_constraints:
     model="[A-Za-z0-9._-]+",
-    sampler="ddim|ddpm",
+    sampler="ddim|ddpm|dpmpp-2m|flow-euler",
     steps="[0-9]+",
     shard="[0-9]+",
     group="[0-9]+",
