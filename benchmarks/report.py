@@ -84,6 +84,11 @@ def main() -> None:
 
             lines += [validation_markdown(load_validation(val_path), 40.0)]
             break
+    fam = sorted((Path(__file__).parent / "results").glob("families_*.jsonl"))
+    if fam:  # DPM-Solver++(2M) and flow-Euler (benchmarks/families.py)
+        from families import section as families_section
+
+        lines += [families_section(fam)]
     lines += wallclock_sections(d, Path(args.out).parent)
     if over or single or w1:
         lines += ["# Earlier runs (the eager engine)", "",
