@@ -68,7 +68,7 @@ def _count(prompt: str) -> int:
     global _TOKENIZER
     if _TOKENIZER is None:
         _TOKENIZER = clip_tokenizer()
-    return len(_TOKENIZER(prompt, add_special_tokens=False)["input_ids"])
+    return len(_TOKENIZER(prompt, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 _TOKENIZER: Any = None

@@ -950,7 +950,7 @@ def test_slurm_preempted_job_requeues_and_resumes_bitwise(tmp_path):
     log = Path(str(job.paths.stderr))
     t0 = time.time()
     while time.time() - t0 < 90:  # wait until it is iterating
-        if log.exists() and re.search(r"fp_w200_tol1e-3:\s+\d+%\|.*\| [1-9]\d*/200", log.read_text()):
+        if log.exists() and re.search(r"fp_w200_tol1e-3: iteration [1-9]\d* \(at most 200\)", log.read_text()):
             break
         time.sleep(0.5)
     else:
