@@ -3,8 +3,9 @@ analysis share.
 
 The registry holds one `Method` record per algorithm (its reference loop, its window update rule, the options it
 reads) and one `Solver` record per study name (its preset and what the preset fixes). The presets, the dispatch
-of both engines (parataa/solvers), the CLI's solver flags, the run tags and the "option X does nothing for solver
-Y" errors all follow from these records; adding an algorithm is its module plus one `Method` and one `Solver`.
+of both engines (parataa/solvers), the CLI's solver flags and their choices, the study schema's solver names and
+option choices (parataa/jobs/config.py `load_schema`), the run tags and the "option X does nothing for solver Y"
+errors all follow from these records; adding an algorithm is its module plus one `Method` and one `Solver`.
 
 Torch-free on purpose: the analysis (which never imports torch) expands a study's solver grid into the same tags
 the workflow stored its runs under, from this one definition. Defaults live in `SolverConfig`'s fields and
@@ -35,7 +36,9 @@ __all__ = [
     "INITS",
     "TOL_SCALES",
     "SPLITTINGS",
-    "STOPS",
+    "USER_OPTIONS",
+    "describe_choices",
+    "option_choices",
     "PRESETS",
     "PRESET_FIXED",
     "SOLVER_NAMES",
@@ -51,7 +54,6 @@ __all__ = [
 
 INITS = ("gaussian", "copy", "trajectory")
 SPLITTINGS = ("exact", "euler")
-STOPS = tuple(RULES)  # parataa/stopping.py: one class per rule
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -204,6 +206,28 @@ PRESETS: dict[str, dict[str, Any]] = {n: dict(s.preset) for n, s in SOLVER_RECOR
 PRESET_FIXED: dict[str, frozenset[str]] = {n: s.fixed for n, s in SOLVER_RECORDS.items()}
 SOLVER_NAMES = tuple(PRESETS)
 PARALLEL_SOLVERS = tuple(n for n in SOLVER_NAMES if n != "sequential")
+# The options a user sets by name (a study's solver blocks, the CLI's flags): every SolverConfig field but method
+# (the solver's name chooses it) and freeze_from (with init="trajectory", which only the API takes).
+USER_OPTIONS = tuple(f for f in SolverConfig.field_names() if f not in ("method", "freeze_from"))
+
+
+def option_choices() -> dict[str, tuple[str, ...]]:
+    """The values a user may give each option that takes a name (study configs, CLI flags). Read when called, so a
+    stopping rule registered after import (parataa/stopping.py `register`) is among them."""
+    return {
+        "tol_scale": TOL_SCALES,
+        "init": tuple(i for i in INITS if i != "trajectory"),
+        "splitting": SPLITTINGS,
+        "stop": tuple(RULES),
+    }
+
+
+def describe_choices(option: str) -> str:
+    """The choices of `option` in words, 'a, b or c'; each stopping rule with its `summary` in parentheses."""
+    words = [
+        f"{c} ({RULES[c].summary})" if option == "stop" and RULES[c].summary else c for c in option_choices()[option]
+    ]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def _check_solver_name(name: str) -> None:

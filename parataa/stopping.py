@@ -6,7 +6,8 @@ tag they add, the per-step threshold logged beside rho, the test that decides wh
 reference loops and the static/CUDA-graph engine) call the same methods, so a rule is written once.
 
 Adding a rule is one subclass of `StopRule` registered with `@register`: its name becomes a valid
-`SolverConfig.stop`, a `--stop` choice of the CLI and a value of the study schema. If it reads a new option, that
+`SolverConfig.stop`, a `--stop` choice of the CLI and a value of the study schema (parataa/jobs/config.py
+`load_schema` reads `RULES`), its `summary` the words beside its name in their help. If it reads a new option, that
 option is a `SolverConfig` field (the rule's `options` names it).
 
 Torch-free at import: the analysis (which never imports torch) reads `RULES`, `TOL_SCALES` and `step_threshold`
@@ -70,6 +71,7 @@ class StopRule:
     name: ClassVar[str]
     options: ClassVar[tuple[str, ...]]  # the SolverConfig fields this rule reads
     recountable: ClassVar[bool]  # a per-step rule on rho: the analysis may recount steps under another threshold
+    summary: ClassVar[str] = ""  # a few words beside the name in the study schema's and the CLI's choice lists
 
     def check(self, config: Any) -> None:
         """Raise ValueError naming the option when the config cannot work with this rule."""
@@ -119,6 +121,7 @@ class PerStep(StopRule):
     name = "step"
     options = ("abs_tol", "rel_tol", "tol_scale")
     recountable = True
+    summary = "per step"
 
     def check(self, config: Any) -> None:
         if config.abs_tol == 0 and config.rel_tol == 0:
@@ -155,6 +158,7 @@ class Summed(StopRule):
     name = "sum"
     options = ("sum_tol",)
     recountable = False
+    summary = "summed residual"
 
     def check(self, config: Any) -> None:
         if config.sum_tol == 0:
@@ -207,6 +211,7 @@ class Target(StopRule):
     name = "target"
     options = ("target_db",)
     recountable = False
+    summary = "x0 within target_db"
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
         return [f"db{fmt_num(c.get('target_db', 40.0))}"]

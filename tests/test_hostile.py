@@ -186,7 +186,7 @@ HOSTILE: dict[str, list[tuple[object, list[str]]]] = {
 HOSTILE.update(
     {
         "solvers.<solver>.splitting": [("eulr", ["config.solvers.taa.splitting", "exact or euler"])],
-        "solvers.<solver>.stop": [("steps", ["config.solvers.taa.stop", "step (per step) or sum"])],
+        "solvers.<solver>.stop": [("steps", ["config.solvers.taa.stop", "step (per step), sum (summed residual)"])],
         "solvers.<solver>.sum_tol": [(NAN, ["config.solvers.taa.sum_tol", "not a finite number"])],
         "solvers.<solver>.target_db": [(0, ["config.solvers.taa.target_db", "a finite number > 0"])],
         "grids[].models": [(["tiny-sd"], ["config.grids[0].models", "not in the study's models"])],

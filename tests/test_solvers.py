@@ -637,21 +637,35 @@ def test_cli_refuses_a_flag_no_chosen_solver_reads(capsys):
 
 
 def test_schema_solver_options_are_the_registry_options():
-    """The study schema's solver block offers exactly SolverConfig's study options, with the registry's choices."""
+    """The study schema's solver names, solver options and their choices are the registry's, filled in when it is
+    loaded: the YAML file lists no solver and no choice, and a file whose options are not SolverConfig's user options
+    is refused. Every user option is a CLI flag."""
     import yaml
 
-    from parataa.solver_config import SPLITTINGS, STOPS, TOL_SCALES
+    from parataa.cli import build_parser
+    from parataa.jobs.config import SCHEMA, fill_registry, load_schema
+    from parataa.solver_config import PARALLEL_SOLVERS, USER_OPTIONS, option_choices
 
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
-    props = schema["definitions"]["solver_block"]["properties"]
-    assert set(props) == set(SolverConfig.field_names()) - {"method", "freeze_from"}
-    assert schema["definitions"]["tol_scale"]["enum"] == list(TOL_SCALES)
-    assert props["splitting"]["anyOf"][0]["enum"] == list(SPLITTINGS)
-    assert props["stop"]["anyOf"][0]["enum"] == list(STOPS)
+    schema = load_schema()
+    defs, props = schema["definitions"], schema["definitions"]["solver_block"]["properties"]
+    assert set(props) == set(USER_OPTIONS) == set(SolverConfig.field_names()) - {"method", "freeze_from"}
+    assert list(schema["properties"]["solvers"]["properties"]) == list(PARALLEL_SOLVERS)
+    assert option_choices()["init"] == ("gaussian", "copy") and option_choices()["stop"] == tuple(RULES)
+    for option, values in option_choices().items():
+        assert defs[option]["enum"] == list(values), option
+        assert all(v in props[option]["description"] for v in values), option
+    raw = yaml.safe_load(SCHEMA.read_text())
+    assert "enum" not in raw["definitions"]["stop"] and raw["properties"]["solvers"]["properties"] == {}
+    del raw["definitions"]["solver_block"]["properties"]["sum_tol"]
+    with pytest.raises(ValueError, match=r"solver_block\.properties .*missing \['sum_tol'\], unknown \[\]"):
+        fill_registry(raw)
+    args = build_parser().parse_args(["compare", "--model", "gmm", "--steps", "4", "--seeds", "0"])
+    assert all(getattr(args, option) is None for option in USER_OPTIONS)
 
 
 def test_a_new_stopping_rule_is_one_registered_class(mixture):
-    """A rule registered from outside the package is a valid `stop`, tags its runs and drives both engines alike."""
+    """A rule registered from outside the package is a valid `stop`, a value of the study schema and a --stop choice of
+    the CLI, tags its runs and drives both engines alike."""
     from parataa.solver_config import solver_tag
     from parataa.stopping import PerStep, register
 
@@ -664,8 +678,24 @@ def test_a_new_stopping_rule_is_one_registered_class(mixture):
         def bad(self, config, rho, valid, lo, thr, spent, num_steps):
             return valid & (rho > thr / 2)
 
+    import yaml
+
+    from parataa.cli import main
+    from parataa.jobs.config import ConfigError, validate_config
+
+    study = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/smoke.yaml").read_text())
+    study["solvers"] = {"taa": {"stop": ["step", "halved"]}}
+    cli = ["compare", "--model", "gmm", "--dim", "4", "--steps", "4", "--seeds", "0", "--json", "--quiet"]
+    cli += ["--solvers", "taa", "--stop", "halved"]
+    with pytest.raises(ConfigError, match=r"config\.solvers\.taa\.stop\[1\]: 'halved' is not one of"):
+        validate_config(study)
+    with pytest.raises(SystemExit):
+        main(cli)
     register(Halved)
     try:
+        # the study schema and the CLI read the registry when they are built: the new rule is a choice of both
+        assert validate_config(study)["solvers"]["taa"]["stop"] == ["step", "halved"]
+        assert main(cli) == 0
         model, sched, noise = gmm_problem(mixture, steps=12)
         cfg = preset("taa", window=6, stop="halved")
         assert solver_tag("taa", cfg, 12) == "taa_m2_k12_w6_halved_tol1e-3"

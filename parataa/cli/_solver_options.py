@@ -11,33 +11,32 @@ import argparse
 from typing import Any
 
 from ..solver_config import (
-    INITS,
     METHOD_RECORDS,
     SOLVER_RECORDS,
-    SPLITTINGS,
-    STOPS,
-    TOL_SCALES,
+    USER_OPTIONS,
     SolverConfig,
+    describe_choices,
+    option_choices,
     preset,
     read_options,
     refuse_unread,
 )
 
 _DEFAULT = SolverConfig()
-_FLAGS = ("window", "history", "order", "ridge", "splitting", "stop", "sum_tol", "abs_tol", "rel_tol", "tol_scale")
-_FLAGS += ("max_iters", "picard_tol", "init", "target_db")
+_FLAGS = USER_OPTIONS  # each has its flag below (max_iters: --max-iters); the choices are read when a parser is built
 
 
 def add_solver_arguments(p: argparse.ArgumentParser) -> None:
-    d = _DEFAULT
+    d, choices = _DEFAULT, option_choices()
     g = p.add_argument_group("solver options (default: each solver's preset, then parataa.SolverConfig)")
     g.add_argument("--window", type=int, default=None, help="window W (default: T)")
     g.add_argument("--history", type=int, default=None, help=f"history m of AA/TAA (default {d.history})")
     g.add_argument("--order", type=int, default=None, help="order k of FP+/AA/TAA (default T; FP is always 1)")
     g.add_argument("--ridge", type=float, default=None, help=f"ridge lambda of AA/TAA (default {d.ridge:g})")
-    g.add_argument("--splitting", choices=SPLITTINGS, default=None, help="order-k equations (default exact)")
-    g.add_argument("--stop", choices=STOPS, default=None,
-                   help="stopping rule: per step, summed, or the fidelity target (default step)")
+    g.add_argument("--splitting", choices=choices["splitting"], default=None,
+                   help=f"order-k equations (default {d.splitting})")
+    g.add_argument("--stop", choices=choices["stop"], default=None,
+                   help=f"stopping rule (default {d.stop}): {describe_choices('stop')}")
     g.add_argument(
         "--target-db",
         type=float,
@@ -48,12 +47,12 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
     g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
     g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
-    g.add_argument("--tol-scale", choices=TOL_SCALES, default=None, help=f"(default {d.tol_scale})")
+    g.add_argument("--tol-scale", choices=choices["tol_scale"], default=None, help=f"(default {d.tol_scale})")
     g.add_argument("--max-iters", type=int, default=None, help="iteration cap (default: T)")
     g.add_argument("--picard-tol", type=float, default=None, help=f"ParaDiGMS tolerance (default {d.picard_tol:g})")
     g.add_argument(
         "--init",
-        choices=[i for i in INITS if i != "trajectory"],
+        choices=choices["init"],
         default=None,
         help="initial guess of FP/FP+/AA/TAA (default: gaussian; copy for taa-euler; Picard always copies)",
     )

@@ -1,5 +1,6 @@
-"""Study-config validation: JSON Schema (workflow/schemas/config.schema.yaml) with defaults filled in,
-unknown keys rejected with a close-match suggestion, then the checks a schema cannot express."""
+"""Study-config validation: JSON Schema (workflow/schemas/config.schema.yaml, with the solver names and the choices
+of the solver options filled in from the solver registry) with defaults filled in, unknown keys rejected with a
+close-match suggestion, then the checks a schema cannot express."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "SCHEMA", "load_schema", "validate_config"]
+__all__ = ["ConfigError", "SCHEMA", "fill_registry", "load_schema", "validate_config"]
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -20,9 +21,37 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path = SCHEMA) -> dict[str, Any]:
+    """The study schema: the YAML file (its fields, their descriptions and values) with what the solver registry
+    defines filled in (`fill_registry`)."""
     import yaml
 
-    return yaml.safe_load(Path(path).read_text())
+    return fill_registry(yaml.safe_load(Path(path).read_text()))
+
+
+def fill_registry(schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill in `schema` (in place; returned) from the solver registry, read now (parataa/solver_config.py,
+    parataa/stopping.py): one `solvers` property per parallel solver, each a `solver_block`; the `enum` of each
+    option that takes a name (`definitions.<option>`) and its choices in place of {choices} in the descriptions.
+    Raises ValueError when the solver block's options are not SolverConfig's user options."""
+    from ..solver_config import PARALLEL_SOLVERS, USER_OPTIONS, describe_choices, option_choices
+
+    defs = schema["definitions"]
+    block = defs["solver_block"]["properties"]
+    if set(block) != set(USER_OPTIONS):
+        missing, extra = sorted(set(USER_OPTIONS) - set(block)), sorted(set(block) - set(USER_OPTIONS))
+        raise ValueError(
+            f"the study schema's definitions.solver_block.properties must be SolverConfig's user options "
+            f"(parataa.solver_config.USER_OPTIONS): missing {missing}, unknown {extra}; give each missing option its "
+            "description and values in workflow/schemas/config.schema.yaml and remove the unknown ones"
+        )
+    for option, values in option_choices().items():
+        words = describe_choices(option)
+        defs[option]["enum"] = list(values)
+        for node in (defs[option], block[option]):
+            node["description"] = node["description"].replace("{choices}", words)
+    solvers = schema["properties"]["solvers"]
+    solvers["properties"] = {name: {"$ref": "#/definitions/solver_block"} for name in PARALLEL_SOLVERS}
+    return schema
 
 
 def _where(path: Any) -> str:
