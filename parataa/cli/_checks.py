@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conditions import check_condition
+from ..samplers import SAMPLERS
 from ._processes import LAUNCHED
 
 SEED_MAX = 2**63 - 1  # seeds are stored as int64 (docs/STORAGE.md); the workflow's schema has the same range
@@ -125,3 +126,15 @@ def check_out_dir(path: str) -> Path:
             except OSError:
                 pass
     return out
+
+
+def add_sampler_arguments(p: Any) -> None:
+    """--sampler and --steps, the same for compare and sample."""
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="ddim, ddpm or dpmpp-2m (DPM-Solver++(2M)) for diffusion models, flow-euler for flow-matching ones "
+        "(tiny-flow); default: flow-euler for tiny-flow, ddim otherwise",
+    )
+    p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from typing import Any
 
+from ..jobs.preflight import alive as _alive  # exists and is not a zombie
 from ..jobs.spec import DEFAULT_CHUNK_SIZE  # network rows per call when the model calls are spread
 
 LAUNCHED = "PARATAA_CLI_PROCESSES"  # set in the processes torch.distributed.run starts for the command
@@ -132,16 +133,6 @@ def _die_with_parent(parent: int | None = None) -> None:
         return
     if parent is not None and not _alive(parent):
         os._exit(128 + int(signal.SIGKILL))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def relaunch(n: int, argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import torch
 from ..fidelity import FidelityRecorder, psnr_db
 from ..models.registry import GMM_OPTIONS
 from ..noise import draw_noise
-from ..samplers import SAMPLERS, check_sampler, default_sampler
+from ..samplers import check_sampler, default_sampler
 from ..schedules import Schedule
 from ..solver_config import SOLVER_NAMES
 from ..solvers import preset, solve
@@ -31,14 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="gmm", help="gmm (analytic), or a registered model name (default: gmm)")
     p.add_argument("--model-path", default=None, help="local path of real weights (real models only)")
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="ddim, ddpm or dpmpp-2m (DPM-Solver++(2M)) for diffusion models, flow-euler for flow-matching ones "
-        "(tiny-flow); default: flow-euler for tiny-flow, ddim otherwise",
-    )
-    p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
+    _checks.add_sampler_arguments(p)
     p.add_argument(
         "--solvers",
         default="sequential,fp,fp+,aa,taa,picard,taa-euler",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..noise import draw_noise
-from ..samplers import SAMPLERS, check_sampler, default_sampler
+from ..samplers import check_sampler, default_sampler
 from ..solver_config import SOLVER_NAMES
 from ..solvers import solve
 from . import _checks, _processes
@@ -38,14 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embedded model, or the model's hub id read from the Hugging Face cache: HF_HUB_CACHE, HF_HUB_OFFLINE)",
     )
     p.add_argument("--solver", default="taa", choices=SOLVER_NAMES)
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="ddim, ddpm or dpmpp-2m (DPM-Solver++(2M)) for diffusion models, flow-euler for flow-matching ones "
-        "(tiny-flow); default: flow-euler for tiny-flow, ddim otherwise",
-    )
-    p.add_argument("--steps", type=int, default=100, help="sampling steps T (default 100)")
+    _checks.add_sampler_arguments(p)
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--class", dest="label", type=int, default=None, help="class label (class-conditional models)")
     cond.add_argument("--prompt", default=None, help="text prompt (text-conditional models)")
