@@ -1,7 +1,8 @@
 """The validation suite: stopping rules judged on cells that chose nothing (docs/METHOD.md section 9).
 
-The cells come from `benchmarks/validation_cells.yaml` in two parts kept apart: TUNING (the cells defaults are
-and may be chosen on) and VALIDATION (never used to choose anything). For every cell (model x sampler x steps x
+The cells come from `benchmarks/validation_cells.yaml` in parts kept apart: TUNING (the cells defaults are
+and may be chosen on), VALIDATION and FRESH (never used to choose anything; FRESH judges what was built after
+VALIDATION had been run). For every cell (model x sampler x steps x
 guidance x network dtype) the script solves the sequential reference in the SAME network precision, then every
 solver of `--solvers`, recording per solve and iteration: x0's PSNR against that reference (the yardstick,
 `parataa.fidelity.psnr_db`: data range 2 on x0 in [-1, 1]), the rule's signals (the summed residual, the RMS
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", choices=("quick", "full"), default="quick")
-    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation")
+    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation, fresh")
     p.add_argument("--solvers", default="target40,target40-m8,taa-euler,picard")
     p.add_argument("--tuning-solvers", default=None,
                    help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
@@ -156,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     tuning_solvers = (args.tuning_solvers.split(",") if args.tuning_solvers
                       else solvers + ["taa-euler nostop", "picard nostop"])
     parts = args.parts.split(",")
-    for label in set((solvers if "validation" in parts else []) + (tuning_solvers if "tuning" in parts else [])):
+    judged = [p for p in parts if p != "tuning"]
+    for label in set((solvers if judged else []) + (tuning_solvers if "tuning" in parts else [])):
         solver_config(label)  # refuse an unknown label before any model is built
     device = torch.device(args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     with args.out.open("w") as fh:
         for part in parts:
-            if part not in ("tuning", "validation"):
-                raise SystemExit(f"--parts: {part!r} is not tuning or validation")
+            if part not in ("tuning", "validation", "fresh"):
+                raise SystemExit(f"--parts: {part!r} is not tuning, validation or fresh")
             for cell in expand(part, spec[part], args.size):
                 if args.models and cell["model"] not in args.models.split(","):
                     continue
