@@ -83,13 +83,15 @@ def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str,
 
 class Signals:
     """Solver callback: per iteration and sample, x0's PSNR against the reference, the RMS change of x0 made by
-    the iteration, the summed residual (accepted + window) and the states evaluated. A sample's rows end with the
+    the iteration, the summed residual of the iterate before the update (accepted before + window) and the states
+    evaluated. A sample's rows end with the
     iteration that finished it."""
 
     def __init__(self, reference_x0: torch.Tensor, start_x0: torch.Tensor) -> None:
         self.ref = reference_x0.double()
         self.prev = start_x0.double().reshape(start_x0.shape[0], -1).clone()
         n = reference_x0.shape[0]
+        self.spent = torch.zeros(n, dtype=torch.float64)
         self.rows: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in ("psnr", "dx0", "rsum", "states")}
 
     def __call__(self, info) -> None:
@@ -98,7 +100,10 @@ class Signals:
         psnr = psnr_db(x0, self.ref.to(x0.device).reshape_as(x0)).cpu()
         dx0 = (x0 - self.prev.to(x0.device)).pow(2).mean(dim=1).sqrt().cpu()
         spent = info.state.spent if info.state.spent is not None else torch.zeros_like(dx0, dtype=torch.float64)
-        rsum = (spent.cpu() + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1).cpu())
+        # the iterate before the update: what was accepted before this iteration plus the window's rho (the state's
+        # spent already holds this iteration's accepted rho, the whole window's at the stop)
+        rsum = self.spent + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1).cpu()
+        self.spent = spent.cpu().clone()
         for s in range(x0.shape[0]):
             if int(width[s]) > 0:
                 self.rows["psnr"][s].append(round(min(float(psnr[s]), 999.0), 3))
