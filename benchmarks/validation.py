@@ -1,7 +1,8 @@
 """The validation suite: stopping rules judged on cells that chose nothing (docs/METHOD.md section 9).
 
-The cells come from `benchmarks/validation_cells.yaml` in two parts kept apart: TUNING (the cells defaults are
-and may be chosen on) and VALIDATION (never used to choose anything). For every cell (model x sampler x steps x
+The cells come from `benchmarks/validation_cells.yaml` in parts kept apart: TUNING (the cells defaults are
+and may be chosen on), VALIDATION and FRESH (never used to choose anything; FRESH judges what was built after
+VALIDATION had been run). For every cell (model x sampler x steps x
 guidance x network dtype) the script solves the sequential reference in the SAME network precision, then every
 solver of `--solvers`, recording per solve and iteration: x0's PSNR against that reference (the yardstick,
 `parataa.fidelity.psnr_db`: data range 2 on x0 in [-1, 1]), the rule's signals (the summed residual, the RMS
@@ -82,13 +83,15 @@ def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str,
 
 class Signals:
     """Solver callback: per iteration and sample, x0's PSNR against the reference, the RMS change of x0 made by
-    the iteration, the summed residual (accepted + window) and the states evaluated. A sample's rows end with the
+    the iteration, the summed residual of the iterate before the update (accepted before + window) and the states
+    evaluated. A sample's rows end with the
     iteration that finished it."""
 
     def __init__(self, reference_x0: torch.Tensor, start_x0: torch.Tensor) -> None:
         self.ref = reference_x0.double()
         self.prev = start_x0.double().reshape(start_x0.shape[0], -1).clone()
         n = reference_x0.shape[0]
+        self.spent = torch.zeros(n, dtype=torch.float64)
         self.rows: dict[str, list[list[float]]] = {k: [[] for _ in range(n)] for k in ("psnr", "dx0", "rsum", "states")}
 
     def __call__(self, info) -> None:
@@ -97,7 +100,10 @@ class Signals:
         psnr = psnr_db(x0, self.ref.to(x0.device).reshape_as(x0)).cpu()
         dx0 = (x0 - self.prev.to(x0.device)).pow(2).mean(dim=1).sqrt().cpu()
         spent = info.state.spent if info.state.spent is not None else torch.zeros_like(dx0, dtype=torch.float64)
-        rsum = (spent.cpu() + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1).cpu())
+        # the iterate before the update: what was accepted before this iteration plus the window's rho (the state's
+        # spent already holds this iteration's accepted rho, the whole window's at the stop)
+        rsum = self.spent + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1).cpu()
+        self.spent = spent.cpu().clone()
         for s in range(x0.shape[0]):
             if int(width[s]) > 0:
                 self.rows["psnr"][s].append(round(min(float(psnr[s]), 999.0), 3))
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", choices=("quick", "full"), default="quick")
-    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation")
+    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation, fresh")
     p.add_argument("--solvers", default="target40,target40-m8,taa-euler,picard")
     p.add_argument("--tuning-solvers", default=None,
                    help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
@@ -156,15 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     tuning_solvers = (args.tuning_solvers.split(",") if args.tuning_solvers
                       else solvers + ["taa-euler nostop", "picard nostop"])
     parts = args.parts.split(",")
-    for label in set((solvers if "validation" in parts else []) + (tuning_solvers if "tuning" in parts else [])):
+    judged = [p for p in parts if p != "tuning"]
+    for label in set((solvers if judged else []) + (tuning_solvers if "tuning" in parts else [])):
         solver_config(label)  # refuse an unknown label before any model is built
     device = torch.device(args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     with args.out.open("w") as fh:
         for part in parts:
-            if part not in ("tuning", "validation"):
-                raise SystemExit(f"--parts: {part!r} is not tuning or validation")
+            if part not in ("tuning", "validation", "fresh"):
+                raise SystemExit(f"--parts: {part!r} is not tuning, validation or fresh")
             for cell in expand(part, spec[part], args.size):
                 if args.models and cell["model"] not in args.models.split(","):
                     continue

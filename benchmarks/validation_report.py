@@ -10,9 +10,11 @@ evaluated up to the stop (both means over the seeds).
     python benchmarks/validation_report.py validation.jsonl --replay --part tuning   # margins of stop="target"
 
 `--write` replaces the part of RESULTS.md between the markers `<!-- validation:begin -->` and
-`<!-- validation:end -->` (added at the end when absent). `--replay` tries the target rule's thresholds offline on
-the "taa-euler nostop" curves (the trajectory the rule follows until it stops): for each clamp of the rate
-factor, the first iteration whose x0 change times the factor is within the target's RMS.
+`<!-- validation:end -->` (added at the end when absent; `--marker fresh-validation` for another section).
+`--replay-change` adds each target-rule solve replayed with its x0-change test alone. `--replay` tries the target
+rule's thresholds offline on the "taa-euler nostop" curves (the trajectory the rule follows until it stops): for
+each clamp of the rate factor, the first iteration whose x0 change times the factor is within the target's RMS;
+`--resid-factors` adds the residual test (summed rho within factor x the target's RMS) the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-BEGIN, END = "<!-- validation:begin -->", "<!-- validation:end -->"
+BEGIN, END = "<!-- validation:begin -->", "<!-- validation:end -->"  # the default section (--marker validation)
 DTYPE_ORDER = ("float32", "bfloat16", "float16")
 REPLAY_FACTORS = [(0.89, 0.89), (1.0, 1.0), (1.26, 1.26), (1.0, 2.0), (1.0, 4.0), (0.5, 2.0)]
 
@@ -115,8 +117,29 @@ def half_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
     return out
 
 
-def report(recs: list[dict[str, Any]], db: float) -> str:
-    lines = [BEGIN, "## Validation suite: the fidelity target on cells nobody tuned on", "",
+def change_only(r: dict[str, Any], db: float) -> dict[str, Any]:
+    """A target-rule record replayed with the x0-change test alone (the rule before its residual test): the stop is
+    the first iteration whose logged x0 change is within the target's RMS. Exact on the same run, because the
+    residual test only ever stops later and the iterates until then are the same (logged changes: 4 digits)."""
+    tol, out = 2.0 * 10 ** (-db / 20), dict(r, solver=r["solver"] + " change-only (replayed)")
+    stops = [next((k for k, d in enumerate(r["dx0"][s]) if d <= tol), len(r["dx0"][s]) - 1)
+             for s in range(len(r["seeds"]))]
+    out.update(iterations=[k + 1 for k in stops], psnr_stop=[r["psnr"][s][k] for s, k in enumerate(stops)],
+               finished=[True] * len(stops), states=[r["states"][s][: k + 1] for s, k in enumerate(stops)])
+    return out
+
+
+TITLES = {"tuning": "Tuning cells (thresholds may be chosen here)", "validation": "Validation cells (chose nothing)",
+          "fresh": "Fresh validation cells (chose nothing; first run after the residual test was built)"}
+
+
+def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", replay_change: bool = False) -> str:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if replay_change:
+        recs = recs + [change_only(r, db) for r in recs if r["solver"].startswith("target")]
+    heading = ("## Validation suite: the fidelity target on cells nobody tuned on" if marker == "validation" else
+               "## Validation suite, fresh cells: the fidelity target with its residual test")
+    lines = [begin, heading, "",
              "`benchmarks/validation.py` (cells: `benchmarks/validation_cells.yaml`), tables by "
              "`benchmarks/validation_report.py`. `target40` is the `taa-euler` preset stopped by the fidelity target "
              "(`stop=\"target\"`, 40 dB; docs/METHOD.md section 9), `taa-euler` the preset with its summed rule, "
@@ -126,12 +149,14 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
              "the target (only for solves that stopped at or above it; \"below\" counts the others); states = states "
              "the model evaluated per sample up to the stop. Machine: "
              + ", ".join(sorted({r["device"] if r["device"] != "cpu" else "the CPU" for r in recs})) + "."]
-    for part in ("tuning", "validation"):
+    if replay_change:
+        lines += ["", "`<solver> change-only (replayed)`: the same runs with the stop replayed at the first iteration "
+                  "whose x0 change was within the target's RMS, i.e. the rule without its residual test."]
+    for part in ("tuning", "validation", "fresh"):
         sel = [r for r in recs if r["part"] == part and "nostop" not in r["solver"]]
         if not sel:
             continue
-        title = {"tuning": "Tuning cells (thresholds may be chosen here)",
-                 "validation": "Validation cells (chose nothing)"}[part]
+        title = TITLES[part]
         lines += ["", f"### {title}: summary", "", *summary_rows(sel, db), "", f"### {title}: per cell", "",
                   *cell_rows(sel, db)]
         half = half_rows(sel, db)
@@ -146,7 +171,7 @@ def report(recs: list[dict[str, Any]], db: float) -> str:
                   "fixed margin (1.26 = 2 dB).", ""]
         for dtype in [d for d in DTYPE_ORDER if any(r["dtype"] == d for r in tuned)]:
             lines += [f"{dtype}:", "", replay([r for r in tuned if r["dtype"] == dtype], db, REPLAY_FACTORS)]
-    lines += [END]
+    lines += [end]
     return "\n".join(lines) + "\n"
 
 
@@ -186,12 +211,41 @@ def replay(recs: list[dict[str, Any]], db: float, factors: list[tuple[float, flo
     return "\n".join(out) + "\n"
 
 
+def resid_replay(recs: list[dict[str, Any]], db: float, factors: list[float]) -> str:
+    """The target rule with its residual test, replayed on the nostop curves for each factor K: the first iteration
+    k with dx0[k] <= tol and rsum[k] <= K tol (rsum: the summed rho of the iterate before iteration k's update)."""
+    out = ["| residual factor K | solves | below target | min PSNR at stop | lateness mean | lateness max |",
+           "|" + "---|" * 6]
+    tol = 2.0 * 10 ** (-db / 20)
+    for K in factors:
+        late, below, worst, n = [], 0, math.inf, 0
+        for r in (r for r in recs if r["solver"] == "taa-euler nostop"):
+            for s in range(len(r["seeds"])):
+                n += 1
+                d, rs, ps = r["dx0"][s], r["rsum"][s], r["psnr"][s]
+                k = next((i for i in range(len(d)) if d[i] <= tol and rs[i] <= K * tol), len(d) - 1)
+                worst, reach = min(worst, ps[k]), first_at(ps, db)
+                if ps[k] < db or reach is None:
+                    below += 1
+                else:
+                    late.append(k + 1 - reach)
+        out.append(f"| {K:g} | {n} | {below} | {worst:.1f} | {fmt(sum(late) / len(late) if late else None, 2)} | "
+                   f"{max(late) if late else '-'} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", type=Path, nargs="+")
     p.add_argument("--target-db", type=float, default=40.0)
     p.add_argument("--write", type=Path, default=None, help="Markdown file whose validation section to replace")
+    p.add_argument("--marker", default="validation",
+                   help="the section of --write to replace: between <!-- MARKER:begin --> and <!-- MARKER:end -->")
+    p.add_argument("--replay-change", action="store_true",
+                   help="add each target solver replayed with its x0-change test alone (change-only)")
     p.add_argument("--replay", action="store_true", help="replay the target rule's margins on the nostop curves")
+    p.add_argument("--resid-factors", default="1,1.5,2,2.5,3,4,1e9",
+                   help="with --replay: residual-test factors K to try (rsum <= K x the target's RMS; 1e9: none)")
     p.add_argument("--part", default="tuning", help="with --replay: the part to replay on (tuning chooses)")
     p.add_argument("--factors", default=",".join(f"{lo:g}:{hi:g}" for lo, hi in REPLAY_FACTORS),
                    help="with --replay: low:high clamps of the rate factor r / (1 - r) to try")
@@ -203,14 +257,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.part}, {dtype}:")
             print(replay([r for r in sel if r["dtype"] == dtype], args.target_db,
                          [tuple(map(float, f.split(":"))) for f in args.factors.split(",")]))
+            print(resid_replay([r for r in sel if r["dtype"] == dtype], args.target_db,
+                               [float(k) for k in args.resid_factors.split(",")]))
         return 0
-    text = report(recs, args.target_db)
+    text = report(recs, args.target_db, args.marker, args.replay_change)
     if args.write is None:
         sys.stdout.write(text)
         return 0
     doc = args.write.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text.rstrip("\n") + doc[doc.index(END) + len(END):]
+    begin, end = f"<!-- {args.marker}:begin -->", f"<!-- {args.marker}:end -->"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + text.rstrip("\n") + doc[doc.index(end) + len(end):]
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     args.write.write_text(doc)

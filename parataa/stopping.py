@@ -104,10 +104,11 @@ class StopRule:
         j = torch.arange(valid.shape[1], device=valid.device)
         return valid & (j[None, :] < u_star[:, None])
 
-    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any
-                     ) -> tuple[Any, Any]:
-        """(u*, accepted) after the update, from the iterate before it (x_cur) and after it (x_new), [N, Wmax, D]:
-        a rule that checks the returned iterate accepts here. The default changes nothing."""
+    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any,
+                     rsum: Any) -> tuple[Any, Any]:
+        """(u*, accepted) after the update, from the iterate before it (x_cur) and after it (x_new), [N, Wmax, D],
+        and rsum [N] the summed rho of the iterate before it (spent plus the window's valid positions): a rule
+        that checks the returned iterate accepts here. The default changes nothing."""
         return u_star, accepted
 
 
@@ -187,8 +188,10 @@ class Summed(StopRule):
 
 # --- "target": the fidelity target (docs/METHOD.md section 9) -------------------------------------------------------
 # The margin between the target and the PSNR-equivalent of x_0's change per iteration at which the rule stops,
-# chosen on the tuning cells of benchmarks/validation_cells.yaml (benchmarks/RESULTS.md, "Validation suite").
+# and the residual test's factor (the summed rho of the iterate before the update within TARGET_RESID_FACTOR tol),
+# both chosen on the tuning cells of benchmarks/validation_cells.yaml (docs/METHOD.md section 9).
 TARGET_MARGIN_DB = 0.0
+TARGET_RESID_FACTOR = 2.0
 
 
 def target_rms(target_db: float) -> float:
@@ -204,7 +207,9 @@ class Target(StopRule):
     moves as under "sum" with the budget tol (states within their share tol / T are accepted as measured). The window
     that reaches x_0 is never accepted on its residuals (its top state takes the exact step, the rest the update);
     after the update (`after_update`) it is accepted as a whole, and its sample finished with the updated trajectory,
-    when the update changed x_0 by at most tol (less the margin): RMS(x_0^new - x_0^cur) <= tol 10^(-margin / 20).
+    when the update changed x_0 by at most tol (less the margin), RMS(x_0^new - x_0^cur) <= tol 10^(-margin / 20),
+    and the summed rho of the iterate before the update (spent plus the window's) is at most
+    TARGET_RESID_FACTOR tol: a small change of x_0 while the residuals stay large is stagnation, not convergence.
     The checked iterate is the returned one. Where the iteration contracts x_0's error by a factor r per iteration,
     the distance left is r / (1 - r) times that change (at most the change while r <= 1/2)."""
 
@@ -225,11 +230,12 @@ class Target(StopRule):
         moving = (lo > 0)[:, None] & (rho <= target_rms(config.target_db) / num_steps)
         return valid & ~moving
 
-    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any
-                     ) -> tuple[Any, Any]:
+    def after_update(self, config: Any, x_cur: Any, x_new: Any, valid: Any, lo: Any, u_star: Any, accepted: Any,
+                     rsum: Any) -> tuple[Any, Any]:
         import torch
 
         change = (x_new[:, 0] - x_cur[:, 0]).pow(2).mean(dim=-1).sqrt()  # window position 0 is x_0 when lo = 0
-        tol = target_rms(config.target_db) * 10.0 ** (-TARGET_MARGIN_DB / 20.0)
-        done = (lo == 0) & valid[:, 0] & (change <= tol)
+        tol = target_rms(config.target_db)
+        settled = (change <= tol * 10.0 ** (-TARGET_MARGIN_DB / 20.0)) & (rsum <= TARGET_RESID_FACTOR * tol)
+        done = (lo == 0) & valid[:, 0] & settled
         return torch.where(done, torch.full_like(u_star, -1), u_star), accepted | (done[:, None] & valid)

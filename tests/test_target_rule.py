@@ -10,7 +10,7 @@ import torch
 
 from parataa.fidelity import psnr_db
 from parataa.solvers import preset, solve
-from parataa.stopping import RULES, target_rms
+from parataa.stopping import RULES, TARGET_RESID_FACTOR, target_rms
 from parataa.system import make_window
 
 from .helpers import gmm_problem, rounding_tol
@@ -48,16 +48,32 @@ def test_target_rule_checks_the_change_of_x0_and_only_where_the_window_reaches_i
     x_new[:, 1:] = 10.0  # the other states' change does not enter the test
     u_star = torch.tensor([3, 3])
     accepted = torch.zeros(2, 4, dtype=torch.bool)
-    u, acc = rule.after_update(cfg, x_cur, x_new, win.valid, win.lo, u_star, accepted)
+    rsum = torch.zeros(2, dtype=torch.float64)
+    u, acc = rule.after_update(cfg, x_cur, x_new, win.valid, win.lo, u_star, accepted, rsum)
     assert u.tolist() == [-1, 3] and acc.tolist() == [[True] * 4, [False] * 4]
     # a window above x_0 (lo = 2 of T = 6) is never accepted here, whatever its bottom state did
     high = make_window(torch.tensor([6, 6]), 4, 6)
-    u, acc = rule.after_update(cfg, x_cur, x_cur.clone(), high.valid, high.lo, u_star, accepted)
+    u, acc = rule.after_update(cfg, x_cur, x_cur.clone(), high.valid, high.lo, u_star, accepted, rsum)
     assert u.tolist() == [3, 3] and not bool(acc.any())
     # other rules accept nothing after the update
     for name in ("step", "sum"):
-        u, acc = RULES[name].after_update(preset("taa-euler"), x_cur, x_new, win.valid, win.lo, u_star, accepted)
+        u, acc = RULES[name].after_update(preset("taa-euler"), x_cur, x_new, win.valid, win.lo, u_star, accepted,
+                                          rsum)
         assert u.tolist() == [3, 3] and not bool(acc.any())
+
+
+def test_target_rule_does_not_accept_a_small_change_of_x0_while_the_summed_residual_is_large():
+    cfg = preset("taa-euler", stop="target", target_db=40.0)
+    tol = target_rms(cfg.target_db)
+    win = make_window(torch.tensor([4, 4]), 4, 4)
+    x_cur = torch.zeros(2, 4, 8, dtype=torch.float64)
+    x_new = x_cur.clone()
+    x_new[:, 0] = 0.5 * tol  # both samples: x_0 moved by half the target's RMS
+    k = TARGET_RESID_FACTOR
+    rsum = torch.tensor([0.99 * k * tol, 1.01 * k * tol], dtype=torch.float64)  # just within, just over
+    u, acc = RULES["target"].after_update(cfg, x_cur, x_new, win.valid, win.lo, torch.tensor([3, 3]),
+                                          torch.zeros(2, 4, dtype=torch.bool), rsum)
+    assert u.tolist() == [-1, 3] and acc.tolist() == [[True] * 4, [False] * 4]
 
 
 def test_target_db_is_checked_with_its_name_value_and_fix():
@@ -89,22 +105,21 @@ def test_target_rule_static_engine_equals_the_reference_bitwise(mixture, window)
     assert a.iterations.tolist() == b.iterations.tolist() and a.nfe.tolist() == b.nfe.tolist()
 
 
-def test_a_half_precision_like_noise_floor_does_not_keep_the_target_rule_running(mixture):
-    """Relative noise 2^-5 on the model output puts the residuals on a floor above the summed rule's budget (the
-    summed rule then runs for most of the T iterations, as with bfloat16 networks), while x0's floor (two noisy
-    sequential solves apart) stays above the 40 dB target: the target rule stops where the noise-free solve does."""
+def test_a_half_precision_like_noise_floor_delays_the_target_rule_and_does_not_stop_it_below_the_target(mixture):
+    """Relative noise 2^-5 on the model output puts the residuals on a floor above the residual test's
+    TARGET_RESID_FACTOR tol (the summed rule's budget too), while x0's floor (two noisy sequential solves apart) stays
+    above the 40 dB target. The rule has no estimate of that floor (docs/METHOD.md section 9): it runs past the
+    noise-free count, ends within T, and stops at or above the target."""
     steps, rel = 100, 2.0**-5
     model, sched, noise = gmm_problem(mixture, steps=steps, sampler="ddim", seeds=(0, 1, 2, 3), cfg=3.0)
     cfg = preset("taa-euler", stop="target", target_db=40.0)
     clean = solve(model, sched, noise, cfg)
     ref = solve(NoisyDenoiser(model, rel, seed=2), sched, noise, preset("sequential"))
     noisy = solve(NoisyDenoiser(model, rel, seed=1), sched, noise, cfg)
-    summed = solve(NoisyDenoiser(model, rel, seed=1), sched, noise, preset("taa-euler"))
-    assert bool(noisy.finished.all())
-    assert bool((noisy.iterations <= clean.iterations + 2).all()), (noisy.iterations, clean.iterations)
+    assert bool(noisy.finished.all()) and bool((noisy.iterations <= steps).all())
     assert bool((psnr_db(noisy.x0, ref.x0) >= 40.0).all()), psnr_db(noisy.x0, ref.x0)
-    # the floor is real: the summed residual rule, whose budget it exceeds, runs several times longer
-    assert bool((summed.iterations >= 3 * noisy.iterations).all()), (summed.iterations, noisy.iterations)
+    # the floor is real and the rule waits on it: several times the noise-free count
+    assert bool((noisy.iterations >= 3 * clean.iterations).all()), (noisy.iterations, clean.iterations)
 
 
 def test_target_db_flag_selects_the_rule_where_it_means_something():

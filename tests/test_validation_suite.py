@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from parataa.stopping import TARGET_RESID_FACTOR
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -55,17 +57,27 @@ def test_a_run_on_the_analytic_model_reports_lateness_and_the_rules_signals(tmp_
             assert r["psnr"][s][-1] == min(round(r["psnr_stop"][s], 3), 999.0)
             assert sum(r["states"][s]) == r["nfe"][s]  # the states the model evaluated for this sample
         if r["solver"] == "target40":
-            tol = 2.0 * 10 ** (-40 / 20)
-            # the rule stopped at the first iteration whose x0 change was within the target's RMS
-            for d in r["dx0"]:
-                assert d[-1] <= tol and all(v > tol for v in d[:-1])
+            tol, k_res = 2.0 * 10 ** (-40 / 20), TARGET_RESID_FACTOR
+            # the rule stopped at the first iteration whose x0 change was within the target's RMS and whose
+            # summed residual (of the iterate before the update) was within its factor of it
+            for d, rs in zip(r["dx0"], r["rsum"], strict=True):
+                ok = [v <= tol and w <= k_res * tol for v, w in zip(d, rs, strict=True)]
+                assert ok[-1] and not any(ok[:-1])
     # the replay of the rule on the nostop curves stops where the rule did (same iterates until the stop)
     nostop = next(r for r in recs if r["solver"] == "taa-euler nostop")
     rule = next(r for r in recs if r["solver"] == "target40" and r["part"] == "tuning")
     for s in range(2):
-        d = nostop["dx0"][s]
-        k = next(i for i in range(len(d)) if d[i] * validation_report.rate_factor(d, i, 1.0, 1.0) <= 0.02)
+        d, rs = nostop["dx0"][s], nostop["rsum"][s]
+        k = next(i for i in range(len(d)) if d[i] <= 0.02 and rs[i] <= TARGET_RESID_FACTOR * 0.02)
         assert k + 1 == rule["iterations"][s]
+    line = f"| {TARGET_RESID_FACTOR:g} | 2 | 0 |"  # the replay table's row of the rule's factor: 2 solves, 0 below
+    assert line in validation_report.resid_replay([nostop], 40.0, [TARGET_RESID_FACTOR])
+    # change-only: the stop replayed at the first x0 change within tol, never after the rule's own stop
+    alone = validation_report.change_only(rule, 40.0)
+    for s in range(2):
+        k = alone["iterations"][s]
+        assert rule["dx0"][s][k - 1] <= 0.02 and all(v > 0.02 for v in rule["dx0"][s][: k - 1])
+        assert k <= rule["iterations"][s] and alone["psnr_stop"][s] == rule["psnr"][s][k - 1]
     text = validation_report.report(recs, 40.0)
     assert "Tuning cells" in text and "Validation cells" in text and "nostop" not in text
     doc = tmp_path / "RESULTS.md"

@@ -212,7 +212,8 @@ def window_iteration(
     j = torch.arange(x_cur.shape[1], device=t.device)
     x_new = torch.where(below[..., None], new_vals, x_cur)
     x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
-    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted)  # a check of x_new
+    rsum = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
+    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted, rsum)  # a check of x_new
     # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
     spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
     frozen = torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo)
