@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..jobs.preflight import alive as _alive  # exists and is not a zombie
@@ -135,6 +136,17 @@ def _die_with_parent(parent: int | None = None) -> None:
         os._exit(128 + int(signal.SIGKILL))
 
 
+def _launched_by(command: int) -> bool:
+    """Whether this worker's parent is still the launcher that `command` started (its parent is `command`). A
+    launcher that ended before this worker's prctl left it with another parent and no death signal to come.
+    True where /proc cannot tell (not Linux: there is no death signal either)."""
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+    except OSError:
+        return not sys.platform.startswith("linux")
+    return int(stat[stat.rindex(")") + 2 :].split()[1]) == command
+
+
 def relaunch(n: int, argv: list[str]) -> int:
     """Run this very command again in n processes under torch.distributed.run; the exit status of the group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "parataa"]
@@ -160,7 +172,7 @@ def start(args: argparse.Namespace) -> tuple[int | None, Any]:
     if os.environ.get(LAUNCHED) is not None:  # a worker: it ends with torch.distributed.run, which ends with us
         _die_with_parent()
         parent = os.environ.get(PARENT)
-        if parent and not _alive(int(parent)):
+        if parent and not (_alive(int(parent)) and _launched_by(int(parent))):
             return 1, None
     from ..distributed import init_from_env
 
