@@ -19,7 +19,7 @@ import torch
 
 from ._common import load_part, resolve_weights
 from .dit import DiTDenoiser
-from .gmm import GaussianMixture
+from .gmm import GaussianMixture, class_labels
 
 __all__ = ["FlowDiTDenoiser", "GaussianMixtureFlow", "FLOW_GMM_SCHEDULER", "load_flow_dit"]
 
@@ -62,11 +62,7 @@ class GaussianMixtureFlow:
     def __init__(self, mixture: GaussianMixture, labels: Sequence[int], guidance_scale: float = 5.0,
                  num_train_timesteps: int = 1000) -> None:
         self.mixture = mixture
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        if bool(((self.labels < -1) | (self.labels >= mixture.num_classes)).any()):
-            raise ValueError(
-                f"labels must lie in [0, {mixture.num_classes}) or be -1 (unconditional), got {self.labels.tolist()}"
-            )
+        self.labels = class_labels(labels, mixture.num_classes)
         self.guidance_scale = float(guidance_scale)
         self.num_train_timesteps = int(num_train_timesteps)
         self.calls = 0

@@ -80,6 +80,14 @@ class GaussianMixture:
         return self.means[labels] + self.spread * noise
 
 
+def class_labels(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Labels as a long tensor, each in [0, num_classes) or -1 (unconditional); refused otherwise."""
+    out = torch.as_tensor(list(labels), dtype=torch.long)
+    if bool(((out < -1) | (out >= num_classes)).any()):
+        raise ValueError(f"labels must lie in [0, {num_classes}) or be -1 (unconditional), got {out.tolist()}")
+    return out
+
+
 class GaussianMixtureDenoiser:
     """The `Denoiser` of a GaussianMixture: guided exact eps for a batch of (state, timestep, sample)."""
 
@@ -91,11 +99,7 @@ class GaussianMixtureDenoiser:
         nan_at: tuple[int, int] | None = None,
     ) -> None:
         self.mixture = mixture
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        if bool(((self.labels < -1) | (self.labels >= mixture.num_classes)).any()):
-            raise ValueError(
-                f"labels must lie in [0, {mixture.num_classes}) or be -1 (unconditional), got {self.labels.tolist()}"
-            )
+        self.labels = class_labels(labels, mixture.num_classes)
         self.guidance_scale = float(guidance_scale)
         self.nan_at = nan_at  # (sample, timestep): return NaN there, to test error handling
         self.calls = 0
