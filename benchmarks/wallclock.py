@@ -10,6 +10,8 @@ RESULTS.md and results/summary.json):
            float32 against float64 Anderson least squares.
   sd       tiny-sd, DDIM-100: diffusers' StableDiffusionParadigmsPipeline (the peer) against this package's
            Picard (same iteration counts step for step) and TAA; the window sequences of TAA at each W.
+  families DPM-Solver++(2M)-25 on tiny-dit and tiny-sd, flow-Euler-50 on tiny-flow: the graphed sequential sampler
+           of each family against graphed Picard, taa-euler and the fidelity-target rule, per seed with PSNR.
   windows  DiT-XL/2- and SD-v1.5-UNet-shaped models (random weights, fp16; only the cost of a call means anything):
            per-iteration time for every window bucket (graphed) and at W in {8, 16, 32, 50, 100} (the eager loop),
            the graphed sequential baseline, a replay of the embedded models' window sequences at each W, the
@@ -20,6 +22,7 @@ RESULTS.md and results/summary.json):
     python benchmarks/wallclock.py tiny --out tiny.json
     python benchmarks/wallclock.py sd --out sd.json
     python benchmarks/wallclock.py windows --models xl,sd --sequences tiny.json,sd.json --out windows1.json
+    python benchmarks/wallclock.py families --out families.json
     torchrun --nproc_per_node 2 benchmarks/wallclock.py windows --sequences tiny.json,sd.json --out windows2.json
     torchrun --nproc_per_node 2 benchmarks/wallclock.py windows --ranks-per-gpu 2 --out shared.json  # 1 GPU, 2 ranks:
                                                                     # the code path; its timings mean nothing
@@ -62,6 +65,16 @@ PARALLEL = {
     "taa-euler m3": ("taa-euler", {"history": 3}, {}),
     "taa-euler ls-float32": ("taa-euler", {}, {"ls_dtype": torch.float32}),
     "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}, {}),
+    "target40": ("taa-euler", {"stop": "target", "target_db": 40.0}, {}),  # the fidelity-target rule
+}
+# the families section: the samplers beyond the paper (docs/METHOD.md section 12), graphed, against a graphed
+# sequential sampler of the same family (label -> preset, its options)
+FAMILY_CELLS = "tiny-dit:dpmpp-2m:25,tiny-sd:dpmpp-2m:25,tiny-flow:flow-euler:50"
+FAMILY_SOLVERS = {
+    "sequential": ("sequential", {}),
+    "picard": ("picard", {}),
+    "taa-euler": ("taa-euler", {}),
+    "target40": ("taa-euler", {"stop": "target", "target_db": 40.0}),
 }
 EAGER_TOO = ("picard", "taa-euler")  # also run through the eager reference loops, for context
 
@@ -90,6 +103,34 @@ def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def captured(model, sched, cfg, shape, noise, dev, engine: str, **options) -> StaticSolver:
+    """A one-sample StaticSolver with every bucket's graphs captured and one solve run (before any timed solve)."""
+    solver = StaticSolver(model, sched, cfg, num_samples=1, sample_shape=shape, device=dev, engine=engine, **options)
+    solver.prepare(noise)
+    solver.solve(noise)
+    return solver
+
+
+def interleaved(engines: dict[str, StaticSolver], one: list, rounds: int, record, runs: list, name: str) -> None:
+    """Times every engine on every seed in interleaved rounds (the order rotated each round), so clock drift and
+    warm-up fall on every solver alike. `record(label, i, res, wall)` appends one row to `runs` for the first round
+    (iterations, PSNR and timings are deterministic); each row's wall time becomes its median over the rounds."""
+    labels = list(engines)
+    walls: dict[str, list[list[float]]] = {label: [[] for _ in one] for label in labels}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in range(rounds):
+        progress(f"{name}: timing round {r + 1}/{rounds} ({len(labels)} engines x {len(one)} seeds)")
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            for i in range(len(one)):
+                res, wall = timed(lambda i=i, label=label: engines[label].solve(one[i]))
+                walls[label][i].append(wall)
+                if (label, i) not in rows:
+                    record(label, i, res, wall)
+                    rows[(label, i)] = runs[-1]
+    for (label, i), row in rows.items():
+        row["wall_s"], row["wall_s_rounds"] = statistics.median(walls[label][i]), walls[label][i]
 
 
 # ----------------------------------------------------------------------------------------------------- tiny
@@ -129,18 +170,12 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
         refs.append(res.x0)
         record("sequential", "eager", i, res, wall, None)
 
-    # every graphed engine is built and captured first, then all are timed in interleaved rounds (the order rotated
-    # each round), so clock drift and warm-up fall on every solver alike; a run's wall time is its median over rounds
     engines: dict[str, StaticSolver] = {}
 
     def build(label: str, cfg, net=None, **options) -> None:
         progress(f"tiny: capture {label} ({eng})")
-        solver = StaticSolver(net or model, sched, cfg, num_samples=1, sample_shape=spec.sample_shape, device=dev,
-                              engine=eng, **options)
-        solver.prepare(one[0])  # every bucket's graphs captured before the timed solves
-        solver.solve(one[0])
-        engines[label] = solver
-        out.setdefault("capture_s", {})[f"{label}/{eng}"] = solver.capture_s
+        engines[label] = captured(net or model, sched, cfg, spec.sample_shape, one[0], dev, eng, **options)
+        out.setdefault("capture_s", {})[f"{label}/{eng}"] = engines[label].capture_s
 
     build("sequential", preset("sequential"))
     if args.compile and dev.type == "cuda":
@@ -154,20 +189,8 @@ def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
             out["errors"]["sequential-compiled"] = f"{type(err).__name__}: {err}"[:2000]
     for label, (name, opts, options) in PARALLEL.items():
         build(label, preset(name, **opts), **options)
-    labels = list(engines)
-    walls: dict[str, list[list[float]]] = {label: [[] for _ in seeds] for label in labels}
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in range(args.rounds):
-        progress(f"tiny: timing round {r + 1}/{args.rounds} ({len(labels)} engines x {len(seeds)} seeds)")
-        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
-            for i in seeds:
-                res, wall = timed(lambda i=i, label=label: engines[label].solve(one[i]))
-                walls[label][i].append(wall)
-                if (label, i) not in rows:  # iterations, PSNR and timings from the first round (deterministic)
-                    record(label, eng, i, res, wall, refs[i])
-                    rows[(label, i)] = out["runs"][-1]
-    for (label, i), row in rows.items():
-        row["wall_s"], row["wall_s_rounds"] = statistics.median(walls[label][i]), walls[label][i]
+    interleaved(engines, one, args.rounds, lambda label, i, res, wall: record(label, eng, i, res, wall, refs[i]),
+                out["runs"], "tiny")
     engines.clear()
     release()
     progress("tiny: diffusers loop")
@@ -462,9 +485,52 @@ def windows_model(key, args, dev, world, T, buckets, seqs, dit_schedule, from_di
     return res
 
 
+
+# ------------------------------------------------------------------------------------------------- families
+def run_families(args: argparse.Namespace) -> dict[str, Any]:
+    """DPM-Solver++(2M) and flow-Euler cells (`--cells model:sampler:steps,...`, cfg 5, one sample per solve): the
+    graphed sequential sampler, Picard, taa-euler and the fidelity-target rule, timed in interleaved rounds; PSNR
+    against the eager sequential image of the same cell."""
+    from families import CONDITIONS
+
+    from parataa.models.registry import build_denoiser
+
+    dev, eng = torch.device(args.device), graph_engine(torch.device(args.device))
+    seeds = list(range(args.seeds))
+    out: dict[str, Any] = {"runs": [], "capture_s": {}, "errors": {}}
+    for cell in args.cells.split(","):
+        model_name, sampler, steps_s = cell.split(":")
+        T, conds = int(steps_s), CONDITIONS[model_name]
+        # one-sample solves: every bundle is conditioned on the first condition (as the tiny section's)
+        model, spec = build_denoiser(model_name, [conds[0]] * len(seeds), cfg_scale=5.0, device=dev,
+                                     dtype=torch.float32)
+        sched = spec(T, sampler=sampler)
+        noise_all = draw_noise(seeds, T, spec.sample_shape).to(dev)
+        one = [noise_all.select([i]) for i in range(len(seeds))]
+        refs = [solve(model, sched, one[i], preset("sequential")).x0 for i in range(len(seeds))]
+        name = f"{model_name} {sampler}-{T}"
+        engines = {}
+        for label, (preset_name, opts) in FAMILY_SOLVERS.items():
+            progress(f"{name}: capture {label} ({eng})")
+            engines[label] = captured(model, sched, preset(preset_name, **opts), spec.sample_shape, one[0], dev, eng)
+            out["capture_s"][f"{name}/{label}/{eng}"] = engines[label].capture_s
+
+        def record(label, i, res, wall, model_name=model_name, sampler=sampler, T=T, refs=refs):
+            out["runs"].append({
+                "model": model_name, "sampler": sampler, "steps": T, "solver": label, "engine": eng,
+                "seed": seeds[i], "wall_s": wall, "iterations": int(res.iterations[0]), "nfe": int(res.nfe[0]),
+                "psnr": psnrs(res.x0, refs[i])[0]})
+
+        interleaved(engines, one, args.rounds, record, out["runs"], name)
+        engines.clear()
+        del model
+        release()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("section", choices=("tiny", "sd", "windows"))
+    ap.add_argument("section", choices=("tiny", "sd", "windows", "families"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=8)
@@ -479,10 +545,11 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="windows: small stand-ins for the XL/SD models (CPU)")
     ap.add_argument("--ranks-per-gpu", type=int, default=1,
                     help="windows under torchrun: up to K ranks share each GPU (gloo; the code path, not a timing)")
+    ap.add_argument("--cells", default=FAMILY_CELLS, help="families: model:sampler:steps, comma-separated")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    data = {"tiny": run_tiny, "sd": run_sd, "windows": run_windows}[args.section](args)
+    data = {"tiny": run_tiny, "sd": run_sd, "windows": run_windows, "families": run_families}[args.section](args)
     if not data:
         return
     dev = torch.device(args.device) if args.section != "windows" else None
