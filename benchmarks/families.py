@@ -130,10 +130,41 @@ def section(paths: list[Path]) -> str:
            "table). For context only (other models, other criteria): ParaSolver reports 11 parallel iterations for "
            "DPM-Solver at 25 steps on SD-v2 and its successor 8; ParaFlow up to 4x fewer sequential steps on SD3 and "
            "FLUX. Ours are 16x16 models trained on 5,000 digits. Iteration counts do not depend on the device "
-           "(up to float32 rounding); the graphed engine's wall-clock on these families has not been measured.", ""]
+           "(up to float32 rounding).", ""]
     for path in paths:
         out += [f"From `{path.name}`:", "", report(path), ""]
+    clocks = sorted(paths[0].parent.glob("wallclock_families*.json")) if paths else []
+    out += [wallclock_table(p) for p in clocks] or [
+        "The graphed engine's wall-clock on these families has not been measured "
+        "(`benchmarks/wallclock.py families`).", ""]
     return "\n".join(out + _variant_rows(paths) + [""])
+
+
+def wallclock_table(path: Path) -> str:
+    """Wall-clock of `benchmarks/wallclock.py families` (one JSON file): per cell and solver, the mean over seeds of
+    the median over interleaved rounds, against the graphed sequential sampler and graphed Picard of the same run."""
+    data = json.loads(path.read_text())
+    s = data["setting"]
+    cells: dict[tuple[str, str, int], dict[str, list[dict]]] = {}
+    for r in data["runs"]:
+        cells.setdefault((r["model"], r["sampler"], r["steps"]), {}).setdefault(r["solver"], []).append(r)
+    out = [f"### Wall-clock, graphed engine, one sample per solve (`{path.name}`)", "",
+           f"Device: **{s['device_name']}**, torch {s['torch']}, {s['seeds']} seeds, cfg 5; each solve's time is the "
+           f"median of {s['rounds']} interleaved rounds, the table the mean over seeds. Speedups are ratios of times "
+           "measured in the same run.", "",
+           "| cell | solver | iterations (mean / max) | min PSNR dB | ms per sample | vs graphed sequential "
+           "| vs graphed Picard |",
+           "|---|---|---|---|---|---|---|"]
+    for (model, sampler, steps), by in cells.items():
+        ms = {k: 1e3 * sum(r["wall_s"] for r in v) / len(v) for k, v in by.items()}
+        for label, rs in by.items():
+            its = [r["iterations"] for r in rs]
+            psnr = min(r["psnr"] for r in rs)
+            vs_pic = f"{ms['picard'] / ms[label]:.2f}x" if "picard" in ms and label != "sequential" else "-"
+            out.append(f"| {model} {sampler}-{steps} | {label} | {sum(its) / len(its):.2f} / {max(its)} | "
+                       f"{'exact' if psnr >= 999 else f'{psnr:.1f}'} | {ms[label]:.2f} | "
+                       f"{ms['sequential'] / ms[label]:.2f}x | {vs_pic} |")
+    return "\n".join(out + [""])
 
 
 def main(argv: list[str] | None = None) -> int:
