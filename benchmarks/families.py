@@ -151,18 +151,20 @@ def wallclock_table(path: Path) -> str:
     out = [f"### Wall-clock, graphed engine, one sample per solve (`{path.name}`)", "",
            f"Device: **{s['device_name']}**, torch {s['torch']}, {s['seeds']} seeds, cfg 5; each solve's time is the "
            f"median of {s['rounds']} interleaved rounds, the table the mean over seeds. Speedups are ratios of times "
-           "measured in the same run.", "",
-           "| cell | solver | iterations (mean / max) | min PSNR dB | ms per sample | vs graphed sequential "
+           "measured in the same run. States: the states the network evaluated per solve (taa-euler evaluates the "
+           "whole window every iteration, Picard a window that shrinks as its leading states converge).", "",
+           "| cell | solver | iterations (mean / max) | states | min PSNR dB | ms per sample | vs graphed sequential "
            "| vs graphed Picard |",
-           "|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|"]
     for (model, sampler, steps), by in cells.items():
         ms = {k: 1e3 * sum(r["wall_s"] for r in v) / len(v) for k, v in by.items()}
         for label, rs in by.items():
             its = [r["iterations"] for r in rs]
             psnr = min(r["psnr"] for r in rs)
             vs_pic = f"{ms['picard'] / ms[label]:.2f}x" if "picard" in ms and label != "sequential" else "-"
+            states = sum(r["nfe"] for r in rs) / len(rs)
             out.append(f"| {model} {sampler}-{steps} | {label} | {sum(its) / len(its):.2f} / {max(its)} | "
-                       f"{'exact' if psnr >= 999 else f'{psnr:.1f}'} | {ms[label]:.2f} | "
+                       f"{states:.0f} | {'exact' if psnr >= 999 else f'{psnr:.1f}'} | {ms[label]:.2f} | "
                        f"{ms['sequential'] / ms[label]:.2f}x | {vs_pic} |")
     return "\n".join(out + [""])
 
