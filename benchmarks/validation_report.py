@@ -130,7 +130,9 @@ def change_only(r: dict[str, Any], db: float) -> dict[str, Any]:
 
 
 TITLES = {"tuning": "Tuning cells (thresholds may be chosen here)", "validation": "Validation cells (chose nothing)",
-          "fresh": "Fresh validation cells (chose nothing; first run after the residual test was built)"}
+          "fresh": "Fresh validation cells (chose nothing; first run after the residual test was built)",
+          "fresh2": "Second fresh validation cells (chose nothing; first run after the precision-floor estimate was "
+                    "built)"}
 
 
 def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", replay_change: bool = False) -> str:
@@ -152,7 +154,7 @@ def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", re
     if replay_change:
         lines += ["", "`<solver> change-only (replayed)`: the same runs with the stop replayed at the first iteration "
                   "whose x0 change was within the target's RMS, i.e. the rule without its residual test."]
-    for part in ("tuning", "validation", "fresh"):
+    for part in TITLES:
         sel = [r for r in recs if r["part"] == part and "nostop" not in r["solver"]]
         if not sel:
             continue
