@@ -10,7 +10,7 @@ import torch
 
 from parataa.fidelity import psnr_db
 from parataa.solvers import preset, solve
-from parataa.solvers._iteration import model_rounding, rounding_noise
+from parataa.solvers._iteration import model_roundoff, rounding_noise
 from parataa.stopping import ROUNDING_GAIN, RULES, TARGET_FLOOR_FACTOR, TARGET_RESID_FACTOR, target_rms
 from parataa.system import make_window, step_rule
 
@@ -20,7 +20,7 @@ from .helpers import gmm_problem, rounding_tol
 class NoisyDenoiser:
     """The analytic model with relative noise on its output, a fresh draw at every call: like a half-precision
     network, the same state evaluated twice gives two outputs that differ at the noise level. `roundoff` (the
-    relative noise, or None) is what it declares as its unit roundoff (`_iteration.model_rounding`)."""
+    relative noise, or None) is what it declares as its unit roundoff (`_iteration.model_roundoff`)."""
 
     def __init__(self, model, rel: float, seed: int, declare: bool = True) -> None:
         self.model, self.rel, self.gen = model, rel, torch.Generator().manual_seed(seed)
@@ -166,21 +166,19 @@ def test_target_rule_accepts_a_summed_residual_on_the_precision_floor_when_x0s_c
     assert RULES["target"].after_update(*args, floor, None)[0].tolist() == [3, 3, 3, 3, 3, -1]
 
 
-def test_model_rounding_reads_a_declared_roundoff_or_the_network_dtype_and_guidance():
+def test_model_roundoff_reads_a_declared_roundoff_or_the_network_dtype():
     class Net:
-        def __init__(self, dtype=None, roundoff=None, cfg_scale=None) -> None:
-            for name, value in (("dtype", dtype), ("roundoff", roundoff), ("cfg_scale", cfg_scale)):
-                if value is not None:
-                    setattr(self, name, value)
+        def __init__(self, dtype=None, roundoff=None) -> None:
+            if dtype is not None:
+                self.dtype = dtype
+            if roundoff is not None:
+                self.roundoff = roundoff
 
-    assert model_rounding(Net(torch.bfloat16)) == 2.0**-8
-    assert model_rounding(Net(torch.float16)) == 2.0**-11
-    assert model_rounding(Net(torch.float32)) == 2.0**-24
-    # guidance weighs the difference of two rounded outputs by its scale; below 1 the rounding is the output's own
-    assert model_rounding(Net(torch.bfloat16, cfg_scale=7.5)) == 7.5 * 2.0**-8
-    assert model_rounding(Net(torch.bfloat16, cfg_scale=0.5)) == 2.0**-8
-    assert model_rounding(Net(torch.bfloat16, roundoff=0.25, cfg_scale=7.5)) == 0.25  # declared: taken as is
-    assert model_rounding(Net()) == 0.0 and model_rounding(Net(torch.int8, cfg_scale=3.0)) == 0.0
+    assert model_roundoff(Net(torch.bfloat16)) == 2.0**-8
+    assert model_roundoff(Net(torch.float16)) == 2.0**-11
+    assert model_roundoff(Net(torch.float32)) == 2.0**-24
+    assert model_roundoff(Net(torch.bfloat16, roundoff=0.25)) == 0.25
+    assert model_roundoff(Net()) == 0.0 and model_roundoff(Net(torch.int8)) == 0.0
 
 
 def test_rounding_noise_is_the_gain_times_roundoff_times_the_drift_rms(mixture):

@@ -231,25 +231,23 @@ def window_iteration(
     return WindowStep(x_new, rho, accepted, fallback, frozen, spent)
 
 
-def model_rounding(model: Any) -> float:
-    """The relative rounding noise of a model's output: its `roundoff` attribute where it declares one (taken as is),
-    else the unit roundoff of its floating `dtype` (half the machine epsilon: 2^-8 bfloat16, 2^-11 float16, 2^-24
-    float32) times its classifier-free guidance scale `cfg_scale` where it has one (at least 1: the guided output
-    weighs the difference of two separately rounded outputs by the scale), else 0."""
+def model_roundoff(model: Any) -> float:
+    """The unit roundoff of a model's precision: its `roundoff` attribute where it declares one, else half the
+    machine epsilon of its floating `dtype` (2^-8 for bfloat16, 2^-11 for float16, 2^-24 for float32), else 0."""
     declared = getattr(model, "roundoff", None)
     if declared is not None:
         return float(declared)
     dtype = getattr(model, "dtype", None)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        return 0.0
-    return torch.finfo(dtype).eps / 2 * max(1.0, abs(float(getattr(model, "cfg_scale", 1.0))))
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps / 2
+    return 0.0
 
 
 def rounding_noise(step: StepRule, t: torch.Tensor, outs: tuple[torch.Tensor, ...], valid: torch.Tensor,
                    roundoff: float) -> torch.Tensor | None:
     """[N, B] the estimated rounding noise (RMS) of each valid position's first-order residual, from the model's
-    relative rounding noise (`model_rounding`): ROUNDING_GAIN roundoff RMS(drift_t), drift_t the model-output part
-    of step t (`StepRule.drift`); None for roundoff 0 (docs/METHOD.md section 9, "The precision floor")."""
+    unit roundoff: ROUNDING_GAIN roundoff RMS(drift_t), drift_t the model-output part of step t
+    (`StepRule.drift`); None for roundoff 0 (docs/METHOD.md section 9, "The precision floor")."""
     if roundoff <= 0:
         return None
     drift = step.drift(t, outs)

@@ -21,7 +21,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..stopping import RULES
 from ..system import StepRule, Window, make_window, step_rule
-from ._iteration import History, UpdateRule, count_iteration, model_rounding, window_iteration
+from ._iteration import History, UpdateRule, count_iteration, model_roundoff, window_iteration
 from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
@@ -165,7 +165,7 @@ def run_window_solver(
     threshold_all = stop.thresholds(config, sched)
     if state.spent is None:
         state.spent = torch.zeros(noise.num_samples, dtype=torch.float64, device=state.x.device)
-    roundoff = model_rounding(model)
+    roundoff = model_roundoff(model)
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
         book.begin()
         # 1. eps at every state of the window, one batched model call
