@@ -1,9 +1,9 @@
 """The validation suite: stopping rules judged on cells that chose nothing (docs/METHOD.md section 9).
 
 The cells come from `benchmarks/validation_cells.yaml` in parts kept apart: TUNING (the cells defaults are
-and may be chosen on), VALIDATION and FRESH (never used to choose anything; FRESH judges what was built after
-VALIDATION had been run). For every cell (model x sampler x steps x
-guidance x network dtype) the script solves the sequential reference in the SAME network precision, then every
+and may be chosen on), VALIDATION, FRESH and FRESH2 (never used to choose anything; FRESH judges what was built
+after VALIDATION had been run, FRESH2 what was built after FRESH had been run). For every cell (model x sampler x
+steps x guidance x network dtype) the script solves the sequential reference in the SAME network precision, then every
 solver of `--solvers`, recording per solve and iteration: x0's PSNR against that reference (the yardstick,
 `parataa.fidelity.psnr_db`: data range 2 on x0 in [-1, 1]), the rule's signals (the summed residual, the RMS
 change of x0 made by the iteration) and the states evaluated. One JSON line per (cell, solver);
@@ -41,6 +41,7 @@ CELLS = Path(__file__).resolve().parent / "validation_cells.yaml"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the trajectory a rule sees until it stops, run to the end: whole window, top state exact, the rest updated
 NOSTOP_SUM = {"stop": "sum", "sum_tol": 1e-12}
+PARTS = ("tuning", "validation", "fresh", "fresh2")  # the parts of validation_cells.yaml, tuning the only choosing one
 
 
 def solver_config(label: str):
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", choices=("quick", "full"), default="quick")
-    p.add_argument("--parts", default="tuning,validation", help="comma-separated: tuning, validation, fresh")
+    p.add_argument("--parts", default="tuning,validation", help="comma-separated: " + ", ".join(PARTS))
     p.add_argument("--solvers", default="target40,target40-m8,taa-euler,picard")
     p.add_argument("--tuning-solvers", default=None,
                    help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with args.out.open("w") as fh:
         for part in parts:
-            if part not in ("tuning", "validation", "fresh"):
-                raise SystemExit(f"--parts: {part!r} is not tuning, validation or fresh")
+            if part not in PARTS:
+                raise SystemExit(f"--parts: {part!r} is not one of {', '.join(PARTS)}")
             for cell in expand(part, spec[part], args.size):
                 if args.models and cell["model"] not in args.models.split(","):
                     continue

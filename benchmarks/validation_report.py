@@ -130,15 +130,21 @@ def change_only(r: dict[str, Any], db: float) -> dict[str, Any]:
 
 
 TITLES = {"tuning": "Tuning cells (thresholds may be chosen here)", "validation": "Validation cells (chose nothing)",
-          "fresh": "Fresh validation cells (chose nothing; first run after the residual test was built)"}
+          "fresh": "Fresh validation cells (chose nothing; added after the validation cells had been run)",
+          "fresh2": "Second fresh validation cells (chose nothing; added before the precision-floor estimate was "
+                    "built, run once)"}
+
+
+HEADINGS = {"validation": "## Validation suite: the fidelity target on cells nobody tuned on",
+            "floor-validation": "## Validation suite, every part: the fidelity target with its precision-floor "
+                                "estimate (tuning, validation, fresh, fresh2)"}
 
 
 def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", replay_change: bool = False) -> str:
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     if replay_change:
         recs = recs + [change_only(r, db) for r in recs if r["solver"].startswith("target")]
-    heading = ("## Validation suite: the fidelity target on cells nobody tuned on" if marker == "validation" else
-               "## Validation suite, fresh cells: the fidelity target with its residual test")
+    heading = HEADINGS.get(marker, "## Validation suite, fresh cells: the fidelity target with its residual test")
     lines = [begin, heading, "",
              "`benchmarks/validation.py` (cells: `benchmarks/validation_cells.yaml`), tables by "
              "`benchmarks/validation_report.py`. `target40` is the `taa-euler` preset stopped by the fidelity target "
@@ -152,7 +158,7 @@ def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", re
     if replay_change:
         lines += ["", "`<solver> change-only (replayed)`: the same runs with the stop replayed at the first iteration "
                   "whose x0 change was within the target's RMS, i.e. the rule without its residual test."]
-    for part in ("tuning", "validation", "fresh"):
+    for part in TITLES:
         sel = [r for r in recs if r["part"] == part and "nostop" not in r["solver"]]
         if not sel:
             continue

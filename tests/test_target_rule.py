@@ -10,18 +10,21 @@ import torch
 
 from parataa.fidelity import psnr_db
 from parataa.solvers import preset, solve
-from parataa.stopping import RULES, TARGET_RESID_FACTOR, target_rms
-from parataa.system import make_window
+from parataa.solvers._iteration import model_roundoff, rounding_noise
+from parataa.stopping import ROUNDING_GAIN, RULES, TARGET_FLOOR_FACTOR, TARGET_RESID_FACTOR, target_rms
+from parataa.system import make_window, step_rule
 
 from .helpers import gmm_problem, rounding_tol
 
 
 class NoisyDenoiser:
     """The analytic model with relative noise on its output, a fresh draw at every call: like a half-precision
-    network, the same state evaluated twice gives two outputs that differ at the noise level."""
+    network, the same state evaluated twice gives two outputs that differ at the noise level. `roundoff` (the
+    relative noise, or None) is what it declares as its unit roundoff (`_iteration.model_roundoff`)."""
 
-    def __init__(self, model, rel: float, seed: int) -> None:
+    def __init__(self, model, rel: float, seed: int, declare: bool = True) -> None:
         self.model, self.rel, self.gen = model, rel, torch.Generator().manual_seed(seed)
+        self.roundoff = rel if declare else None
 
     def __call__(self, x, timesteps, samples):
         eps = self.model(x, timesteps, samples)
@@ -105,21 +108,92 @@ def test_target_rule_static_engine_equals_the_reference_bitwise(mixture, window)
     assert a.iterations.tolist() == b.iterations.tolist() and a.nfe.tolist() == b.nfe.tolist()
 
 
-def test_a_half_precision_like_noise_floor_delays_the_target_rule_and_does_not_stop_it_below_the_target(mixture):
-    """Relative noise 2^-5 on the model output puts the residuals on a floor above the residual test's
-    TARGET_RESID_FACTOR tol (the summed rule's budget too), while x0's floor (two noisy sequential solves apart) stays
-    above the 40 dB target. The rule has no estimate of that floor (docs/METHOD.md section 9): it runs past the
-    noise-free count, ends within T, and stops at or above the target."""
+def _noisy_target_solves(mixture, declare: bool):
     steps, rel = 100, 2.0**-5
     model, sched, noise = gmm_problem(mixture, steps=steps, sampler="ddim", seeds=(0, 1, 2, 3), cfg=3.0)
     cfg = preset("taa-euler", stop="target", target_db=40.0)
     clean = solve(model, sched, noise, cfg)
-    ref = solve(NoisyDenoiser(model, rel, seed=2), sched, noise, preset("sequential"))
-    noisy = solve(NoisyDenoiser(model, rel, seed=1), sched, noise, cfg)
+    ref = solve(NoisyDenoiser(model, rel, seed=2, declare=declare), sched, noise, preset("sequential"))
+    noisy = solve(NoisyDenoiser(model, rel, seed=1, declare=declare), sched, noise, cfg)
+    return steps, clean, noisy, psnr_db(noisy.x0, ref.x0)
+
+
+def test_a_half_precision_like_noise_floor_does_not_keep_the_target_rule_running(mixture):
+    """Relative noise 2^-5 on the model output puts the residuals on a floor above the residual test's
+    TARGET_RESID_FACTOR tol, while x0's floor (two noisy sequential solves apart) stays above the 40 dB target. The
+    model declares that precision (its `roundoff`), the rule's floor estimate raises the residual test's bound to it
+    (docs/METHOD.md section 9), and the solve stops within 3 iterations of the noise-free count, at or above the
+    target."""
+    steps, clean, noisy, psnr = _noisy_target_solves(mixture, declare=True)
+    assert bool(noisy.finished.all())
+    assert bool((psnr >= 40.0).all()), psnr
+    assert bool((noisy.iterations <= clean.iterations + 3).all()), (noisy.iterations, clean.iterations)
+
+
+def test_an_undeclared_noise_floor_delays_the_target_rule_and_does_not_stop_it_below_the_target(mixture):
+    """The same noise with no declared precision: the rule has no floor estimate, waits on the floor (several
+    times the noise-free count), ends within T and stops at or above the target."""
+    steps, clean, noisy, psnr = _noisy_target_solves(mixture, declare=False)
     assert bool(noisy.finished.all()) and bool((noisy.iterations <= steps).all())
-    assert bool((psnr_db(noisy.x0, ref.x0) >= 40.0).all()), psnr_db(noisy.x0, ref.x0)
-    # the floor is real and the rule waits on it: several times the noise-free count
+    assert bool((psnr >= 40.0).all()), psnr
     assert bool((noisy.iterations >= 3 * clean.iterations).all()), (noisy.iterations, clean.iterations)
+
+
+def test_target_rule_accepts_a_summed_residual_on_the_precision_floor_when_x0s_change_is_steady():
+    cfg = preset("taa-euler", stop="target", target_db=40.0)
+    tol = target_rms(cfg.target_db)
+    k, f = TARGET_RESID_FACTOR, TARGET_FLOOR_FACTOR
+    n = 6
+    win = make_window(torch.full((n,), 4), 4, 4)
+    x_cur = torch.zeros(n, 4, 8, dtype=torch.float64)
+    x_new = x_cur.clone()
+    change = torch.tensor([0.5, 0.9, 0.4, 0.5, 0.5, 0.5], dtype=torch.float64) * tol
+    x_new[:, 0] = change[:, None]  # RMS change of x_0 = change
+    # the previous change: within tol (steady); 1.2 tol, contracting by 0.75 (distance left 2.7 tol: not steady);
+    # 1.5 tol, contracting by 0.27 (distance left 0.15 tol: steady); none stored; within tol; within tol
+    prev = torch.tensor([0.8, 1.2, 1.5, math.inf, 0.8, 0.8], dtype=torch.float64) * tol
+    floor = torch.full((n,), 10 * k * tol / f, dtype=torch.float64)  # the floor's bound: 10 K tol
+    rsum = torch.full((n,), 9.9 * k * tol, dtype=torch.float64)  # above K tol, within the floor's bound
+    rsum[4] = 10.1 * k * tol  # above the floor's bound
+    rsum[5] = 0.99 * k * tol  # within K tol: accepted on the full-precision test whatever the floor
+    floor[5] = 0.0
+    args = (cfg, x_cur, x_new, win.valid, win.lo, torch.full((n,), 3), torch.zeros(n, 4, dtype=torch.bool), rsum)
+    u, acc = RULES["target"].after_update(*args, floor, prev)
+    assert u.tolist() == [-1, 3, -1, 3, 3, -1]
+    assert acc.tolist() == [[u_ < 0] * 4 for u_ in u.tolist()]
+    # without a floor estimate or without a previous change (no history), the bound is K tol
+    assert RULES["target"].after_update(*args, None, prev)[0].tolist() == [3, 3, 3, 3, 3, -1]
+    assert RULES["target"].after_update(*args, floor, None)[0].tolist() == [3, 3, 3, 3, 3, -1]
+
+
+def test_model_roundoff_reads_a_declared_roundoff_or_the_network_dtype():
+    class Net:
+        def __init__(self, dtype=None, roundoff=None) -> None:
+            if dtype is not None:
+                self.dtype = dtype
+            if roundoff is not None:
+                self.roundoff = roundoff
+
+    assert model_roundoff(Net(torch.bfloat16)) == 2.0**-8
+    assert model_roundoff(Net(torch.float16)) == 2.0**-11
+    assert model_roundoff(Net(torch.float32)) == 2.0**-24
+    assert model_roundoff(Net(torch.bfloat16, roundoff=0.25)) == 0.25
+    assert model_roundoff(Net()) == 0.0 and model_roundoff(Net(torch.int8)) == 0.0
+
+
+def test_rounding_noise_is_the_gain_times_roundoff_times_the_drift_rms(mixture):
+    _, sched, _ = gmm_problem(mixture, steps=10, sampler="ddpm")
+    step = step_rule(sched)
+    t = torch.tensor([[0, 4, 9, 9]])
+    valid = torch.tensor([[True, True, True, False]])
+    eps = torch.randn(1, 4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    noise = rounding_noise(step, t, (eps,), valid, 2.0**-8)
+    drift = step.drift(t, (eps,))
+    want = ROUNDING_GAIN * 2.0**-8 * drift.pow(2).mean(dim=-1).sqrt()
+    # the same few float64 operations in the same order: equal to within a few roundings of the value
+    assert torch.allclose(noise[valid], want[valid], rtol=rounding_tol(torch.float64, 16), atol=0.0)
+    assert float(noise[0, 3]) == 0.0  # padding
+    assert rounding_noise(step, t, (eps,), valid, 0.0) is None
 
 
 def test_target_db_flag_selects_the_rule_where_it_means_something():

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..solver_config import SolverConfig
-from ..stopping import StopRule
+from ..stopping import ROUNDING_GAIN, StopRule
 from ..system import StepRule, rms, splitting_rhs, step_rhs
 from ._history import ridge_solve
 
@@ -190,6 +190,7 @@ def window_iteration(
     update: UpdateRule,
     history: History | None,
     above: torch.Tensor | None = None,
+    roundoff: float = 0.0,
     **least_squares: Any,
 ) -> WindowStep:
     """Steps 2-5 of the window solvers (`_window.py`'s docstring). win = (lo, width, t, valid); `update` is the
@@ -199,11 +200,20 @@ def window_iteration(
     x_cur, x_up = x_ext[:, :-1], x_ext[:, 1:]
     # 2. first-order residuals R_t (the stopping rule's) and the splitting's order-k residuals F_t
     a_w = step.a(t)
-    g = step.g(t, step_outputs(step, eps, width, above), xi)
+    outs = step_outputs(step, eps, width, above)
+    g = step.g(t, outs, xi)
     g = torch.where(valid[..., None], g, torch.zeros_like(g))
+    noise = rounding_noise(step, t, outs, valid, roundoff)
     exact = step_rhs(a_w[..., None], x_up, g)  # the sequential step from the current state above
     rho = rms(exact - x_cur)
     rhs = exact if order == 1 else splitting_rhs(config.splitting, a_w, g, x_ext, width, order)
+    # the change of the window's bottom state made by the previous iteration (its newest stored iterate), for a rule
+    # that asks a change to persist; +inf where there is none (no history, or none stored yet)
+    prev_change = None
+    if history is not None:
+        hx0 = history.hist_x[history.rows[:, 0], history.t[:, 0], 0]  # [N, D]
+        stored = history.hist_len[history.rows[:, 0], history.t[:, 0]] >= 1
+        prev_change = torch.where(stored, rms(x_cur[:, 0] - hx0), torch.full_like(rho[:, 0], float("inf")))
     # 3. u* = the highest step the stopping rule does not accept
     u_star, accepted = stop.test(config, rho, valid, lo, thr, spent, num_steps)
     below = stop.updated(valid, u_star, accepted)
@@ -213,11 +223,35 @@ def window_iteration(
     x_new = torch.where(below[..., None], new_vals, x_cur)
     x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
     rsum = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
-    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted, rsum)  # a check of x_new
+    floor = torch.zeros_like(rsum) if noise is None else noise.sum(dim=1)
+    u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted, rsum, floor, prev_change)
     # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
     spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
     frozen = torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo)
     return WindowStep(x_new, rho, accepted, fallback, frozen, spent)
+
+
+def model_roundoff(model: Any) -> float:
+    """The unit roundoff of a model's precision: its `roundoff` attribute where it declares one, else half the
+    machine epsilon of its floating `dtype` (2^-8 for bfloat16, 2^-11 for float16, 2^-24 for float32), else 0."""
+    declared = getattr(model, "roundoff", None)
+    if declared is not None:
+        return float(declared)
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps / 2
+    return 0.0
+
+
+def rounding_noise(step: StepRule, t: torch.Tensor, outs: tuple[torch.Tensor, ...], valid: torch.Tensor,
+                   roundoff: float) -> torch.Tensor | None:
+    """[N, B] the estimated rounding noise (RMS) of each valid position's first-order residual, from the model's
+    unit roundoff: ROUNDING_GAIN roundoff RMS(drift_t), drift_t the model-output part of step t
+    (`StepRule.drift`); None for roundoff 0 (docs/METHOD.md section 9, "The precision floor")."""
+    if roundoff <= 0:
+        return None
+    drift = step.drift(t, outs)
+    return torch.where(valid, ROUNDING_GAIN * roundoff * rms(drift), torch.zeros_like(valid, dtype=drift.dtype))
 
 
 def picard_iteration(

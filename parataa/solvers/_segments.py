@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._iteration import History, count_iteration, picard_iteration, window_iteration
+from ._iteration import History, count_iteration, model_roundoff, picard_iteration, window_iteration
 
 __all__ = ["PaddedHistory", "Segments"]
 
@@ -117,7 +117,8 @@ class Segments:
         history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
         out = window_iteration(
             self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
-            self.update, history, self._above(t, eps), solve=self.solve_ls, ls_dtype=self.ls_dtype,
+            self.update, history, self._above(t, eps), model_roundoff(self.model), solve=self.solve_ls,
+            ls_dtype=self.ls_dtype,
         )  # fmt: skip
         self.xs[rows, ts] = out.x_new
         hi = self.frozen.clone()

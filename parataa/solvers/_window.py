@@ -21,7 +21,7 @@ from ..noise import NoiseBundle
 from ..schedules import Schedule
 from ..stopping import RULES
 from ..system import StepRule, Window, make_window, step_rule
-from ._iteration import History, UpdateRule, count_iteration, window_iteration
+from ._iteration import History, UpdateRule, count_iteration, model_roundoff, window_iteration
 from ._loop import Bookkeeper, log_record
 from .base import (
     Callback,
@@ -165,6 +165,7 @@ def run_window_solver(
     threshold_all = stop.thresholds(config, sched)
     if state.spent is None:
         state.spent = torch.zeros(noise.num_samples, dtype=torch.float64, device=state.x.device)
+    roundoff = model_roundoff(model)
     while bool((state.frozen > 0).any()) and state.iteration < max_iters:
         book.begin()
         # 1. eps at every state of the window, one batched model call
@@ -173,7 +174,7 @@ def run_window_solver(
         # 2-5. residuals, stopping test, update, window move (_iteration.window_iteration)
         out = window_iteration(
             config, stop, step, order, T, (win.lo, win.width, win.t, win.valid), ev.x_ext, ev.eps,
-            xi[win.rows, win.t], thr, state.spent, update, StateHistory(state, ev, config.history), above,
+            xi[win.rows, win.t], thr, state.spent, update, StateHistory(state, ev, config.history), above, roundoff,
         )  # fmt: skip
         state.x[ev.vi, ev.tv] = out.x_new[ev.vi, ev.vj]
         hi = state.frozen.clone()
