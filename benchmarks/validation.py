@@ -114,6 +114,32 @@ class Signals:
         self.prev = x0.detach().clone()
 
 
+class RoundingJitter:
+    """The same network with its input moved by one rounding of the network dtype: x (1 + u xi), u the dtype's
+    unit roundoff, xi a fixed standard normal draw per call. Sequential sampling through it differs from the
+    reference only by rounding-sized changes at every step, as a parallel solve's iterate at convergence does (its
+    network sees the same states in other batches and orders); `yardstick_floor` measures what that costs x0."""
+
+    def __init__(self, model: Any, roundoff: float, seed: int = 0) -> None:
+        self.model, self.roundoff = model, roundoff
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        xi = torch.randn(x.shape, generator=self.gen, dtype=torch.float64).to(x.device, x.dtype)
+        return self.model(x * (1 + self.roundoff * xi), timesteps, samples)
+
+
+def yardstick_floor(den: Any, sched: Any, noise: Any, ref_x0: torch.Tensor, dtype: torch.dtype) -> list[float]:
+    """Per seed, the PSNR of x0 between the sequential solve and the same solve through `RoundingJitter`: the
+    fidelity to the sequential x0 that rounding alone leaves, below which no solver's x0 can be told from it
+    (999 where the two are identical)."""
+    jittered = solve(RoundingJitter(den, torch.finfo(dtype).eps / 2), sched, noise, preset("sequential"))
+    return [min(float(p), 999.0) for p in psnr_db(jittered.x0, ref_x0).tolist()]
+
+
 def run_cell(cell: dict[str, Any], solvers: list[str], device: torch.device, fh) -> None:
     from parataa.models.registry import build_denoiser
 
@@ -122,6 +148,7 @@ def run_cell(cell: dict[str, Any], solvers: list[str], device: torch.device, fh)
     sched = spec(cell["steps"], sampler=cell["sampler"])
     noise = draw_noise(cell["seeds"], cell["steps"], spec.sample_shape).to(device)
     ref = solve(den, sched, noise, preset("sequential"))
+    floor = yardstick_floor(den, sched, noise, ref.x0, DTYPES[cell["dtype"]])
     for label in solvers:
         cfg = solver_config(label)
         rec = Signals(ref.x0, noise.x_T)
@@ -133,12 +160,13 @@ def run_cell(cell: dict[str, Any], solvers: list[str], device: torch.device, fh)
                     finished=[bool(v) for v in res.finished.tolist()],
                     nfe=[int(v) for v in res.nfe.tolist()],
                     psnr_stop=[min(float(p), 999.0) for p in psnr_db(res.x0, ref.x0).tolist()],
-                    **rec.rows, wall_s=wall,
+                    floor_db=floor, **rec.rows, wall_s=wall,
                     device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
         fh.write(json.dumps(line) + "\n")
         fh.flush()
         print(f"{cell['part']:10s} {cell['model']} {cell['sampler']}-{cell['steps']} cfg {cell['cfg']} "
               f"{cell['dtype']:8s} {label:18s} stop {line['iterations']} psnr_min {min(line['psnr_stop']):6.1f} "
+              f"(floor min {min(floor):6.1f}) "
               f"[{wall:5.1f} s]", flush=True)
 
 

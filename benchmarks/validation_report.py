@@ -45,8 +45,10 @@ def solve_stats(r: dict[str, Any], s: int, db: float) -> dict[str, Any]:
     stop, psnr = r["iterations"][s], r["psnr_stop"][s]
     reach = first_at(r["psnr"][s], db)
     ok = psnr >= db
+    floor = r["floor_db"][s] if "floor_db" in r else None  # the yardstick's own rounding floor (validation.py)
     return dict(stop=stop, psnr=psnr, reach=reach, late=stop - reach if ok and reach else None, below=not ok,
-                states=sum(r["states"][s]), capped=not r["finished"][s])
+                states=sum(r["states"][s]), capped=not r["finished"][s],
+                below_floor=not ok and floor is not None and floor < db)
 
 
 def fmt(v: float | None, nd: int = 1) -> str:
@@ -83,11 +85,13 @@ def summary_rows(recs: list[dict[str, Any]], db: float) -> list[str]:
     by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in recs:
         by[(r["solver"], r["dtype"])] += [solve_stats(r, s, db) for s in range(len(r["seeds"]))]
-    out = ["| solver | dtype | solves | below target | capped at max_iters | lateness mean | lateness max |",
-           "|" + "---|" * 7]
+    floors = any("floor_db" in r for r in recs)
+    out = ["| solver | dtype | solves | below target " + ("| of them, yardstick floor below target " if floors else "")
+           + "| capped at max_iters | lateness mean | lateness max |", "|" + "---|" * (8 if floors else 7)]
     for (solver, dtype), st in sorted(by.items()):
         late = [x["late"] for x in st if x["late"] is not None]
-        out.append(f"| {solver} | {dtype} | {len(st)} | {sum(x['below'] for x in st)} | "
+        fl = f"{sum(x['below_floor'] for x in st)} | " if floors else ""
+        out.append(f"| {solver} | {dtype} | {len(st)} | {sum(x['below'] for x in st)} | {fl}"
                    f"{sum(x['capped'] for x in st)} | {fmt(sum(late) / len(late) if late else None, 2)} | "
                    f"{max(late) if late else '-'} |")
     return out
