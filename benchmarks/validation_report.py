@@ -141,7 +141,11 @@ TITLES = {"tuning": "Tuning cells (thresholds may be chosen here)", "validation"
 
 HEADINGS = {"validation": "## Validation suite: the fidelity target on cells nobody tuned on",
             "floor-validation": "## Validation suite, every part: the fidelity target with its precision-floor "
-                                "estimate (tuning, validation, fresh, fresh2)"}
+                                "estimate (tuning, validation, fresh, fresh2)",
+            "gpu-residual-validation": "## Validation suite on one GPU, full size, float16 and bfloat16: the fidelity "
+                                       "target with its residual test, before the precision-floor estimate",
+            "gpu-floor-validation": "## Validation suite on one GPU: the second fresh cells, the fidelity target with "
+                                    "its precision-floor estimate"}
 
 
 def report(recs: list[dict[str, Any]], db: float, marker: str = "validation", replay_change: bool = False) -> str:
