@@ -62,6 +62,8 @@ PARALLEL = {
     "taa-euler m3": ("taa-euler", {"history": 3}, {}),
     "taa-euler ls-float32": ("taa-euler", {}, {"ls_dtype": torch.float32}),
     "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}, {}),
+    # the converged prefix frozen (docs/METHOD.md section 9): fewer states, so smaller window buckets per iteration
+    "taa-euler freeze0.02": ("taa-euler", {"freeze_frac": 0.02}, {}),
 }
 EAGER_TOO = ("picard", "taa-euler")  # also run through the eager reference loops, for context
 
