@@ -14,7 +14,13 @@ the per-iteration PSNR curve, and the solver's own wall time. "nostop" variants 
 
 Groups: "core" (every cell), "explore" (100-step cells: history, ridge, initialisation, history restart,
 standard AA on the Euler splitting), "windows" (100-step cells: W in 8, 16, 32, 50 for the window sizing of
-benchmarks/RESULTS.md).
+benchmarks/RESULTS.md), "freeze" (every cell: the taa-euler preset with freeze_frac 0.02 ... 0.25 beside the
+preset and Picard; `nfe_to_40` counts the states evaluated up to the first iteration at 40 dB).
+
+The tuning sweep of freeze_frac (cfg 5, seeds 0-7, the 2-core CPU, one thread):
+
+    python benchmarks/iterations.py --out benchmarks/results/freeze_tuning.jsonl --groups freeze --device cpu \
+        --models tiny-dit,tiny-sd --samplers ddim,ddpm --steps 25,50,100
 """
 
 from __future__ import annotations
@@ -88,7 +94,13 @@ WINDOWS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     **{f"taa-euler W{w}": ("taa-euler", {"window": w}, None) for w in (8, 16, 32, 50)},
     **{f"picard W{w}": ("picard", {"window": w}, None) for w in (8, 16, 32, 50)},
 }
-GROUPS = {"core": CORE, "explore": EXPLORE, "windows": WINDOWS}
+# freezing the converged prefix under the summed rule (docs/METHOD.md section 9), beside its unfrozen preset and Picard
+FREEZE: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "taa-euler": ("taa-euler", {}, None),
+    "picard": ("picard", {}, None),
+    **{f"taa-euler freeze{c:g}": ("taa-euler", {"freeze_frac": c}, None) for c in (0.02, 0.05, 0.1, 0.25)},
+}
+GROUPS = {"core": CORE, "explore": EXPLORE, "windows": WINDOWS, "freeze": FREEZE}
 CONDITIONS = {
     "tiny-dit": list(range(10)),
     "tiny-sd": [f"a handwritten digit {w}" for w in "zero one two three four five six seven eight nine".split()],
@@ -159,9 +171,11 @@ def run_variant(model, sched, noise, ref_x0, name, options, special, spec=None):
     cfg = preset(name, **options)
     fidelity = FidelityRecorder(ref_x0)
     rsum: list[list[float]] = []  # per iteration, per sample: frozen residual + the window's rho sum
+    nfe_it: list[list[int]] = []  # per iteration, per sample: states evaluated so far
 
     def rec(info) -> None:
         fidelity(info)
+        nfe_it.append(info.state.nfe.tolist())
         total = info.state.spent if info.state.spent is not None else torch.zeros_like(info.frozen, dtype=torch.float64)
         rsum.append((total + torch.nan_to_num(info.rho, nan=0.0).sum(dim=1)).tolist())
 
@@ -186,7 +200,11 @@ def run_variant(model, sched, noise, ref_x0, name, options, special, spec=None):
     curve = [[math.nan] * iters for _ in range(n)]
     for s, it, p in zip(rows["sample"], rows["iteration"], rows["psnr_db"], strict=True):
         curve[int(s)][int(it) - 1] = float(p)
-    to = {db: [v + extra if not math.isnan(v) else None for v in fidelity.iterations_to(db)] for db in (30, 40, 50)}
+    raw = {db: fidelity.iterations_to(db) for db in (30, 40, 50)}
+    to = {db: [v + extra if not math.isnan(v) else None for v in raw[db]] for db in (30, 40, 50)}
+    # states evaluated up to the first iteration at N dB (the solver's own; an init's extra model calls not counted)
+    nfe_to = {db: [nfe_it[int(v) - 1][s] if not math.isnan(v) else None for s, v in enumerate(raw[db])]
+              for db in (30, 40, 50)}
     stop_psnr = psnr_db(res.x0, ref_x0).tolist()
     return {
         "config": cfg.to_dict(),
@@ -198,6 +216,8 @@ def run_variant(model, sched, noise, ref_x0, name, options, special, spec=None):
         "to_30": to[30],
         "to_40": to[40],
         "to_50": to[50],
+        "nfe_to_40": nfe_to[40],
+        "nfe_to_50": nfe_to[50],
         "curve": [[round(p, 3) if math.isfinite(p) else 999.0 for p in c] for c in curve],
         "rsum": [[float(f"{it[s]:.4g}") for it in rsum] for s in range(n)],
         "wall_s": wall,
@@ -238,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                     noise = draw_noise(seeds, steps, spec.sample_shape).to(device)
                     ref = solve(den, sched, noise, preset("sequential"))
                     variants: dict[str, tuple[str, dict[str, Any], str | None]] = dict(CORE) if "core" in groups else {}
+                    if "freeze" in groups:
+                        variants.update(FREEZE)
                     for g in ("explore", "windows"):
                         if g in groups and steps == 100:
                             variants.update(GROUPS[g])
@@ -256,10 +278,12 @@ def main(argv: list[str] | None = None) -> int:
                         fh.write(json.dumps(rec) + "\n")
                         fh.flush()
                         to40 = [v for v in rec["to_40"] if v is not None]
+                        nfe40 = [v for v in rec["nfe_to_40"] if v is not None]
                         stop = sum(rec["iterations"]) / len(seeds)
                         print(
                             f"{model_name} {sampler}-{steps} {label:28s} stop {stop:6.2f}"
                             f" to40 {sum(to40) / max(len(to40), 1):6.2f} ({len(to40)}/{len(seeds)})"
+                            f" nfe40 {sum(nfe40) / max(len(nfe40), 1):6.1f}"
                             f" psnr_min {min(rec['psnr_stop']):6.1f} [{time.perf_counter() - t_all:6.0f} s]",
                             flush=True,
                         )

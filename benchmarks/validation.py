@@ -15,7 +15,8 @@ change of x0 made by the iteration) and the states evaluated. One JSON line per 
 
 Solvers (labels): "target<db>" is taa-euler stopped by the fidelity target (stop="target", target_db=<db>),
 "target<db>-m<k>" the same with history m = k;
-"taa-euler" the preset as it is (summed rule); "picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
+"taa-euler" the preset as it is (summed rule); "taa-euler freeze<c>" the preset with freeze_frac = c (its converged
+prefix frozen, docs/METHOD.md section 9); "picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
 run to T with the rule disabled (their curves let `validation_report.py --replay` try a rule's thresholds
 offline; run them on the tuning part only: that is where thresholds may be chosen).
 """
@@ -54,14 +55,20 @@ def solver_config(label: str):
             raise ValueError(f"solver label {label!r}: target<db>[-m<history>] expected, e.g. target40-m8 ({e})") from e
     if label == "taa-euler":
         return preset("taa-euler")
+    if label.startswith("taa-euler freeze"):
+        try:
+            return preset("taa-euler", freeze_frac=float(label.removeprefix("taa-euler freeze")))
+        except ValueError as e:
+            raise ValueError(f"solver label {label!r}: taa-euler freeze<fraction> expected, e.g. taa-euler freeze0.05 "
+                             f"({e})") from e
     if label == "taa-euler nostop":
         return preset("taa-euler", **NOSTOP_SUM)
     if label == "picard":
         return preset("picard")
     if label == "picard nostop":
         return preset("picard", picard_tol=0.0)
-    raise ValueError(f"solver label {label!r} is not one of target<db>[-m<history>], taa-euler, taa-euler nostop, "
-                     "picard, picard nostop; pass those in --solvers")
+    raise ValueError(f"solver label {label!r} is not one of target<db>[-m<history>], taa-euler, taa-euler freeze<c>, "
+                     "taa-euler nostop, picard, picard nostop; pass those in --solvers")
 
 
 def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="solvers for the tuning part (default: --solvers plus the two nostop runs)")
     p.add_argument("--cells", type=Path, default=CELLS)
     p.add_argument("--models", default=None, help="comma-separated: only these models")
+    p.add_argument("--samplers", default=None, help="comma-separated: only these samplers")
     p.add_argument("--dtypes", default=None, help="comma-separated: only these network dtypes")
     p.add_argument("--steps", default=None, help="comma-separated: only these step counts")
     p.add_argument("--max-seeds", type=int, default=None, help="keep at most this many seeds of each cell")
@@ -203,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"--parts: {part!r} is not one of {', '.join(PARTS)}")
             for cell in expand(part, spec[part], args.size):
                 if args.models and cell["model"] not in args.models.split(","):
+                    continue
+                if args.samplers and cell["sampler"] not in args.samplers.split(","):
                     continue
                 if args.dtypes and cell["dtype"] not in args.dtypes.split(","):
                     continue

@@ -66,6 +66,8 @@ PARALLEL = {
     "taa-euler ls-float32": ("taa-euler", {}, {"ls_dtype": torch.float32}),
     "taa-euler sum0.02": ("taa-euler", {"sum_tol": 0.02}, {}),
     "target40": ("taa-euler", {"stop": "target", "target_db": 40.0}, {}),  # the fidelity-target rule
+    # the converged prefix frozen (docs/METHOD.md section 9): fewer states, so smaller window buckets per iteration
+    "taa-euler freeze0.02": ("taa-euler", {"freeze_frac": 0.02}, {}),
 }
 # the families section: the samplers beyond the paper (docs/METHOD.md section 12), graphed, against a graphed
 # sequential sampler of the same family (label -> preset, its options)

@@ -119,6 +119,9 @@ class SolverConfig:
     # "target": x0's change per iteration within the PSNR target_db (docs/METHOD.md section 9)
     sum_tol: float = 0.05  # with stop="sum": budget for the summed first-order residual RMS of the trajectory
     target_db: float = 40.0  # with stop="target": the PSNR of x0 against the sequential x0 to stop at (section 9)
+    # with stop="sum": the fraction of sum_tol that states frozen before the whole trajectory is accepted may spend,
+    # pro rata of the steps frozen (0 = off; docs/METHOD.md section 9, "Freezing a converged prefix")
+    freeze_frac: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -141,6 +144,11 @@ class SolverConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        f = self.freeze_frac
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not math.isfinite(f) or not 0 <= f <= 1:
+            raise ValueError(
+                f"freeze_frac must be a fraction of sum_tol in [0, 1] (0 = off, e.g. 0.02), got {f!r}"
+            )
         t = self.target_db
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"target_db must be a finite number of dB > 0 (e.g. 40), got {t!r}")

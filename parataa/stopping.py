@@ -157,10 +157,14 @@ class Summed(StopRule):
     window when W = T) is accepted only as a whole: a small residual frozen early can be amplified by expansive
     steps below it (docs/METHOD.md section 9 has the measurements). Either way the accepted residuals add up to at
     most sum_tol. x_{u*} always takes the exact step (residual 0). The logged threshold is the share sum_tol / T.
+
+    With freeze_frac > 0 any window also accepts, as measured, its longest prefix from the top whose rho, added to
+    `spent`, stays within freeze_frac sum_tol pro rata of the steps it freezes (`frozen_prefix`), and moves on below
+    it: fewer states are evaluated, and what is frozen that way spends at most freeze_frac of the budget.
     """
 
     name = "sum"
-    options = ("sum_tol",)
+    options = ("sum_tol", "freeze_frac")
     recountable = False
     summary = "summed residual"
 
@@ -169,7 +173,10 @@ class Summed(StopRule):
             raise ValueError("sum_tol must be > 0 with stop='sum': no trajectory could ever converge")
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
-        return [f"sum{fmt_num(c['sum_tol'])}"]
+        parts = [f"sum{fmt_num(c['sum_tol'])}"]
+        if c.get("freeze_frac", 0.0):
+            parts.append(f"frz{fmt_num(c['freeze_frac'])}")
+        return parts
 
     def thresholds(self, config: Any, schedule: Any) -> Any:
         import torch
@@ -183,7 +190,26 @@ class Summed(StopRule):
         whole = total <= config.sum_tol * (num_steps - lo).to(rho.dtype) / num_steps
         # a window that does not reach x_0 must freeze states to move on: those within their share of the budget
         moving = (lo > 0)[:, None] & (rho <= config.sum_tol / num_steps)
-        return valid & ~whole[:, None] & ~moving
+        bad = valid & ~whole[:, None] & ~moving
+        if config.freeze_frac > 0:
+            bad = bad & ~self.frozen_prefix(config, rho, valid, lo, spent, num_steps)
+        return bad
+
+    @staticmethod
+    def frozen_prefix(config: Any, rho: Any, valid: Any, lo: Any, spent: Any, num_steps: int) -> Any:
+        """[N, Wmax] the longest prefix of the window from its top down to position j whose rho, added to what was
+        accepted before, stays within freeze_frac of the budget pro rata of the steps then frozen:
+        spent + sum_{s >= j} rho_s <= freeze_frac sum_tol (T - lo - j) / T (docs/METHOD.md section 9)."""
+        import torch
+
+        from .system import suffix_sum
+
+        j = torch.arange(rho.shape[1], device=rho.device)
+        total = spent[:, None] + suffix_sum(torch.where(valid, rho, torch.zeros_like(rho)), dim=1)
+        share = config.freeze_frac * config.sum_tol * (num_steps - lo[:, None] - j[None, :]).to(rho.dtype) / num_steps
+        ok = valid & (total <= share)
+        first = torch.where(ok, j[None, :], torch.full_like(ok, rho.shape[1], dtype=torch.long)).min(dim=1).values
+        return valid & (j[None, :] >= first[:, None])
 
     def updated(self, valid: Any, u_star: Any, accepted: Any) -> Any:
         return super().updated(valid, u_star, accepted) | (accepted & (u_star < 0)[:, None])

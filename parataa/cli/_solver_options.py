@@ -45,6 +45,13 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
         f"default {d.target_db:g})",
     )
     g.add_argument("--sum-tol", type=float, default=None, help=f"budget of --stop sum (default {d.sum_tol:g})")
+    g.add_argument(
+        "--freeze-frac",
+        type=float,
+        default=None,
+        help=f"with --stop sum: freeze the window's converged prefix while its residuals stay within this fraction "
+        f"of the budget, pro rata of the steps frozen (default {d.freeze_frac:g}: off)",
+    )
     g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
     g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
     g.add_argument("--tol-scale", choices=choices["tol_scale"], default=None, help=f"(default {d.tol_scale})")
