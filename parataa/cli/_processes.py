@@ -147,6 +147,17 @@ def _launched_by(command: int) -> bool:
     return int(stat[stat.rindex(")") + 2 :].split()[1]) == command
 
 
+def worker_guard() -> int | None:
+    """In a worker: it ends with torch.distributed.run, which ends with the command (both by the kernel's death
+    signal); 1 when the command that started the group is already gone, or no longer its launcher's parent (the
+    worker should exit), else None. Called first thing in `python -m parataa` and again in `start`."""
+    _die_with_parent()
+    parent = os.environ.get(PARENT)
+    if parent and not (_alive(int(parent)) and _launched_by(int(parent))):
+        return 1
+    return None
+
+
 def relaunch(n: int, argv: list[str]) -> int:
     """Run this very command again in n processes under torch.distributed.run; the exit status of the group."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "parataa"]
@@ -169,11 +180,8 @@ def start(args: argparse.Namespace) -> tuple[int | None, Any]:
         return None, None
     if os.environ.get(LAUNCHED) is None and n > 1:
         return relaunch(n, args.argv), None
-    if os.environ.get(LAUNCHED) is not None:  # a worker: it ends with torch.distributed.run, which ends with us
-        _die_with_parent()
-        parent = os.environ.get(PARENT)
-        if parent and not (_alive(int(parent)) and _launched_by(int(parent))):
-            return 1, None
+    if os.environ.get(LAUNCHED) is not None and worker_guard() is not None:
+        return 1, None
     from ..distributed import init_from_env
 
     cpu = args.processes is not None and str(args.device) == "cpu"
