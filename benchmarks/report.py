@@ -54,6 +54,24 @@ def matched(rows: list[dict[str, Any]], solver: str, max_err: float) -> dict[str
     return min(ok, key=lambda r: r["iterations"]) if ok else None
 
 
+def kept_sections(path: Path, new_text: str) -> list[str]:
+    """The `<!-- NAME:begin -->` ... `<!-- NAME:end -->` blocks of the existing file whose NAME the new text does not
+    hold: sections written by other scripts (benchmarks/validation_report.py --write), which regenerating the rest
+    must not lose."""
+    import re
+
+    if not path.exists():
+        return []
+    old = path.read_text()
+    blocks = re.findall(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", old, flags=re.S)
+    out = []
+    for name in dict.fromkeys(blocks):
+        if f"<!-- {name}:begin -->" not in new_text:
+            m = re.search(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", old, flags=re.S)
+            out.append(m.group(0))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -177,8 +195,12 @@ def main() -> None:
                          f"{', '.join(f'{p:.2f}' for p in peak if p is not None)} |")
         lines += ["", f"Per-iteration time at world size 2 is **{ratio:.2f}x** world size 1 (goal <= 0.6: "
                   f"{'met' if ratio <= 0.6 else 'missed'}).", ""]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    text = "\n".join(lines) + "\n"
+    kept = kept_sections(Path(args.out), text)
+    if kept:  # sections other scripts wrote between markers (validation_report.py --marker ...) stay
+        text += "\n" + "\n\n".join(kept) + "\n"
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}" + (f" (kept {len(kept)} marked sections written by other scripts)" if kept else ""))
     if single:
         import matplotlib
         import matplotlib.ticker

@@ -86,3 +86,17 @@ def test_a_run_on_the_analytic_model_reports_lateness_and_the_rules_signals(tmp_
     validation_report.main([str(out), "--write", str(doc)])  # replaces its section, never appends a second
     assert doc.read_text().count(validation_report.BEGIN) == 1 and "before" in doc.read_text()
     json.dumps(recs)  # the lines are plain JSON
+
+
+def test_regenerating_results_keeps_the_sections_other_scripts_wrote(tmp_path) -> None:
+    """benchmarks/report.py rewrites RESULTS.md from the JSON files; the sections validation_report.py wrote
+    between markers are not among them and must survive (they were lost before)."""
+    import report
+
+    out = tmp_path / "RESULTS.md"
+    block = "<!-- fresh-validation:begin -->\n## A section\n\n| a |\n<!-- fresh-validation:end -->"
+    out.write_text(f"# Benchmark results\n\n<!-- validation:begin -->\nold\n<!-- validation:end -->\n\n{block}\n")
+    new = "# Benchmark results\n\n<!-- validation:begin -->\nnew\n<!-- validation:end -->\n"
+    assert report.kept_sections(out, new) == [block]
+    assert report.kept_sections(out, new + block) == []
+    assert report.kept_sections(tmp_path / "absent.md", new) == []
