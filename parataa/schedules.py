@@ -103,7 +103,8 @@ class Schedule:
             "name": self.name,
             "eta": self.eta,
             "num_steps": self.num_steps,
-            "timesteps": [int(v) for v in self.timesteps.tolist()],
+            # integral model timesteps (DDIM, DDPM, DPM-Solver++) as ints, a flow schedule's fractional ones as floats
+            "timesteps": [int(v) if float(v).is_integer() else float(v) for v in self.timesteps.tolist()],
             "alpha_final": float(self.alpha_out[0]),
             "final_noise": self.final_noise,
         }

@@ -391,3 +391,19 @@ def test_static_engine_equals_the_eager_one_on_both_families(mixture, solver):
             static = solve(model, sched, noise, cfg, engine="static")
             assert torch.equal(eager.iterations, static.iterations)
             assert torch.equal(static.trajectory, eager.trajectory), (sched.name, window)
+
+
+def test_a_flow_schedules_stored_summary_keeps_its_fractional_timesteps(mixture):
+    """Schedule.describe() (stored with every result) holds the model timesteps as the network sees them: a flow
+    schedule's 1000 s are fractional and were cut to integers before; DDIM's stay integers."""
+    import json
+
+    from parataa.schedules import from_diffusers_config
+
+    flow = flow_euler_schedule(None, 7)
+    stored = flow.describe()["timesteps"]
+    assert stored == [float(v) if not float(v).is_integer() else int(v) for v in flow.timesteps.tolist()]
+    assert any(isinstance(v, float) for v in stored), "the 7-step flow schedule has fractional timesteps"
+    assert json.loads(json.dumps(stored)) == stored
+    ddim = from_diffusers_config(mixture.scheduler_config, 10, sampler="ddim").describe()
+    assert all(isinstance(v, int) for v in ddim["timesteps"])
