@@ -572,6 +572,7 @@ def test_two_ranks_sharing_one_gpu_store_what_one_rank_stores(tmp_path, monkeypa
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
     (one, s1), (two, s2) = _tiny_dit_group(tmp_path, 1, 1), _tiny_dit_group(tmp_path, 2, 2)
     assert (one.manifest["world_size"], two.manifest["world_size"]) == (1, 2)
+    assert (one.manifest["ranks_per_gpu"], two.manifest["ranks_per_gpu"]) == (1, 2)
     np.testing.assert_array_equal(one.trajectory, two.trajectory)
     np.testing.assert_array_equal(one.x0, two.x0)
     np.testing.assert_array_equal(one.iterates, two.iterates)

@@ -657,6 +657,7 @@ def test_a_float32_network_gives_the_same_bits_with_one_and_two_processes(tmp_pa
         stored.append(storage.load_run(group.runs[0].dir))
     one, two = stored
     assert (one.manifest["world_size"], two.manifest["world_size"]) == (1, 2)
+    assert one.manifest["ranks_per_gpu"] == two.manifest["ranks_per_gpu"] == 1  # recorded with every run
     np.testing.assert_array_equal(one.trajectory, two.trajectory)
     np.testing.assert_array_equal(one.x0, two.x0)
     np.testing.assert_array_equal(one.iterates, two.iterates)

@@ -352,6 +352,8 @@ class ShardJob(submitit.helpers.Checkpointable):
             "baseline": None,
             "schedule": storage.schedule_record(shard.schedule),
             "weights": shard.weights,
+            # how the world's ranks met: one per GPU over NCCL (1), or up to this many sharing a GPU over gloo
+            "ranks_per_gpu": spec.ranks_per_gpu,
         }
         if base is not None:
             extra["baseline"] = {
