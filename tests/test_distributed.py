@@ -467,7 +467,14 @@ def test_signalling_the_command_leaves_no_worker_running(tmp_path, sig) -> None:
         time.sleep(1.0)  # let the workers get past their start (any moment must do; this one is mid-import)
         family = _descendants(proc.pid)
         os.kill(proc.pid, sig)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            states = {p: Path(f"/proc/{p}/stat").read_text().split(") ")[-1][:1]
+                      for p in [proc.pid, *family] if alive(p)}
+            proc.kill()
+            err = proc.stderr.read().decode(errors="replace")[-3000:] if proc.stderr else ""
+            raise AssertionError(f"{sig.name}: the command did not exit within 60 s (states {states})\n{err}") from None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(alive(p) for p in family):
             time.sleep(0.2)

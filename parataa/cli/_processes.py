@@ -168,8 +168,22 @@ def relaunch(n: int, argv: list[str]) -> int:
         "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0"),
     }
     env.setdefault("OMP_NUM_THREADS", "1")
-    # torch.distributed.run dies with this process (SIGKILL included), and every worker with it (start)
-    return subprocess.call([*cmd, *argv], env=env, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+    # torch.distributed.run dies with this process (SIGKILL included), and every worker with it (worker_guard)
+    group = subprocess.Popen([*cmd, *argv], env=env, preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+
+    def end(signum: int, frame: Any) -> None:  # noqa: ARG001
+        # SIGINT/SIGTERM: the group ends now (its death signals do the rest), and so does this process, without the
+        # interpreter's unwinding and shutdown (which waits on threads and can take long on a loaded machine)
+        # (no group.wait() here: the interrupted wait below holds Popen's lock; init reaps the killed group)
+        group.kill()
+        os._exit(128 + signum)
+
+    old = {s: signal.signal(s, end) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return group.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def start(args: argparse.Namespace) -> tuple[int | None, Any]:
