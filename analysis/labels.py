@@ -3,7 +3,8 @@
 A tag (`parataa.solver_config.solver_tag`, docs/STORAGE.md) is the solver's name (`+` spelled `plus`) followed by
 `_`-separated parts: `m<history>`, `k<order>`, `w<window>`, the splitting where it is not the solver's own,
 `tol<abs_tol>` (or `sum<sum_tol>` for the summed-residual rule, then `frz<freeze_frac>` where it freezes a
-converged prefix, kept verbatim in the variant; `ptol<picard_tol>` for Picard), and only where
+converged prefix, kept verbatim in the variant; `ff<floor_freeze>` where it keeps the prefix at the precision
+floor, likewise verbatim; `ptol<picard_tol>` for Picard), and only where
 they differ from the solver's defaults `rtol<rel_tol>`, `ridge<lambda>`, `g<tol_scale>`, `init<init>`,
 `it<max_iters>`. Solver names come from `parataa.solver_config.PRESETS`, so a preset added there is recognised
 here without changes; a part this grammar does not know is kept verbatim in the label (never dropped), so a

@@ -16,7 +16,9 @@ change of x0 made by the iteration) and the states evaluated. One JSON line per 
 Solvers (labels): "target<db>" is taa-euler stopped by the fidelity target (stop="target", target_db=<db>),
 "target<db>-m<k>" the same with history m = k;
 "taa-euler" the preset as it is (summed rule); "taa-euler freeze<c>" the preset with freeze_frac = c (its converged
-prefix frozen, docs/METHOD.md section 9); "picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
+prefix frozen, docs/METHOD.md section 9); "taa-euler ff<c>" (and "taa-euler nostop ff<c>") the preset with
+floor_freeze = c (the prefix at the precision floor keeps its values, docs/METHOD.md section 9);
+"picard" ParaDiGMS's rule; "taa-euler nostop" and "picard nostop"
 run to T with the rule disabled (their curves let `validation_report.py --replay` try a rule's thresholds
 offline; run them on the tuning part only: that is where thresholds may be chosen).
 """
@@ -63,12 +65,19 @@ def solver_config(label: str):
                              f"({e})") from e
     if label == "taa-euler nostop":
         return preset("taa-euler", **NOSTOP_SUM)
+    if label.startswith(("taa-euler ff", "taa-euler nostop ff")):
+        base, _, c = label.rpartition(" ff")
+        try:
+            return preset("taa-euler", floor_freeze=float(c), **(NOSTOP_SUM if base.endswith("nostop") else {}))
+        except ValueError as e:
+            raise ValueError(f"solver label {label!r}: taa-euler [nostop ]ff<factor> expected, e.g. taa-euler ff2 "
+                             f"({e})") from e
     if label == "picard":
         return preset("picard")
     if label == "picard nostop":
         return preset("picard", picard_tol=0.0)
     raise ValueError(f"solver label {label!r} is not one of target<db>[-m<history>], taa-euler, taa-euler freeze<c>, "
-                     "taa-euler nostop, picard, picard nostop; pass those in --solvers")
+                     "taa-euler [nostop ]ff<c>, taa-euler nostop, picard, picard nostop; pass those in --solvers")
 
 
 def expand(part: str, groups: list[dict[str, Any]], size: str) -> list[dict[str, Any]]:

@@ -82,7 +82,7 @@ class Method:
 
 
 _ANY = frozenset({"window", "max_iters", "init", "freeze_from"})  # every parallel solver reads these
-_WINDOW = _ANY | {"order", "splitting", "stop"}
+_WINDOW = _ANY | {"order", "splitting", "stop", "floor_freeze"}
 METHOD_RECORDS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -122,6 +122,9 @@ class SolverConfig:
     # with stop="sum": the fraction of sum_tol that states frozen before the whole trajectory is accepted may spend,
     # pro rata of the steps frozen (0 = off; docs/METHOD.md section 9, "Freezing a converged prefix")
     freeze_frac: float = 0.0
+    # fp, aa, taa with a half-precision network: the window's prefix from the top whose first-order residuals are all
+    # within floor_freeze times their estimated rounding noise keeps its values (0 = off; docs/METHOD.md section 9)
+    floor_freeze: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -148,6 +151,11 @@ class SolverConfig:
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not math.isfinite(f) or not 0 <= f <= 1:
             raise ValueError(
                 f"freeze_frac must be a fraction of sum_tol in [0, 1] (0 = off, e.g. 0.02), got {f!r}"
+            )
+        ff = self.floor_freeze
+        if not isinstance(ff, (int, float)) or isinstance(ff, bool) or not math.isfinite(ff) or ff < 0:
+            raise ValueError(
+                f"floor_freeze must be a finite multiple of the rounding noise >= 0 (0 = off, e.g. 2), got {ff!r}"
             )
         t = self.target_db
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
@@ -297,6 +305,8 @@ def solver_tag(name: str, cfg: SolverConfig | Mapping[str, Any], steps: int) -> 
         parts.append(f"ptol{fmt_num(c['picard_tol'])}")
     else:
         parts.extend(RULES[c["stop"]].tag_parts(c))
+    if "floor_freeze" in m.options and c.get("floor_freeze", 0.0):
+        parts.append(f"ff{fmt_num(c['floor_freeze'])}")
     if "ridge" in m.options and c["ridge"] != default["ridge"]:
         parts.append(f"ridge{fmt_num(c['ridge'])}")
     if c["tol_scale"] != default["tol_scale"]:

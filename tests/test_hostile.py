@@ -190,6 +190,7 @@ HOSTILE.update(
         "solvers.<solver>.sum_tol": [(NAN, ["config.solvers.taa.sum_tol", "not a finite number"])],
         "solvers.<solver>.target_db": [(0, ["config.solvers.taa.target_db", "a finite number > 0"])],
         "solvers.<solver>.freeze_frac": [(1.5, ["config.solvers.taa.freeze_frac", "a number in [0, 1]"])],
+        "solvers.<solver>.floor_freeze": [(-1, ["config.solvers.taa.floor_freeze"])],
         "grids[].models": [(["tiny-sd"], ["config.grids[0].models", "not in the study's models"])],
         "grids[].samplers": [(["dpm"], ["config.grids[0].samplers"])],
         "grids[].steps": [([0], ["config.grids[0].steps"])],

@@ -52,6 +52,13 @@ def add_solver_arguments(p: argparse.ArgumentParser) -> None:
         help=f"with --stop sum: freeze the window's converged prefix while its residuals stay within this fraction "
         f"of the budget, pro rata of the steps frozen (default {d.freeze_frac:g}: off)",
     )
+    g.add_argument(
+        "--floor-freeze",
+        type=float,
+        default=None,
+        help=f"fp/aa/taa with a half-precision network: keep the window's prefix from the top whose residuals are "
+        f"within this many times their estimated rounding noise (default {d.floor_freeze:g}: off)",
+    )
     g.add_argument("--abs-tol", type=float, default=None, help=f"per-step rule (default {d.abs_tol:g})")
     g.add_argument("--rel-tol", type=float, default=None, help=f"per-step rule (default {d.rel_tol:g})")
     g.add_argument("--tol-scale", choices=choices["tol_scale"], default=None, help=f"(default {d.tol_scale})")

@@ -38,6 +38,7 @@ __all__ = [
     "count_iteration",
     "fixed_point_rule",
     "fixed_point_update",
+    "floor_prefix",
     "picard_iteration",
     "push_history",
     "step_outputs",
@@ -221,6 +222,8 @@ def window_iteration(
     new_vals, fallback = update(UpdateInput(x_cur, rhs - x_cur, valid, below, history, **least_squares))
     j = torch.arange(x_cur.shape[1], device=t.device)
     x_new = torch.where(below[..., None], new_vals, x_cur)
+    if config.floor_freeze > 0 and noise is not None:  # the prefix at the precision floor keeps its values
+        x_new = torch.where(floor_prefix(rho, noise, valid, config.floor_freeze)[..., None], x_cur, x_new)
     x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
     rsum = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
     floor = torch.zeros_like(rsum) if noise is None else noise.sum(dim=1)
@@ -229,6 +232,18 @@ def window_iteration(
     spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
     frozen = torch.where(u_star >= 0, lo + u_star.clamp(min=0), lo)
     return WindowStep(x_new, rho, accepted, fallback, frozen, spent)
+
+
+def floor_prefix(rho: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor, factor: float) -> torch.Tensor:
+    """[N, B] the window's longest prefix from its top whose first-order residuals are all within `factor` times
+    their estimated rounding noise (`rounding_noise`): states that the network's precision no longer lets the
+    iteration improve. `SolverConfig.floor_freeze` keeps their values, so that they stop moving by rounding and the
+    Anderson differences of the states below them see only their own convergence (docs/METHOD.md section 9).
+    Where the prefix is the whole window, nothing is kept: every state is at the floor, and the iteration goes on
+    as without the option, so that its exact steps still carry the window to the sequential solution."""
+    at_floor = (rho <= factor * noise) | ~valid
+    prefix = torch.flip(torch.cumprod(torch.flip(at_floor.long(), [1]), dim=1), [1]).bool() & valid
+    return prefix & ~(prefix == valid).all(dim=1, keepdim=True)
 
 
 def model_roundoff(model: Any) -> float:
