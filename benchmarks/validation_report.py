@@ -27,6 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from parataa.stopping import target_rms
+
 BEGIN, END = "<!-- validation:begin -->", "<!-- validation:end -->"  # the default section (--marker validation)
 DTYPE_ORDER = ("float32", "bfloat16", "float16")
 REPLAY_FACTORS = [(0.89, 0.89), (1.0, 1.0), (1.26, 1.26), (1.0, 2.0), (1.0, 4.0), (0.5, 2.0)]
@@ -201,49 +203,40 @@ def rate_factor(dx0: list[float], k: int, low: float, high: float) -> float:
 def replay(recs: list[dict[str, Any]], db: float, factors: list[tuple[float, float]]) -> str:
     """The target rule with each (low, high) rate-factor clamp, replayed on the nostop curves: the first iteration
     k with dx0[k] * rate_factor <= the target's RMS (dx0 and PSNR per iteration)."""
-    out = ["| factor clamp (low, high) | solves | below target | min PSNR at stop | lateness mean | lateness max |",
-           "|" + "---|" * 6]
-    tol = 2.0 * 10 ** (-db / 20)
-    for low, high in factors:
-        late, below, worst, n = [], 0, math.inf, 0
-        for r in recs:
-            if r["solver"] != "taa-euler nostop":
-                continue
-            for s in range(len(r["seeds"])):
-                n += 1
-                d = r["dx0"][s]
-                k = next((i for i in range(len(d)) if d[i] * rate_factor(d, i, low, high) <= tol), len(d) - 1)
-                p = r["psnr"][s][k]
-                worst = min(worst, p)
-                reach = first_at(r["psnr"][s], db)
-                if p < db or reach is None:
-                    below += 1
-                else:
-                    late.append(k + 1 - reach)
-        out.append(f"| ({low:g}, {high:g}) | {n} | {below} | {worst:.1f} | "
-                   f"{fmt(sum(late) / len(late) if late else None, 2)} | {max(late) if late else '-'} |")
-    return "\n".join(out) + "\n"
+    stops = [(f"({low:g}, {high:g})", lambda d, rs, low=low, high=high: next(
+        (i for i in range(len(d)) if d[i] * rate_factor(d, i, low, high) <= target_rms(db)), len(d) - 1))
+        for low, high in factors]
+    return replay_table(recs, db, "factor clamp (low, high)", stops)
 
 
 def resid_replay(recs: list[dict[str, Any]], db: float, factors: list[float]) -> str:
     """The target rule with its residual test, replayed on the nostop curves for each factor K: the first iteration
     k with dx0[k] <= tol and rsum[k] <= K tol (rsum: the summed rho of the iterate before iteration k's update)."""
-    out = ["| residual factor K | solves | below target | min PSNR at stop | lateness mean | lateness max |",
+    stops = [(f"{K:g}", lambda d, rs, K=K: next(
+        (i for i in range(len(d)) if d[i] <= target_rms(db) and rs[i] <= K * target_rms(db)), len(d) - 1))
+        for K in factors]
+    return replay_table(recs, db, "residual factor K", stops)
+
+
+def replay_table(recs: list[dict[str, Any]], db: float, setting: str, stops: list[tuple[str, Any]]) -> str:
+    """A table with one row per (label, stop), its first column headed `setting`: stop(dx0, rsum) is the 0-based
+    iteration a rule stops at on a "taa-euler nostop" curve; the row counts the solves, those stopped below `db`, the
+    worst PSNR at the stop and the lateness after the first iteration at or above `db`."""
+    out = [f"| {setting} | solves | below target | min PSNR at stop | lateness mean | lateness max |",
            "|" + "---|" * 6]
-    tol = 2.0 * 10 ** (-db / 20)
-    for K in factors:
+    for label, stop in stops:
         late, below, worst, n = [], 0, math.inf, 0
         for r in (r for r in recs if r["solver"] == "taa-euler nostop"):
             for s in range(len(r["seeds"])):
                 n += 1
-                d, rs, ps = r["dx0"][s], r["rsum"][s], r["psnr"][s]
-                k = next((i for i in range(len(d)) if d[i] <= tol and rs[i] <= K * tol), len(d) - 1)
+                ps = r["psnr"][s]
+                k = stop(r["dx0"][s], r["rsum"][s])
                 worst, reach = min(worst, ps[k]), first_at(ps, db)
                 if ps[k] < db or reach is None:
                     below += 1
                 else:
                     late.append(k + 1 - reach)
-        out.append(f"| {K:g} | {n} | {below} | {worst:.1f} | {fmt(sum(late) / len(late) if late else None, 2)} | "
+        out.append(f"| {label} | {n} | {below} | {worst:.1f} | {fmt(sum(late) / len(late) if late else None, 2)} | "
                    f"{max(late) if late else '-'} |")
     return "\n".join(out) + "\n"
 
