@@ -72,6 +72,9 @@ class StopRule:
     options: ClassVar[tuple[str, ...]]  # the SolverConfig fields this rule reads
     recountable: ClassVar[bool]  # a per-step rule on rho: the analysis may recount steps under another threshold
     summary: ClassVar[str] = ""  # a few words beside the name in the study schema's and the CLI's choice lists
+    # after_update reads the precision floor and x_0's previous change; the iteration core computes them every
+    # iteration only for a rule that does (or for SolverConfig.floor_freeze)
+    reads_floor: ClassVar[bool] = False
 
     def check(self, config: Any) -> None:
         """Raise ValueError naming the option when the config cannot work with this rule."""
@@ -259,6 +262,7 @@ class Target(StopRule):
     options = ("target_db",)
     recountable = False
     summary = "x0 within target_db"
+    reads_floor = True
 
     def tag_parts(self, c: Mapping[str, Any]) -> list[str]:
         return [f"db{fmt_num(c.get('target_db', 40.0))}"]

@@ -204,14 +204,15 @@ def window_iteration(
     outs = step_outputs(step, eps, width, above)
     g = step.g(t, outs, xi)
     g = torch.where(valid[..., None], g, torch.zeros_like(g))
-    noise = rounding_noise(step, t, outs, valid, roundoff)
+    # the precision floor, only where the stopping rule or floor_freeze reads it (an iteration's work otherwise)
+    noise = rounding_noise(step, t, outs, valid, roundoff) if stop.reads_floor or config.floor_freeze > 0 else None
     exact = step_rhs(a_w[..., None], x_up, g)  # the sequential step from the current state above
     rho = rms(exact - x_cur)
     rhs = exact if order == 1 else splitting_rhs(config.splitting, a_w, g, x_ext, width, order)
     # the change of the window's bottom state made by the previous iteration (its newest stored iterate), for a rule
     # that asks a change to persist; +inf where there is none (no history, or none stored yet)
     prev_change = None
-    if history is not None:
+    if history is not None and stop.reads_floor:
         hx0 = history.hist_x[history.rows[:, 0], history.t[:, 0], 0]  # [N, D]
         stored = history.hist_len[history.rows[:, 0], history.t[:, 0]] >= 1
         prev_change = torch.where(stored, rms(x_cur[:, 0] - hx0), torch.full_like(rho[:, 0], float("inf")))
@@ -226,7 +227,7 @@ def window_iteration(
         x_new = torch.where(floor_prefix(rho, noise, valid, config.floor_freeze)[..., None], x_cur, x_new)
     x_new = torch.where((valid & (j[None, :] == u_star[:, None]))[..., None], exact, x_new)
     rsum = spent + torch.where(valid, rho, torch.zeros_like(rho)).sum(dim=1)
-    floor = torch.zeros_like(rsum) if noise is None else noise.sum(dim=1)
+    floor = None if noise is None else noise.sum(dim=1)
     u_star, accepted = stop.after_update(config, x_cur, x_new, valid, lo, u_star, accepted, rsum, floor, prev_change)
     # 5. the frozen boundary moves to u* (to the window bottom when every step was accepted)
     spent = spent + torch.where(accepted, rho, torch.zeros_like(rho)).sum(dim=1)
