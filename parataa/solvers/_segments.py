@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._iteration import History, count_iteration, model_roundoff, picard_iteration, window_iteration
+from ._iteration import History, count_iteration, picard_iteration, window_iteration
 
 __all__ = ["PaddedHistory", "Segments"]
 
@@ -25,9 +25,9 @@ class PaddedHistory(History):
 
 
 class Segments:
-    """Mixin: needs the StaticSolver attributes N, T, W, D, shape, method, config, model, rule, stop, update, order,
-    tau_p, thr_p, inv_var_p, xs, xi_p, out_p, frozen, entered, iterations, nfe, spent, rows, accel, hist_*, the
-    per-bucket buffers (in_x, in_tau, in_s, eps_buf, pos), solve_ls, ls_dtype and DeviceLog's methods."""
+    """Mixin: needs the StaticSolver attributes N, T, W, D, shape, method, config, model, roundoff, rule, stop, update,
+    order, tau_p, thr_p, inv_var_p, xs, xi_p, out_p, frozen, entered, iterations, nfe, spent, rows, accel, hist_*,
+    the per-bucket buffers (in_x, in_tau, in_s, eps_buf, pos), solve_ls, ls_dtype and DeviceLog's methods."""
 
     def _window(self, B: int):
         """Static window of every sample: lo, width, position j, valid, step t (scratch T), write index (scratch
@@ -117,7 +117,7 @@ class Segments:
         history = PaddedHistory(self.hist_x, self.hist_f, self.hist_len, rows, t) if self.accel else None
         out = window_iteration(
             self.config, self.stop, self.rule, self.order, self.T, win, x_ext, eps, xi, thr, self.spent,
-            self.update, history, self._above(t, eps), model_roundoff(self.model), solve=self.solve_ls,
+            self.update, history, self._above(t, eps), self.roundoff, solve=self.solve_ls,
             ls_dtype=self.ls_dtype,
         )  # fmt: skip
         self.xs[rows, ts] = out.x_new

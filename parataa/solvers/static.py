@@ -42,6 +42,7 @@ from ..system import step_rule
 from ._device_log import DeviceLog
 from ._graphs import ENGINES, GraphCaptureError, GraphedSegments, check_engine, check_numerics, seconds
 from ._history import elimination_solve, ridge_solve
+from ._iteration import model_roundoff
 from ._segments import Segments
 from ._window import new_state
 from .base import (
@@ -114,6 +115,7 @@ class StaticSolver(GraphedSegments, Segments, DeviceLog):
         self.device = check_engine(model, engine, torch.device(device))
         linsolve = check_numerics(engine, ls_dtype, linsolve, warmup)
         self.model, self.config, self.engine = model, config, engine
+        self.roundoff = model_roundoff(model)  # the network's unit roundoff (the precision floor's scale)
         self.ls_dtype, self.linsolve, self.warmup = ls_dtype, linsolve, warmup
         self.solve_ls = elimination_solve if linsolve == "elimination" else ridge_solve
         self.schedule = schedule
