@@ -150,7 +150,8 @@ def _launched_by(command: int) -> bool:
 def worker_guard() -> int | None:
     """In a worker: it ends with torch.distributed.run, which ends with the command (both by the kernel's death
     signal); 1 when the command that started the group is already gone, or no longer its launcher's parent (the
-    worker should exit), else None. Called first thing in `python -m parataa` and again in `start`."""
+    worker should exit), else None. Called first thing in `python -m parataa` (parataa/__main__.py): from then on
+    the kernel ends the worker with the group."""
     _die_with_parent()
     parent = os.environ.get(PARENT)
     if parent and not (_alive(int(parent)) and _launched_by(int(parent))):
@@ -194,8 +195,7 @@ def start(args: argparse.Namespace) -> tuple[int | None, Any]:
         return None, None
     if os.environ.get(LAUNCHED) is None and n > 1:
         return relaunch(n, args.argv), None
-    if os.environ.get(LAUNCHED) is not None and worker_guard() is not None:
-        return 1, None
+    # a worker (LAUNCHED set) was bound to the group's life by worker_guard in `python -m parataa`, before any import
     from ..distributed import init_from_env
 
     cpu = args.processes is not None and str(args.device) == "cpu"
