@@ -154,3 +154,20 @@ def test_flow_model_defaults_to_flow_euler_and_dpmpp_2m_runs_by_name(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "dpmpp-2m" in capsys.readouterr().out
+
+
+def test_the_stopping_options_run_as_a_user_gives_them(capsys):
+    """--freeze-frac, --target-db and --floor-freeze through `parataa compare`, as a user types them: each reaches
+    the solver's config; freezing evaluates fewer states in the same iterations; the target rule ends within T at or
+    above its target on the analytic model (float64: its precision floor is far below the target)."""
+    base = [*GMM, "--seeds", "0-3"]
+    plain, = _compare_json(capsys, *base, "--solvers", "taa-euler")["results"]
+    frozen, = _compare_json(capsys, *base, "--solvers", "taa-euler", "--freeze-frac", "0.02")["results"]
+    assert (plain["config"]["freeze_frac"], frozen["config"]["freeze_frac"]) == (0.0, 0.02)
+    assert frozen["iterations"] == plain["iterations"] and frozen["nfe_mean"] < plain["nfe_mean"]
+    target, = _compare_json(capsys, *base, "--solvers", "taa", "--target-db", "40", "--floor-freeze", "2")["results"]
+    c = target["config"]
+    assert (c["stop"], c["target_db"], c["floor_freeze"]) == ("target", 40.0, 2.0)
+    assert target["finished"] and max(target["iterations"]) <= 20 and target["psnr_min_db"] >= 40.0
+    err = _refused(["compare", *base, "--solvers", "picard", "--floor-freeze", "2"], capsys)
+    assert "floor_freeze" in err or "floor-freeze" in err, err

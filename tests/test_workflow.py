@@ -1135,3 +1135,33 @@ def test_families_study_end_to_end_local(tmp_path):
         x0 = np.asarray(storage.load_run(run).x0, dtype=np.float64)
         err = float(np.abs(x0 - ref.numpy().reshape(x0.shape)).max())
         assert err <= tol, (model, sampler, err, tol)
+
+
+def test_a_study_runs_the_stopping_options_of_its_solver_blocks(tmp_path):
+    """freeze_frac, target_db (stop: target) and floor_freeze in a study's solver blocks, through the plan and the
+    sampling job as the workflow runs them: each run's stored config and tag carry them, every sample finishes
+    within T, and the frozen solve evaluates fewer states than the same solver without freezing."""
+    from parataa.jobs.__main__ import main as jobs_main
+    from parataa.jobs.shard import ShardJob
+
+    cfg = validate_config({**smoke(), "results_dir": str(tmp_path / "results"), "samplers": ["ddim"], "steps": [8],
+                           "models": [{"name": "tiny-dit", "conditions": [3, 7]}], "progress": False,
+                           "checkpoint_every_s": 0, "runs_per_job": 8,
+                           "solvers": {"taa-euler": {}, "taa": {"stop": "target", "target_db": 35, "floor_freeze": 2}},
+                           "grids": [{"solvers": {"taa-euler": {"freeze_frac": 0.02}}}]})  # fmt: skip
+    base = plan.baseline_spec(cfg, "tiny-dit", "ddim", 8, 0)
+    seeds = ",".join(map(str, base.seeds))
+    assert jobs_main(["noise", base.noise, "--seeds", seeds, "--steps", "8", "--model", "tiny-dit"]) == 0
+    ShardJob()(base)
+    group = plan.group_spec(cfg, "tiny-dit", "ddim", 8, 0, 0)
+    ShardJob()(group)
+    runs = {r.tag: storage.load_run(r.dir) for r in group.runs}
+    frozen = next(t for t in runs if t.endswith("_frz2e-2"))
+    plain = frozen.removesuffix("_frz2e-2")
+    target = next(t for t in runs if "_db3.5e1" in t and t.endswith("_ff2"))
+    assert runs[frozen].manifest["config"]["solver_config"]["freeze_frac"] == 0.02
+    t_cfg = runs[target].manifest["config"]["solver_config"]
+    assert (t_cfg["stop"], t_cfg["target_db"], t_cfg["floor_freeze"]) == ("target", 35, 2)
+    for run in runs.values():
+        assert run.samples["finished"].all() and (run.samples["iterations"] <= 8).all()
+    assert runs[frozen].samples["nfe"].sum() < runs[plain].samples["nfe"].sum()
