@@ -62,14 +62,8 @@ def kept_sections(path: Path, new_text: str) -> list[str]:
 
     if not path.exists():
         return []
-    old = path.read_text()
-    blocks = re.findall(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", old, flags=re.S)
-    out = []
-    for name in dict.fromkeys(blocks):
-        if f"<!-- {name}:begin -->" not in new_text:
-            m = re.search(rf"<!-- {re.escape(name)}:begin -->.*?<!-- {re.escape(name)}:end -->", old, flags=re.S)
-            out.append(m.group(0))
-    return out
+    blocks = re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", path.read_text(), flags=re.S)
+    return [m.group(0) for m in blocks if f"<!-- {m.group(1)}:begin -->" not in new_text]
 
 
 def main() -> None:
